@@ -1,0 +1,2 @@
+//! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
+//! durable rename), compression, and the read side (restore, verify, status, cleanup).

@@ -1,0 +1,1 @@
+//! Command-line interface: clap definitions and the glue from arguments to the library.

@@ -1,0 +1,93 @@
+//! The resolved connection settings (what libpq's `PQconninfoOption` array holds after parsing and
+//! defaults), and the enums for the settings that take a fixed set of values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where to connect: a TCP host name/address or a Unix-domain socket directory, with its port.
+/// (libpq: a `host` value beginning with `/` or `@` is a socket directory.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `host` (name used for TLS verification and .pgpass), optional `hostaddr` (numeric, used to connect).
+    Tcp { host: String, hostaddr: Option<String>, port: u16 },
+    /// Socket file is `<dir>/.s.PGSQL.<port>`.
+    Unix { dir: PathBuf, port: u16 },
+}
+
+impl Endpoint {
+    pub fn port(&self) -> u16 {
+        match self {
+            Endpoint::Tcp { port, .. } | Endpoint::Unix { port, .. } => *port,
+        }
+    }
+
+    /// The host as libpq names it in messages and matches it in .pgpass (`localhost` for the default socket).
+    pub fn host_for_display(&self) -> String {
+        match self {
+            Endpoint::Tcp { host, hostaddr, .. } => {
+                if host.is_empty() {
+                    hostaddr.clone().unwrap_or_default()
+                } else {
+                    host.clone()
+                }
+            }
+            Endpoint::Unix { dir, .. } => dir.display().to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    #[default]
+    Any,
+    ReadWrite,
+    ReadOnly,
+    Primary,
+    Standby,
+    PreferStandby,
+}
+
+/// Everything needed to open a connection, after conninfo, options, environment and defaults are merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnParams {
+    /// Tried in order (libpq's multi-host behaviour); never empty.
+    pub endpoints: Vec<Endpoint>,
+    pub user: String,
+    /// `dbname` for the startup packet; replication connections for physical streaming send `replication`.
+    pub dbname: Option<String>,
+    /// An explicit password (conninfo `password=` or PGPASSWORD); `.pgpass` is consulted only when this is None.
+    pub password: Option<String>,
+    /// `passfile` / PGPASSFILE, else `~/.pgpass`.
+    pub passfile: Option<PathBuf>,
+    pub application_name: Option<String>,
+    pub fallback_application_name: Option<String>,
+    pub options: Option<String>,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+    pub sslpassword: Option<String>,
+    pub connect_timeout: Option<Duration>,
+    pub channel_binding: ChannelBinding,
+    pub target_session_attrs: TargetSessionAttrs,
+    pub keepalives: bool,
+}

@@ -1,0 +1,7 @@
+//! WAL arithmetic and formats: LSNs, segment and history file names, timeline history, the page/record decoder.
+
+pub mod lsn;
+pub mod segment;
+pub mod timeline;
+
+pub use lsn::Lsn;
