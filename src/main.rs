@@ -1,5 +1,98 @@
-//! The `walkeeper` binary: parse the command line, run, map errors to exit codes.
+//! The `walkeeper` binary: parse the command line (as `walkeeper <command>`, or as `pg_receivewal` when
+//! invoked under that name), run, map errors to exit codes.
+
+use clap::Parser;
+use walkeeper::cli::{self, logging, receive, Cli, Command, Exit, Prog};
+
+/// pg_receivewal's argument parser: the receive options at top level.
+#[derive(Parser, Debug)]
+#[command(name = "pg_receivewal", disable_help_flag = true, disable_version_flag = true)]
+struct PgReceivewalCli {
+    #[command(flatten)]
+    args: receive::ReceiveArgs,
+    #[arg(short = '?', long = "help")]
+    help: bool,
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[arg(long = "log-format", value_name = "FMT", default_value = "text")]
+    log_format: logging::LogFormat,
+}
+
+fn invoked_as_pg_receivewal() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .is_some_and(|name| name == "pg_receivewal")
+}
+
+/// clap's own errors become pg_receivewal-style lines with exit code 1.
+fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            print!("{e}");
+            Exit { code: 0, message: String::new() }
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            cli::usage_error(prog, &first)
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+fn run() -> Result<(), Exit> {
+    if invoked_as_pg_receivewal() {
+        let prog = Prog::PgReceivewal;
+        let parsed = PgReceivewalCli::try_parse().map_err(|e| clap_exit(e, &prog))?;
+        if parsed.help {
+            print!("{}", receive::help_text(&prog));
+            return Ok(());
+        }
+        if parsed.version {
+            println!("{}", cli::version_line(&prog));
+            return Ok(());
+        }
+        logging::init(prog.log_name(), parsed.log_format, parsed.verbose);
+        return runtime().block_on(receive::run(parsed.args, &prog));
+    }
+    let cli = Cli::try_parse().map_err(|e| clap_exit(e, &Prog::Walkeeper { command: "" }))?;
+    let name = match &cli.command {
+        Command::Receive { .. } => "receive",
+        Command::Check(_) => "check",
+    };
+    let prog = Prog::Walkeeper { command: name };
+    logging::init(prog.log_name(), cli.log_format, cli.verbose);
+    match cli.command {
+        Command::Receive { args, help, version } => {
+            if help {
+                print!("{}", receive::help_text(&prog));
+                return Ok(());
+            }
+            if version {
+                println!("{}", cli::version_line(&prog));
+                return Ok(());
+            }
+            runtime().block_on(receive::run(args, &prog))
+        }
+        Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
+    }
+}
 
 fn main() {
-    std::process::exit(0);
+    match run() {
+        Ok(()) => {}
+        Err(exit) => {
+            if !exit.message.is_empty() {
+                eprintln!("{}", exit.message);
+            }
+            std::process::exit(exit.code);
+        }
+    }
 }

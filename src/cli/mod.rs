@@ -1,1 +1,170 @@
-//! Command-line interface: clap definitions and the glue from arguments to the library.
+//! Command-line interface: clap definitions and the glue from arguments to the library. Errors become one
+//! line on stderr (`walkeeper: error: ...`, or `pg_receivewal: error: ...` under that name) and exit 1.
+
+pub mod check;
+pub mod compress;
+pub mod logging;
+pub mod receive;
+
+use crate::conn::conninfo::{self, Sources};
+use crate::conn::{ConnParams, ConnectOptions, PasswordPrompt};
+use clap::{Args, Parser, Subcommand};
+
+/// How the program was invoked: as `walkeeper <command>` or under pg_receivewal's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prog {
+    Walkeeper { command: &'static str },
+    PgReceivewal,
+}
+
+impl Prog {
+    /// The name used in messages and help.
+    pub fn display(&self) -> String {
+        match self {
+            Prog::Walkeeper { command } => format!("walkeeper {command}"),
+            Prog::PgReceivewal => "pg_receivewal".into(),
+        }
+    }
+
+    /// The name that prefixes log and error lines.
+    pub fn log_name(&self) -> &'static str {
+        match self {
+            Prog::Walkeeper { .. } => "walkeeper",
+            Prog::PgReceivewal => "pg_receivewal",
+        }
+    }
+
+    pub fn application_name(&self) -> &'static str {
+        self.log_name()
+    }
+}
+
+/// A way out of the program: text for stderr (may be empty) and an exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn error(prog: &Prog, msg: &str) -> Exit {
+        Exit { code: 1, message: format!("{}: error: {msg}", prog.log_name()) }
+    }
+}
+
+/// An option error: the message plus pg_receivewal's hint line.
+pub fn usage_error(prog: &Prog, msg: &str) -> Exit {
+    Exit {
+        code: 1,
+        message: format!(
+            "{0}: error: {msg}\n{0}: hint: Try \"{1} --help\" for more information.",
+            prog.log_name(),
+            prog.display()
+        ),
+    }
+}
+
+/// libpq-style connection options shared by every command that talks to a server.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectionArgs {
+    /// connection string
+    #[arg(short = 'd', long = "dbname", value_name = "CONNSTR")]
+    pub dbname: Option<String>,
+    /// database server host or socket directory
+    #[arg(short = 'h', long = "host", value_name = "HOSTNAME")]
+    pub host: Option<String>,
+    /// database server port number
+    #[arg(short = 'p', long = "port", value_name = "PORT")]
+    pub port: Option<String>,
+    /// connect as specified database user
+    #[arg(short = 'U', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
+    /// never prompt for password
+    #[arg(short = 'w', long = "no-password")]
+    pub no_password: bool,
+    /// force password prompt (should happen automatically)
+    #[arg(short = 'W', long = "password")]
+    pub password: bool,
+}
+
+/// Merge conninfo, options and environment into connection parameters.
+pub fn resolve_conn(args: &ConnectionArgs, prog: &Prog) -> Result<ConnParams, Exit> {
+    let sources = Sources {
+        conninfo: args.dbname.as_deref(),
+        host: args.host.as_deref(),
+        port: args.port.as_deref(),
+        user: args.username.as_deref(),
+        fallback_application_name: Some(prog.application_name()),
+    };
+    conninfo::resolve(&sources, &conninfo::process_env).map_err(|e| Exit::error(prog, &e.to_string()))
+}
+
+pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {
+    let prompt = if args.no_password {
+        PasswordPrompt::Never
+    } else if args.password {
+        PasswordPrompt::Always
+    } else {
+        PasswordPrompt::IfNeeded
+    };
+    ConnectOptions { prompt, ..ConnectOptions::default() }
+}
+
+/// Turn SIGINT/SIGTERM into `true` on the channel.
+pub async fn forward_signals(tx: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    let _ = tx.send(true);
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "walkeeper",
+    version,
+    about = "PostgreSQL WAL receiver and WAL archive",
+    long_about = "walkeeper streams WAL from a PostgreSQL server over a replication connection, validates it, \
+                  keeps it durable on disk as pg_receivewal does, and serves it back for recovery."
+)]
+pub struct Cli {
+    /// log lines as text (default) or JSON objects, one per line
+    #[arg(long = "log-format", global = true, value_name = "FMT", default_value = "text")]
+    pub log_format: logging::LogFormat,
+    /// output verbose messages (repeat for debug output)
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stream WAL into a directory: pg_receivewal's job, with its options (see `walkeeper receive -?`)
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    Receive {
+        #[command(flatten)]
+        args: receive::ReceiveArgs,
+        #[arg(short = '?', long = "help")]
+        help: bool,
+        #[arg(short = 'V', long = "version")]
+        version: bool,
+    },
+    /// Connect as a replication client and report whether streaming can start
+    #[command(disable_help_flag = true)]
+    Check(check::CheckArgs),
+}
+
+/// pg_receivewal's `--version` line; scripts that parse "(PostgreSQL) NN" keep working.
+pub fn version_line(prog: &Prog) -> String {
+    format!(
+        "{} (PostgreSQL) {} (walkeeper {})",
+        prog.log_name(),
+        crate::protocol::replication::NEWEST_MAJOR,
+        env!("CARGO_PKG_VERSION")
+    )
+}

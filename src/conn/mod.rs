@@ -8,3 +8,11 @@ pub mod params;
 pub mod pgpass;
 
 pub use params::{ChannelBinding, ConnParams, Endpoint, SslMode, TargetSessionAttrs};
+pub mod auth;
+pub mod connect;
+pub mod connection;
+pub mod stream;
+pub mod tls;
+
+pub use connect::{connect, ConnectError, ConnectOptions, PasswordPrompt};
+pub use connection::{ConnError, Connection};

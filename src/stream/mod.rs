@@ -1,2 +1,51 @@
 //! A replication session: IDENTIFY_SYSTEM → TIMELINE_HISTORY → START_REPLICATION → the CopyBoth loop,
-//! feedback, end-of-timeline handling and reconnects.
+//! feedback, end-of-timeline handling (`session`), and the reconnect loop around it (`follow`).
+
+pub mod feedback;
+pub mod follow;
+pub mod session;
+
+use crate::archive::local::WalDirOptions;
+use crate::conn::{ConnParams, ConnectOptions};
+use crate::wal::segment::Compression;
+use crate::wal::Lsn;
+use feedback::ApplyReport;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `walkeeper receive` needs, after argument parsing.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    pub conn: ConnParams,
+    pub connect: ConnectOptions,
+    pub directory: PathBuf,
+    pub slot: Option<String>,
+    pub endpos: Option<Lsn>,
+    /// None disables periodic status updates (`-s 0`).
+    pub status_interval: Option<Duration>,
+    pub synchronous: bool,
+    /// false with `--no-sync`.
+    pub fsync: bool,
+    pub compression: Compression,
+    pub compression_level: Option<i32>,
+    pub no_loop: bool,
+    pub validate: bool,
+    pub apply_report: ApplyReport,
+}
+
+impl ReceiveConfig {
+    /// pg_receivewal reports a flush position only when using a slot or `--synchronous`.
+    pub fn reports_flush(&self) -> bool {
+        self.slot.is_some() || self.synchronous
+    }
+
+    pub fn dir_options(&self, segment_size: u32, file_mode: u32) -> WalDirOptions {
+        WalDirOptions {
+            segment_size,
+            compression: self.compression,
+            compression_level: self.compression_level,
+            fsync: self.fsync,
+            file_mode,
+        }
+    }
+}

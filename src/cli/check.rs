@@ -1,0 +1,68 @@
+//! `walkeeper check`: connect as a replication client and report, one line each, what an operator must know
+//! before streaming. Exit 0 when streaming can start, 1 with the reason otherwise.
+
+use crate::cli::{connect_options, resolve_conn, ConnectionArgs, Exit, Prog};
+use crate::conn::connect;
+use crate::protocol::replication as repl;
+use crate::stream::session::identify;
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// replication slot that streaming will use
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    pub slot: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// show this help, then exit
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// Run the checks, printing a line per fact to stdout.
+pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
+    let params = resolve_conn(&args.conn, prog)?;
+    let fail = |msg: String| Exit::error(prog, &msg);
+    if let Some(slot) = &args.slot {
+        repl::validate_slot_name(slot).map_err(|e| fail(e.to_string()))?;
+    }
+    let mut conn = connect(&params, &connect_options(&args.conn)).await.map_err(|e| fail(e.to_string()))?;
+    println!("server:            {}", conn.server());
+    println!("server version:    {}", conn.parameter("server_version").unwrap_or("?"));
+    println!("tls:               {}", if conn.is_tls() { "yes" } else { "no" });
+    // A role without REPLICATION is refused at connection time by the server, so reaching here means it can
+    // replicate; IDENTIFY_SYSTEM proves the walsender accepts commands from it.
+    let info = identify(&mut conn).await.map_err(|e| fail(e.to_string()))?;
+    println!("replication role:  yes");
+    println!("system identifier: {}", info.identity.system_id);
+    println!("timeline:          {}", info.identity.timeline);
+    println!("current LSN:       {}", info.identity.xlogpos);
+    println!("segment size:      {} MB", info.segment_size >> 20);
+    if let Some(slot) = &args.slot {
+        match repl::read_slot(info.major, slot).map_err(|e| fail(e.to_string()))? {
+            Some(cmd) => {
+                let rs = conn.simple_query(&cmd).await.map_err(|e| fail(e.to_string()))?;
+                match repl::parse_read_slot(&rs).map_err(|e| fail(e.to_string()))? {
+                    Some(s) if s.slot_type != "physical" => {
+                        println!("slot:              \"{slot}\" exists but is a {} slot", s.slot_type);
+                        return Err(fail(format!("replication slot \"{slot}\" is not a physical slot")));
+                    }
+                    Some(s) => {
+                        let restart = s.restart_lsn.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+                        println!("slot:              \"{slot}\" exists, restart LSN {restart}");
+                    }
+                    None => {
+                        println!("slot:              \"{slot}\" does not exist");
+                        return Err(fail(format!(
+                            "replication slot \"{slot}\" does not exist; create it with `walkeeper receive --slot {slot} --create-slot`"
+                        )));
+                    }
+                }
+            }
+            None => println!("slot:              \"{slot}\" (cannot be inspected before PostgreSQL 15)"),
+        }
+    }
+    conn.close().await;
+    println!("ready to stream:   yes");
+    Ok(())
+}

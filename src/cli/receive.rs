@@ -1,0 +1,245 @@
+//! `walkeeper receive`: pg_receivewal's command line, option for option, plus walkeeper's additions;
+//! the same refusals and texts; then the receive loop.
+
+use crate::cli::compress::{parse_compress, CompressSpec};
+use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
+use crate::conn::connect;
+use crate::protocol::replication as repl;
+use crate::stream::feedback::ApplyReport;
+use crate::stream::follow::receive;
+use crate::stream::session::identify;
+use crate::stream::ReceiveConfig;
+use crate::wal::Lsn;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct ReceiveArgs {
+    /// receive write-ahead log files into this directory
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// exit after receiving the specified LSN
+    #[arg(short = 'E', long = "endpos", value_name = "LSN")]
+    pub endpos: Option<String>,
+    /// do not error if slot already exists when creating a slot
+    #[arg(long = "if-not-exists")]
+    pub if_not_exists: bool,
+    /// do not loop on connection lost
+    #[arg(short = 'n', long = "no-loop")]
+    pub no_loop: bool,
+    /// do not wait for changes to be written safely to disk
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+    /// time between status packets sent to server (default: 10)
+    #[arg(short = 's', long = "status-interval", value_name = "SECS", allow_negative_numbers = true)]
+    pub status_interval: Option<String>,
+    /// replication slot to use
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    pub slot: Option<String>,
+    /// flush write-ahead log immediately after writing
+    #[arg(long = "synchronous")]
+    pub synchronous: bool,
+    /// compress as specified: none, gzip, lz4, zstd, with an optional level (METHOD[:DETAIL])
+    #[arg(short = 'Z', long = "compress", value_name = "METHOD[:DETAIL]", allow_negative_numbers = true)]
+    pub compress: Option<String>,
+    /// create a new replication slot (for the slot's name see --slot)
+    #[arg(long = "create-slot")]
+    pub create_slot: bool,
+    /// drop the replication slot (for the slot's name see --slot)
+    #[arg(long = "drop-slot")]
+    pub drop_slot: bool,
+    /// do not validate page headers and record CRCs of the WAL received (walkeeper)
+    #[arg(long = "no-validate")]
+    pub no_validate: bool,
+    /// report the flush position as the apply position too, so remote_apply commits return (walkeeper)
+    #[arg(long = "report-apply")]
+    pub report_apply: bool,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// too many command-line arguments
+    #[arg(hide = true)]
+    pub extra: Vec<String>,
+}
+
+/// The help text, laid out as pg_receivewal's (clap's generated one is used for the other commands).
+pub fn help_text(prog: &Prog) -> String {
+    let name = prog.display();
+    format!(
+        "{name} receives PostgreSQL streaming write-ahead logs.
+
+Usage:
+  {name} [OPTION]...
+
+Options:
+  -D, --directory=DIR    receive write-ahead log files into this directory
+  -E, --endpos=LSN       exit after receiving the specified LSN
+      --if-not-exists    do not error if slot already exists when creating a slot
+  -n, --no-loop          do not loop on connection lost
+      --no-sync          do not wait for changes to be written safely to disk
+  -s, --status-interval=SECS
+                         time between status packets sent to server (default: 10)
+  -S, --slot=SLOTNAME    replication slot to use
+      --synchronous      flush write-ahead log immediately after writing
+  -v, --verbose          output verbose messages
+  -V, --version          output version information, then exit
+  -Z, --compress=METHOD[:DETAIL]
+                         compress as specified (none, gzip, lz4, zstd)
+  -?, --help             show this help, then exit
+
+walkeeper options:
+      --no-validate      do not check page headers and record CRCs on the way in
+      --report-apply     report the flush position as applied (for remote_apply)
+      --log-format=FMT   text (default) or json
+
+Connection options:
+  -d, --dbname=CONNSTR   connection string
+  -h, --host=HOSTNAME    database server host or socket directory
+  -p, --port=PORT        database server port number
+  -U, --username=NAME    connect as specified database user
+  -w, --no-password      never prompt for password
+  -W, --password         force password prompt (should happen automatically)
+
+Optional actions:
+      --create-slot      create a new replication slot (for the slot's name see --slot)
+      --drop-slot        drop the replication slot (for the slot's name see --slot)
+
+walkeeper is a drop-in replacement for pg_receivewal; see its README for the differences.
+"
+    )
+}
+
+/// Validated options, before anything touches the network.
+struct Plan {
+    cfg: ReceiveConfig,
+    action: Action,
+}
+
+enum Action {
+    Stream,
+    CreateSlot { if_not_exists: bool },
+    DropSlot,
+}
+
+fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
+    if let Some(first) = args.extra.first() {
+        return Err(usage_error(prog, &format!("too many command-line arguments (first is \"{first}\")")));
+    }
+    let status_interval = match &args.status_interval {
+        None => Some(Duration::from_secs(10)),
+        Some(s) => match s.parse::<i64>() {
+            Ok(0) => None,
+            Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n as u64)),
+            _ => return Err(Exit::error(prog, "-s/--status-interval must be in range 0..2147483")),
+        },
+    };
+    let endpos = match &args.endpos {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Lsn>().map_err(|_| Exit::error(prog, &format!("could not parse end position \"{s}\"")))?,
+        ),
+    };
+    let compress = match &args.compress {
+        None => CompressSpec { method: crate::wal::segment::Compression::None, level: None },
+        Some(z) => parse_compress(z).map_err(|e| Exit::error(prog, &e))?,
+    };
+    if args.create_slot && args.drop_slot {
+        return Err(usage_error(prog, "cannot use --create-slot together with --drop-slot"));
+    }
+    if args.slot.is_none() {
+        if args.create_slot {
+            return Err(usage_error(prog, "--create-slot needs a slot to be specified using --slot"));
+        }
+        if args.drop_slot {
+            return Err(usage_error(prog, "--drop-slot needs a slot to be specified using --slot"));
+        }
+    }
+    if args.synchronous && args.no_sync {
+        return Err(usage_error(prog, "cannot use --synchronous together with --no-sync"));
+    }
+    if args.directory.is_none() && !args.drop_slot && !args.create_slot {
+        return Err(usage_error(prog, "no target directory specified"));
+    }
+    if let Some(slot) = &args.slot {
+        repl::validate_slot_name(slot).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    }
+    let action = if args.create_slot {
+        Action::CreateSlot { if_not_exists: args.if_not_exists }
+    } else if args.drop_slot {
+        Action::DropSlot
+    } else {
+        Action::Stream
+    };
+    let conn = resolve_conn(&args.conn, prog)?;
+    let cfg = ReceiveConfig {
+        conn,
+        connect: connect_options(&args.conn),
+        directory: args.directory.clone().unwrap_or_default(),
+        slot: args.slot.clone(),
+        endpos,
+        status_interval,
+        synchronous: args.synchronous,
+        fsync: !args.no_sync,
+        compression: compress.method,
+        compression_level: compress.level,
+        no_loop: args.no_loop,
+        validate: !args.no_validate,
+        apply_report: if args.report_apply { ApplyReport::Flush } else { ApplyReport::Invalid },
+    };
+    Ok(Plan { cfg, action })
+}
+
+/// Check the target directory before connecting, as pg_receivewal does.
+fn check_directory(dir: &std::path::Path, prog: &Prog) -> Result<(), Exit> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Exit::error(prog, &format!("could not open directory \"{}\": {}", dir.display(), os_text(&e)))),
+    }
+}
+
+fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
+}
+
+pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
+    let plan = plan(&args, prog)?;
+    let cfg = plan.cfg;
+    if matches!(plan.action, Action::Stream | Action::CreateSlot { .. }) && args.directory.is_some() {
+        check_directory(&cfg.directory, prog)?;
+    }
+    match plan.action {
+        Action::CreateSlot { if_not_exists } => create_slot(&cfg, if_not_exists, prog).await,
+        Action::DropSlot => drop_slot(&cfg, prog).await,
+        Action::Stream => {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(crate::cli::forward_signals(tx));
+            receive(&cfg, rx).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))
+        }
+    }
+}
+
+async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> Result<(), Exit> {
+    let slot = cfg.slot.as_deref().unwrap_or_default();
+    let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    let info = identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    tracing::info!("creating replication slot \"{slot}\"");
+    let cmd = repl::create_physical_slot(info.major, slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    match conn.simple_query(&cmd).await {
+        Ok(_) => Ok(()),
+        Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {
+            tracing::info!("replication slot \"{slot}\" already exists");
+            Ok(())
+        }
+        Err(e) => Err(Exit::error(prog, &e.to_string())),
+    }
+}
+
+async fn drop_slot(cfg: &ReceiveConfig, prog: &Prog) -> Result<(), Exit> {
+    let slot = cfg.slot.as_deref().unwrap_or_default();
+    let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    tracing::info!("dropping replication slot \"{slot}\"");
+    let cmd = repl::drop_slot(slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    conn.simple_query(&cmd).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))
+}

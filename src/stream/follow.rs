@@ -1,0 +1,64 @@
+//! The receive loop around sessions: connect, stream, and on failure reconnect with a bounded backoff
+//! (unless `--no-loop`), stopping cleanly on SIGINT/SIGTERM or `--endpos`.
+
+use crate::conn::connect;
+use crate::stream::session::{backoff, run_session, SessionError, Stopped};
+use crate::stream::ReceiveConfig;
+use crate::wal::Lsn;
+use tokio::sync::watch;
+
+/// Give up when the server sends the same invalid WAL this many times in a row.
+const MAX_SAME_VALIDATION_FAILURES: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error(transparent)]
+    Connect(#[from] crate::conn::ConnectError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("the server sent invalid WAL at {lsn} {count} times in a row; stopping. Last error: {last}")]
+    PersistentInvalidWal { lsn: Lsn, count: u32, last: SessionError },
+}
+
+/// Run `walkeeper receive` until it stops: Ok on endpos or signal, Err on a failure with `--no-loop`
+/// or on one that retrying cannot fix.
+pub async fn receive(cfg: &ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> Result<Stopped, ReceiveError> {
+    let mut failures = 0u32;
+    let mut validation_failures: Option<(Lsn, u32)> = None;
+    loop {
+        let error: ReceiveError = match connect(&cfg.conn, &cfg.connect).await {
+            Err(e) => e.into(),
+            Ok(mut conn) => {
+                let result = run_session(&mut conn, cfg, &mut shutdown, &mut validation_failures).await;
+                conn.close().await;
+                match result {
+                    Ok(stopped) => return Ok(stopped),
+                    Err(e) if e.is_fatal() => return Err(e.into()),
+                    Err(e) => {
+                        if let Some((lsn, count)) = validation_failures {
+                            if count >= MAX_SAME_VALIDATION_FAILURES {
+                                return Err(ReceiveError::PersistentInvalidWal { lsn, count, last: e });
+                            }
+                        }
+                        failures = 0; // we did connect: start the backoff over
+                        e.into()
+                    }
+                }
+            }
+        };
+        if cfg.no_loop {
+            return Err(error);
+        }
+        let wait = backoff(failures);
+        failures = failures.saturating_add(1);
+        tracing::error!("{error}");
+        tracing::info!("disconnected; waiting {} seconds to try again", wait.as_secs());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(Stopped::Signal),
+        }
+        if *shutdown.borrow() {
+            return Ok(Stopped::Signal);
+        }
+    }
+}

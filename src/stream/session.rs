@@ -1,0 +1,492 @@
+//! One replication session on one connection: identify the server, decide where to start, fetch timeline
+//! history, START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports
+//! positions — following end-of-timeline to the next timeline on the same connection.
+
+use crate::archive::local::{SegmentWriter, WalDir};
+use crate::conn::{ConnError, Connection};
+use crate::protocol::messages::Backend;
+use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
+use crate::stream::feedback::Positions;
+use crate::stream::ReceiveConfig;
+use crate::wal::decoder::{DecoderConfig, WalDecoder};
+use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
+use crate::wal::Lsn;
+use futures_util::FutureExt;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Write this much before giving the loop a chance to sync and report (bounds latency under a flood).
+const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("{0}")]
+    Archive(#[from] crate::archive::error::WalDirError),
+    #[error("{server}: {error}")]
+    Replication { server: String, error: repl::ReplicationError },
+    /// The stream failed validation: nothing at or after `lsn` was acknowledged.
+    #[error("invalid WAL from {server} in {file}: {error}")]
+    InvalidWal { server: String, file: String, lsn: Lsn, error: crate::wal::decoder::WalError },
+    /// A condition that retrying cannot fix (wrong server, wrong directory, incompatible versions).
+    #[error("{0}")]
+    Fatal(String),
+    #[error("{server}: {message}")]
+    Protocol { server: String, message: String },
+}
+
+impl SessionError {
+    /// Errors after which reconnecting is pointless.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SessionError::Fatal(_))
+    }
+}
+
+/// Why a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// `--endpos` reached.
+    EndPos,
+    /// SIGINT / SIGTERM.
+    Signal,
+}
+
+/// What the server told us when we connected.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub identity: SystemIdentity,
+    pub segment_size: u32,
+    pub file_mode: u32,
+    pub major: u32,
+}
+
+/// IDENTIFY_SYSTEM, version check, segment size and file mode — what every command needs first.
+pub async fn identify(conn: &mut Connection) -> Result<ServerInfo, SessionError> {
+    let major = conn.major();
+    if !(repl::OLDEST_MAJOR..=repl::NEWEST_MAJOR).contains(&major) {
+        return Err(SessionError::Fatal(format!(
+            "incompatible server version {}; walkeeper supports PostgreSQL {} to {}",
+            conn.parameter("server_version").unwrap_or("?"),
+            repl::OLDEST_MAJOR,
+            repl::NEWEST_MAJOR
+        )));
+    }
+    let server = conn.server().to_string();
+    let rerr = |error| SessionError::Replication { server: server.clone(), error };
+    let identity = repl::parse_identify_system(&conn.simple_query(repl::identify_system()).await?).map_err(rerr)?;
+    let size_text = repl::parse_show(&conn.simple_query(&repl::show("wal_segment_size")).await?).map_err(rerr)?;
+    let segment_size = repl::parse_segment_size(&size_text).map_err(rerr)?;
+    let mode_text = repl::parse_show(&conn.simple_query(&repl::show("data_directory_mode")).await?).map_err(rerr)?;
+    let file_mode = repl::file_mode_for_data_directory_mode(&mode_text).map_err(rerr)?;
+    Ok(ServerInfo { identity, segment_size, file_mode, major })
+}
+
+/// Stream until stopped (endpos, signal) or an error. `shutdown` flips to true on SIGINT/SIGTERM.
+pub async fn run_session(
+    conn: &mut Connection,
+    cfg: &ReceiveConfig,
+    shutdown: &mut watch::Receiver<bool>,
+    validation_failures: &mut Option<(Lsn, u32)>,
+) -> Result<Stopped, SessionError> {
+    let info = identify(conn).await?;
+    let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
+    dir.check_system_identifier(info.identity.system_id)?;
+    let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
+    loop {
+        start = start.segment_start(info.segment_size);
+        if timeline != 1 && !dir.has_history(timeline) {
+            fetch_history(conn, &dir, timeline).await?;
+        }
+        tracing::info!("starting log streaming at {start} (timeline {timeline})");
+        let cmd = repl::start_replication(cfg.slot.as_deref(), start, timeline)
+            .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
+        conn.start_copy_both(&cmd).await?;
+        let mut copy = CopyLoop::new(conn, cfg, &dir, &info, start, timeline);
+        let result = copy.run(shutdown).await;
+        let end = copy.positions.received();
+        copy.close().await;
+        match result {
+            Ok(CopyEnd::Stopped(s)) => return Ok(s),
+            Ok(CopyEnd::EndOfTimeline) => {}
+            Err(e) => {
+                if let SessionError::InvalidWal { lsn, .. } = &e {
+                    *validation_failures = match validation_failures.take() {
+                        Some((l, n)) if l == *lsn => Some((l, n + 1)),
+                        _ => Some((*lsn, 1)),
+                    };
+                }
+                return Err(e);
+            }
+        }
+        let (next_tli, next_start) = end_of_timeline(conn, timeline, end).await?;
+        tracing::info!("switched to timeline {next_tli} at {next_start}");
+        timeline = next_tli;
+        start = next_start;
+        if stop_at_endpos(cfg, start) {
+            return Ok(Stopped::EndPos);
+        }
+    }
+}
+
+fn stop_at_endpos(cfg: &ReceiveConfig, pos: Lsn) -> bool {
+    cfg.endpos.is_some_and(|e| e < pos)
+}
+
+/// pg_receivewal's rules: continue from the directory, else the slot's restart position, else the server's.
+async fn start_position(
+    conn: &mut Connection,
+    cfg: &ReceiveConfig,
+    dir: &WalDir,
+    info: &ServerInfo,
+) -> Result<(Lsn, TimeLineId), SessionError> {
+    if let Some(found) = dir.find_start()? {
+        return Ok((found.lsn, found.timeline));
+    }
+    if let Some(slot) = &cfg.slot {
+        let server = conn.server().to_string();
+        let rerr = |error| SessionError::Replication { server: server.clone(), error };
+        if let Some(cmd) = repl::read_slot(info.major, slot).map_err(rerr)? {
+            match repl::parse_read_slot(&conn.simple_query(&cmd).await?).map_err(rerr)? {
+                Some(s) if s.slot_type != "physical" => {
+                    return Err(SessionError::Fatal(format!(
+                        "{server}: replication slot \"{slot}\" is a {} slot, walkeeper needs a physical one",
+                        s.slot_type
+                    )));
+                }
+                Some(s) => {
+                    if let (Some(lsn), Some(tli)) = (s.restart_lsn, s.restart_tli) {
+                        return Ok((lsn, tli));
+                    }
+                }
+                None => {
+                    return Err(SessionError::Fatal(format!(
+                        "{server}: replication slot \"{slot}\" does not exist (create it with --create-slot)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok((info.identity.xlogpos, info.identity.timeline))
+}
+
+async fn fetch_history(conn: &mut Connection, dir: &WalDir, timeline: TimeLineId) -> Result<(), SessionError> {
+    let server = conn.server().to_string();
+    let rs = conn.simple_query(&repl::timeline_history(timeline)).await?;
+    let (name, content) = repl::parse_timeline_history(&rs)
+        .map_err(|error| SessionError::Replication { server: server.clone(), error })?;
+    if name != history_file_name(timeline) {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!("TIMELINE_HISTORY {timeline} returned a file named {name:?}"),
+        });
+    }
+    dir.write_history(timeline, &content)?;
+    Ok(())
+}
+
+/// After the server's CopyDone: answer it, then read the next timeline and its start position.
+async fn end_of_timeline(
+    conn: &mut Connection,
+    timeline: TimeLineId,
+    stopped_at: Lsn,
+) -> Result<(TimeLineId, Lsn), SessionError> {
+    let server = conn.server().to_string();
+    let rs = conn.finish_copy().await?;
+    let (next, start) = repl::parse_end_of_timeline(&rs)
+        .map_err(|error| SessionError::Replication { server: server.clone(), error })?;
+    if next <= timeline {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!("server reported unexpected next timeline {next}, following timeline {timeline}"),
+        });
+    }
+    if start > stopped_at {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!(
+                "server stopped streaming timeline {timeline} at {stopped_at}, but reported next timeline {next} to begin at {start}"
+            ),
+        });
+    }
+    Ok((next, start))
+}
+
+enum CopyEnd {
+    Stopped(Stopped),
+    /// The server ended the timeline (CopyDone received, ours sent).
+    EndOfTimeline,
+}
+
+/// The CopyBoth loop for one timeline.
+struct CopyLoop<'a> {
+    conn: &'a mut Connection,
+    cfg: &'a ReceiveConfig,
+    dir: &'a WalDir,
+    segment_size: u32,
+    timeline: TimeLineId,
+    positions: Positions,
+    /// The segment being written.
+    current: Option<SegmentWriter>,
+    /// Segments fully written but not yet renamed: waiting for sync and validation to reach their end.
+    pending: Vec<SegmentWriter>,
+    decoder: Option<WalDecoder>,
+    last_status: Option<Instant>,
+    copy_done_sent: bool,
+}
+
+impl<'a> CopyLoop<'a> {
+    fn new(
+        conn: &'a mut Connection,
+        cfg: &'a ReceiveConfig,
+        dir: &'a WalDir,
+        info: &ServerInfo,
+        start: Lsn,
+        timeline: TimeLineId,
+    ) -> CopyLoop<'a> {
+        let decoder = cfg.validate.then(|| {
+            WalDecoder::new(
+                DecoderConfig {
+                    segment_size: info.segment_size,
+                    page_magic: crate::wal::decoder::page_magic_for_major(info.major).unwrap_or(0),
+                    system_id: Some(info.identity.system_id),
+                    timeline,
+                },
+                start,
+            )
+        });
+        CopyLoop {
+            conn,
+            cfg,
+            dir,
+            segment_size: info.segment_size,
+            timeline,
+            positions: Positions::new(start, cfg.validate, cfg.reports_flush(), cfg.apply_report),
+            current: None,
+            pending: Vec::new(),
+            decoder,
+            last_status: None,
+            copy_done_sent: false,
+        }
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, SessionError> {
+        loop {
+            if *shutdown.borrow() {
+                tracing::info!("received interrupt signal, exiting");
+                self.stop().await?;
+                return Ok(CopyEnd::Stopped(Stopped::Signal));
+            }
+            let deadline = self.next_status_deadline();
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.changed() => continue,
+                msg = self.conn.recv() => msg?,
+                _ = sleep_until_opt(deadline) => {
+                    self.status_tick().await?;
+                    continue;
+                }
+            };
+            if let Some(end) = self.handle(msg).await? {
+                return Ok(end);
+            }
+            // Drain whatever else is already here, then sync/report once for the whole batch.
+            let mut batch = 0u64;
+            while batch < MAX_BATCH_BYTES {
+                let Some(next) = self.conn.recv().now_or_never() else { break };
+                let before = self.positions.received();
+                if let Some(end) = self.handle(next?).await? {
+                    return Ok(end);
+                }
+                batch += self.positions.received().0.saturating_sub(before.0);
+            }
+            self.complete_validated_segments()?;
+            if self.cfg.synchronous && self.positions.needs_sync() {
+                self.sync()?;
+                self.send_status(false).await?;
+            }
+            if stop_at_endpos(self.cfg, self.positions.received()) {
+                tracing::info!("stopped log streaming at {} (timeline {})", self.positions.received(), self.timeline);
+                self.stop().await?;
+                return Ok(CopyEnd::Stopped(Stopped::EndPos));
+            }
+        }
+    }
+
+    fn next_status_deadline(&self) -> Option<Instant> {
+        let interval = self.cfg.status_interval?;
+        Some(match self.last_status {
+            Some(t) => t + interval,
+            None => Instant::now(),
+        })
+    }
+
+    /// Periodic status: sync what is written (cheap once per interval, lets the server advance the slot)
+    /// and report.
+    async fn status_tick(&mut self) -> Result<(), SessionError> {
+        if self.positions.needs_sync() {
+            self.sync()?;
+            self.complete_validated_segments()?;
+        }
+        self.send_status(false).await
+    }
+
+    async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
+        match msg {
+            Backend::CopyData(data) => {
+                let server = self.conn.server().to_string();
+                match repl::parse_stream_message(data)
+                    .map_err(|error| SessionError::Replication { server, error })?
+                {
+                    StreamMessage::XLogData { start, data, .. } => self.receive_wal(start, &data)?,
+                    StreamMessage::Keepalive { reply_requested, .. } => {
+                        if reply_requested {
+                            // The server may be waiting on us (shutdown, synchronous commit): make what we
+                            // have durable first so the reply carries the best flush position.
+                            if self.cfg.reports_flush() && self.positions.needs_sync() {
+                                self.sync()?;
+                                self.complete_validated_segments()?;
+                            }
+                            self.send_status(false).await?;
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Backend::CopyDone => {
+                // End of this timeline: close what we have (kept as .partial if incomplete), answer CopyDone.
+                self.finish_files()?;
+                if !self.copy_done_sent {
+                    self.conn.send_copy_done().await?;
+                    self.copy_done_sent = true;
+                }
+                Ok(Some(CopyEnd::EndOfTimeline))
+            }
+            other => Err(self.conn.unexpected(&other, "during streaming").into()),
+        }
+    }
+
+    /// Write one XLogData payload, splitting it at segment boundaries.
+    fn receive_wal(&mut self, start: Lsn, mut data: &[u8]) -> Result<(), SessionError> {
+        let expected = self.positions.received();
+        if start != expected {
+            return Err(SessionError::Protocol {
+                server: self.conn.server().to_string(),
+                message: format!("received WAL at {start}, expected {expected} (timeline {})", self.timeline),
+            });
+        }
+        let mut pos = start;
+        while !data.is_empty() {
+            let offset = pos.segment_offset(self.segment_size);
+            let room = u64::from(self.segment_size) - offset;
+            let n = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
+            let (chunk, rest) = data.split_at(n);
+            if self.current.is_none() {
+                if offset != 0 {
+                    return Err(SessionError::Protocol {
+                        server: self.conn.server().to_string(),
+                        message: format!("received WAL at {pos} (segment offset {offset:#x}) with no segment open"),
+                    });
+                }
+                let id = SegmentId::containing(self.timeline, pos, self.segment_size);
+                self.current = Some(self.dir.open_segment(id)?);
+            }
+            let writer = self.current.as_mut().expect("opened above");
+            writer.write(offset, chunk)?;
+            if let Some(d) = &mut self.decoder {
+                if let Err(error) = d.feed(chunk) {
+                    let file = writer.path().display().to_string();
+                    return Err(SessionError::InvalidWal {
+                        server: self.conn.server().to_string(),
+                        file,
+                        lsn: error.lsn(),
+                        error,
+                    });
+                }
+            }
+            pos = Lsn(pos.0 + n as u64);
+            self.positions.set_received(pos);
+            if let Some(d) = &self.decoder {
+                self.positions.set_validated(d.validated_up_to());
+            }
+            if pos.segment_offset(self.segment_size) == 0 {
+                self.pending.extend(self.current.take());
+            }
+            data = rest;
+        }
+        Ok(())
+    }
+
+    /// fsync everything written (pending segments and the current one).
+    fn sync(&mut self) -> Result<(), SessionError> {
+        for w in self.pending.iter_mut().chain(self.current.as_mut()) {
+            w.sync()?;
+        }
+        self.positions.set_synced(self.positions.received());
+        Ok(())
+    }
+
+    /// Rename fully written segments whose every byte is durable and validated.
+    fn complete_validated_segments(&mut self) -> Result<(), SessionError> {
+        while let Some(first) = self.pending.first() {
+            let end = first.id().end_lsn(self.segment_size).unwrap_or(Lsn(u64::MAX));
+            let validated = self.decoder.as_ref().is_none_or(|d| d.validated_up_to() >= end);
+            if !validated {
+                break;
+            }
+            let w = self.pending.remove(0);
+            w.finish()?; // fsync + rename + directory fsync
+            tracing::info!("finished segment at {end} (timeline {})", self.timeline);
+        }
+        Ok(())
+    }
+
+    async fn send_status(&mut self, reply: bool) -> Result<(), SessionError> {
+        let r = self.positions.report();
+        let msg = repl::standby_status_update(r.write, r.flush, r.apply, repl::now_unix_us(), reply);
+        self.conn.send_copy_data(msg).await?;
+        self.last_status = Some(Instant::now());
+        tracing::debug!(write = %r.write, flush = %r.flush, "sent status update");
+        Ok(())
+    }
+
+    /// Leave streaming on our side: make what we have durable, report it, send CopyDone.
+    async fn stop(&mut self) -> Result<(), SessionError> {
+        self.finish_files()?;
+        self.send_status(false).await?;
+        self.conn.send_copy_done().await?;
+        self.copy_done_sent = true;
+        Ok(())
+    }
+
+    /// Sync and close everything: complete segments get their final names, the open one stays `.partial`.
+    fn finish_files(&mut self) -> Result<(), SessionError> {
+        self.sync()?;
+        self.complete_validated_segments()?;
+        for w in self.pending.drain(..).chain(self.current.take()) {
+            tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
+            w.close_partial()?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort cleanup when the loop ends for any reason (files already closed on the normal paths).
+    async fn close(&mut self) {
+        if let Err(e) = self.finish_files() {
+            tracing::warn!("closing segment files: {e}");
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long the outer loop waits before reconnecting after `attempt` consecutive failures.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
+}
