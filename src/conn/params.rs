@@ -82,6 +82,7 @@ pub struct ConnParams {
     pub fallback_application_name: Option<String>,
     pub options: Option<String>,
     pub sslmode: SslMode,
+    /// The literal `system` means the operating system's trust store (libpq 16+; implies `verify-full`).
     pub sslrootcert: Option<PathBuf>,
     pub sslcert: Option<PathBuf>,
     pub sslkey: Option<PathBuf>,
@@ -90,4 +91,11 @@ pub struct ConnParams {
     pub channel_binding: ChannelBinding,
     pub target_session_attrs: TargetSessionAttrs,
     pub keepalives: bool,
+    /// TCP keepalive tuning (`keepalives_idle`, `keepalives_interval`, `keepalives_count`; TCP only, applied
+    /// with setsockopt as libpq does; None = system default).
+    pub keepalives_idle: Option<Duration>,
+    pub keepalives_interval: Option<Duration>,
+    pub keepalives_count: Option<u32>,
+    /// `tcp_user_timeout` (TCP_USER_TIMEOUT, milliseconds in the connection string).
+    pub tcp_user_timeout: Option<Duration>,
 }
