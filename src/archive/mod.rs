@@ -4,5 +4,6 @@
 pub mod compress;
 pub mod error;
 pub mod fsutil;
+pub mod local;
 
 pub use error::WalDirError;
