@@ -1,2 +1,9 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
 //! durable rename), compression, and the read side (restore, verify, status, cleanup).
+
+pub mod compress;
+pub mod error;
+pub mod fsutil;
+pub mod local;
+
+pub use error::WalDirError;

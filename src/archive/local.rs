@@ -1,0 +1,806 @@
+//! The local WAL directory, write side: one segment at a time as `<name>.partial` (padded with zeros
+//! when uncompressed, like pg_receivewal), sequential writes, `sync()` returning the LSN that is now
+//! safe to report, and on completion fsync + rename to the final name + directory fsync. Also
+//! timeline history files, written under a temporary name and renamed into place.
+//!
+//! Durability bookkeeping (invariants 1–3 of DESIGN.md): a writer tracks three positions inside its
+//! segment, `written` (accepted from the caller) ≥ `flushed` (handed to the kernel) ≥ `durable`
+//! (covered by a successful fsync). Only a successful fsync moves `durable`, so a failed write or
+//! fsync can never make the writer claim bytes that are not on disk.
+
+use super::compress::Compressor;
+use super::error::{Result, WalDirError};
+use super::fsutil;
+use crate::wal::segment::{history_file_name, valid_segment_size, Compression, SegmentId, TimeLineId};
+use crate::wal::Lsn;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Compressed output is written to the file once this much has piled up in memory (and at every
+/// `sync()`), so memory stays bounded between syncs.
+const COMPRESSED_WRITE_THRESHOLD: usize = 256 * 1024;
+
+/// How segments and history files are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalDirOptions {
+    /// WAL segment size of the server, in bytes.
+    pub segment_size: u32,
+    pub compression: Compression,
+    /// Compression level; the method's default when `None`.
+    pub compression_level: Option<i32>,
+    /// Permission bits of created files (pg_receivewal: 0600, or 0640 with group access).
+    pub file_mode: u32,
+    /// fsync files and directories (`false` is pg_receivewal's `--no-sync`).
+    pub sync: bool,
+}
+
+impl WalDirOptions {
+    /// Uncompressed, mode 0600, synced: pg_receivewal's defaults.
+    pub fn new(segment_size: u32) -> WalDirOptions {
+        WalDirOptions {
+            segment_size,
+            compression: Compression::None,
+            compression_level: None,
+            file_mode: 0o600,
+            sync: true,
+        }
+    }
+}
+
+/// A WAL directory that segments and history files are written into.
+#[derive(Debug)]
+pub struct LocalWalDir {
+    dir: PathBuf,
+    options: WalDirOptions,
+}
+
+impl LocalWalDir {
+    /// Use the existing directory `dir` with `options`.
+    pub fn open(dir: impl Into<PathBuf>, options: WalDirOptions) -> Result<LocalWalDir> {
+        let dir = dir.into();
+        if !valid_segment_size(u64::from(options.segment_size)) {
+            return Err(WalDirError::InvalidSegmentSize(u64::from(options.segment_size)));
+        }
+        // Check the level now rather than at the first segment.
+        Compressor::new(options.compression, options.compression_level)?;
+        let meta = fs::metadata(&dir).map_err(|e| WalDirError::io("access directory", &dir, e))?;
+        if !meta.is_dir() {
+            return Err(WalDirError::NotADirectory { path: dir });
+        }
+        Ok(LocalWalDir { dir, options })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &WalDirOptions {
+        &self.options
+    }
+
+    /// Open `segment` for writing from its first byte, as `<name>[.gz|.lz4|.zst].partial`.
+    ///
+    /// Uncompressed: a new (or empty) file is padded to the segment size with zeros; an existing
+    /// file of exactly the segment size is reused and overwritten from the start (streaming always
+    /// restarts at a segment boundary); any other size is an error. Compressed: the file is
+    /// started afresh. With sync on, the file and the directory entry are made durable before any
+    /// data goes in, so a later fsync of the file alone covers its name too.
+    pub fn open_segment(&self, segment: SegmentId) -> Result<SegmentWriter> {
+        let name = segment.file_name(self.options.segment_size);
+        let suffix = self.options.compression.suffix();
+        let partial_path = self.dir.join(format!("{name}{suffix}.partial"));
+        let final_path = self.dir.join(format!("{name}{suffix}"));
+        // Both ends must be representable LSNs; `lsn_at` relies on it.
+        let size = self.options.segment_size;
+        let start = match (segment.start_lsn(size), segment.end_lsn(size)) {
+            (Some(start), Some(_)) => start,
+            _ => return Err(WalDirError::LsnOverflow { path: partial_path }),
+        };
+        let compressor = Compressor::new(self.options.compression, self.options.compression_level)?;
+        let file = if compressor.is_some() {
+            fsutil::open_for_write(&partial_path, self.options.file_mode, true)?.file
+        } else {
+            self.open_padded(&partial_path)?
+        };
+        if self.options.sync {
+            fsutil::sync_file(&file, &partial_path)?;
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(SegmentWriter {
+            segment,
+            segment_size: self.options.segment_size,
+            start,
+            partial_path,
+            final_path,
+            file,
+            compressor,
+            compressed_len: 0,
+            sync: self.options.sync,
+            written: 0,
+            flushed: 0,
+            durable: 0,
+        })
+    }
+
+    /// Open an uncompressed `.partial`, padding it to the full segment size unless it already is.
+    fn open_padded(&self, path: &Path) -> Result<File> {
+        let expected = u64::from(self.options.segment_size);
+        let file = fsutil::open_for_write(path, self.options.file_mode, false)?.file;
+        let size = file.metadata().map_err(|e| WalDirError::io("stat", path, e))?.len();
+        if size == expected {
+            return Ok(file);
+        }
+        if size != 0 {
+            return Err(WalDirError::PartialSize { path: path.to_path_buf(), size, expected });
+        }
+        if let Err(e) = fsutil::preallocate_zeros(&file, path, expected) {
+            // Give the space back, as pg_receivewal does; the next attempt starts over.
+            drop(file);
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    /// Path of the history file of `timeline` in this directory.
+    pub fn history_path(&self, timeline: TimeLineId) -> PathBuf {
+        self.dir.join(history_file_name(timeline))
+    }
+
+    /// True if the history file of `timeline` is present.
+    pub fn has_history(&self, timeline: TimeLineId) -> Result<bool> {
+        let path = self.history_path(timeline);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(WalDirError::io("stat", &path, e)),
+        }
+    }
+
+    /// Store the history file of `timeline`: written as `<name>.tmp`, synced, renamed into place,
+    /// directory synced. An existing file with the same contents is left alone; one with other
+    /// contents is an error (it belongs to another history).
+    pub fn write_history(&self, timeline: TimeLineId, contents: &[u8]) -> Result<PathBuf> {
+        let path = self.history_path(timeline);
+        match fs::read(&path) {
+            Ok(existing) if existing == contents => return Ok(path),
+            Ok(_) => return Err(WalDirError::HistoryConflict { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalDirError::io("read", &path, e)),
+        }
+        let tmp = self.dir.join(format!("{}.tmp", history_file_name(timeline)));
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalDirError::io("remove", &tmp, e)),
+        }
+        fsutil::write_new_file(&tmp, contents, self.options.file_mode, self.options.sync)?;
+        if self.options.sync {
+            fsutil::durable_rename(&tmp, &path)?;
+        } else {
+            fsutil::rename(&tmp, &path)?;
+        }
+        Ok(path)
+    }
+}
+
+/// One segment being written. Dropping it without [`SegmentWriter::close`] leaves the `.partial`
+/// as it is on disk, which the next start resumes from.
+pub struct SegmentWriter {
+    segment: SegmentId,
+    segment_size: u32,
+    start: Lsn,
+    partial_path: PathBuf,
+    final_path: PathBuf,
+    file: File,
+    compressor: Option<Compressor>,
+    /// Compressed bytes already in the file (where the next compressed output goes).
+    compressed_len: u64,
+    sync: bool,
+    /// Offsets inside the segment; see the module comment.
+    written: u64,
+    flushed: u64,
+    durable: u64,
+}
+
+/// What [`SegmentWriter::close`] left on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedSegment {
+    /// The final name for a complete segment, the `.partial` otherwise.
+    pub path: PathBuf,
+    pub complete: bool,
+    /// End of the data in the file; durable when sync is on.
+    pub end_lsn: Lsn,
+}
+
+impl SegmentWriter {
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
+
+    /// The `.partial` file being written.
+    pub fn path(&self) -> &Path {
+        &self.partial_path
+    }
+
+    /// LSN of the segment's first byte.
+    pub fn start_lsn(&self) -> Lsn {
+        self.start
+    }
+
+    /// LSN just past the last byte accepted by [`SegmentWriter::write_at`].
+    pub fn written_lsn(&self) -> Lsn {
+        self.lsn_at(self.written)
+    }
+
+    /// LSN just past the last byte covered by a successful fsync (the segment start before any).
+    /// Never advances with sync off.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.lsn_at(self.durable)
+    }
+
+    /// Bytes still to come before the segment is complete.
+    pub fn remaining(&self) -> u64 {
+        u64::from(self.segment_size) - self.written
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    fn lsn_at(&self, offset: u64) -> Lsn {
+        // Cannot saturate: offsets never exceed the segment size, and open_segment checked that
+        // the segment's end is a valid LSN.
+        Lsn(self.start.0.saturating_add(offset))
+    }
+
+    /// Write `data` at `offset` inside the segment. Writes must be sequential: `offset` is where
+    /// the previous write ended. If this returns an error, nothing of `data` was accepted and the
+    /// same call can be retried (after freeing disk space, for instance).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len())?;
+        match self.compressor.as_mut() {
+            None => {
+                fsutil::write_at_tracked(&self.file, data, offset)
+                    .map_err(|(_, e)| WalDirError::io("write", &self.partial_path, e))?;
+                self.written += data.len() as u64;
+                self.flushed = self.written;
+            }
+            Some(compressor) => {
+                // Write out earlier output first: if that fails, `data` is not taken in yet.
+                if compressor.output().len() >= COMPRESSED_WRITE_THRESHOLD {
+                    write_output(
+                        &self.file,
+                        &self.partial_path,
+                        compressor.output(),
+                        &mut self.compressed_len,
+                    )?;
+                }
+                compressor
+                    .write(data)
+                    .map_err(|e| WalDirError::io("compress data for", &self.partial_path, e))?;
+                self.written += data.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<()> {
+        if offset != self.written {
+            return Err(WalDirError::UnexpectedOffset {
+                path: self.partial_path.clone(),
+                offset,
+                len,
+                expected: self.written,
+            });
+        }
+        let end = u64::try_from(len).ok().and_then(|l| offset.checked_add(l));
+        if end.is_none_or(|end| end > u64::from(self.segment_size)) {
+            return Err(WalDirError::BeyondSegment {
+                path: self.partial_path.clone(),
+                offset,
+                len,
+                segment_size: self.segment_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Make everything written so far durable and return the LSN that may now be reported to the
+    /// server as flushed. Compressed streams get a sync flush first, so the file decodes up to
+    /// that LSN. With sync off (`--no-sync`), the data is only handed to the kernel and that
+    /// position is returned, as pg_receivewal reports it; [`SegmentWriter::durable_lsn`] stays put.
+    /// On error nothing new is claimed and the call can be retried.
+    pub fn sync(&mut self) -> Result<Lsn> {
+        let target = self.written;
+        if let Some(compressor) = self.compressor.as_mut() {
+            compressor
+                .sync_flush()
+                .map_err(|e| WalDirError::io("compress data for", &self.partial_path, e))?;
+            write_output(&self.file, &self.partial_path, compressor.output(), &mut self.compressed_len)?;
+        }
+        self.flushed = target;
+        if !self.sync {
+            return Ok(self.lsn_at(self.flushed));
+        }
+        fsutil::sync_file(&self.file, &self.partial_path)?;
+        self.durable = target;
+        Ok(self.lsn_at(self.durable))
+    }
+
+    /// Close the segment as pg_receivewal's `close_walfile` does: a compressed stream is ended, the
+    /// file synced; a complete segment is then renamed to its final name and the directory synced,
+    /// an incomplete one (shutdown, end of timeline) stays `.partial`. On error the file stays
+    /// `.partial`; reopening the segment starts it over.
+    pub fn close(mut self) -> Result<ClosedSegment> {
+        if let Some(compressor) = self.compressor.take() {
+            let mut rest = compressor
+                .finish()
+                .map_err(|e| WalDirError::io("compress data for", &self.partial_path, e))?;
+            write_output(&self.file, &self.partial_path, &mut rest, &mut self.compressed_len)?;
+        }
+        if self.sync {
+            fsutil::sync_file(&self.file, &self.partial_path)?;
+        }
+        let end_lsn = self.lsn_at(self.written);
+        if !self.is_complete() {
+            tracing::info!(file = %self.partial_path.display(), "not renaming, segment is not complete");
+            return Ok(ClosedSegment { path: self.partial_path, complete: false, end_lsn });
+        }
+        // The contents are synced above, so the final name can never point at missing data.
+        if self.sync {
+            fsutil::durable_rename(&self.partial_path, &self.final_path)?;
+        } else {
+            fsutil::rename(&self.partial_path, &self.final_path)?;
+        }
+        Ok(ClosedSegment { path: self.final_path, complete: true, end_lsn })
+    }
+}
+
+/// Append the compressed bytes in `out` to the file at `*file_len`. What reached the file is
+/// removed from `out` and counted in `*file_len` even on error, so a retry continues exactly there.
+fn write_output(file: &File, path: &Path, out: &mut Vec<u8>, file_len: &mut u64) -> Result<()> {
+    let result = fsutil::write_at_tracked(file, out, *file_len);
+    let done = match &result {
+        Ok(()) => out.len(),
+        Err((done, _)) => *done,
+    };
+    out.drain(..done);
+    *file_len += done as u64;
+    result.map_err(|(_, e)| WalDirError::io("write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::compress::{decompress_available, decompress_file};
+    use proptest::prelude::*;
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
+
+    const SEG: u32 = 1 << 20;
+    const COMPRESSED: [Compression; 3] = [Compression::Gzip, Compression::Lz4, Compression::Zstd];
+
+    fn options(compression: Compression) -> WalDirOptions {
+        WalDirOptions { compression, ..WalDirOptions::new(SEG) }
+    }
+
+    fn seg(number: u64) -> SegmentId {
+        SegmentId { timeline: 1, number }
+    }
+
+    /// Deterministic bytes, half of them incompressible.
+    fn data(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if (i / 1000) % 2 == 0 {
+                    (i % 251) as u8
+                } else {
+                    x as u8
+                }
+            })
+            .collect()
+    }
+
+    fn write_chunks(w: &mut SegmentWriter, bytes: &[u8], chunk: usize) {
+        for piece in bytes.chunks(chunk) {
+            let offset = w.written_lsn().0 - w.start_lsn().0;
+            w.write_at(offset, piece).unwrap();
+        }
+    }
+
+    #[test]
+    fn new_segment_is_a_padded_partial_with_the_given_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir =
+            LocalWalDir::open(tmp.path(), WalDirOptions { file_mode: 0o640, ..options(Compression::None) })
+                .unwrap();
+        let w = dir.open_segment(SegmentId { timeline: 2, number: 0x1030 }).unwrap();
+        assert_eq!(w.path(), tmp.path().join("000000020000000100000030.partial"));
+        assert_eq!(w.start_lsn(), Lsn(0x1_0300_0000));
+        assert_eq!(w.durable_lsn(), w.start_lsn());
+        assert_eq!(w.remaining(), u64::from(SEG));
+        let meta = fs::metadata(w.path()).unwrap();
+        assert_eq!(meta.len(), u64::from(SEG));
+        assert_eq!(meta.mode() & 0o777, 0o640);
+        assert!(fs::read(w.path()).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn complete_segment_is_renamed_and_identical() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let bytes = data(SEG as usize, 1);
+        let mut w = dir.open_segment(seg(5)).unwrap();
+        write_chunks(&mut w, &bytes[..1000], 300);
+        assert_eq!(w.durable_lsn(), Lsn(5 * u64::from(SEG)));
+        assert_eq!(w.sync().unwrap(), Lsn(5 * u64::from(SEG) + 1000));
+        assert_eq!(w.durable_lsn(), Lsn(5 * u64::from(SEG) + 1000));
+        write_chunks(&mut w, &bytes[1000..], 8192);
+        assert!(w.is_complete());
+        let closed = w.close().unwrap();
+        assert_eq!(
+            closed,
+            ClosedSegment {
+                path: tmp.path().join("000000010000000000000005"),
+                complete: true,
+                end_lsn: Lsn(6 * u64::from(SEG)),
+            }
+        );
+        assert_eq!(fs::read(&closed.path).unwrap(), bytes);
+        assert!(!tmp.path().join("000000010000000000000005.partial").exists());
+    }
+
+    #[test]
+    fn incomplete_segment_stays_partial() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let bytes = data(5000, 2);
+        let mut w = dir.open_segment(seg(1)).unwrap();
+        write_chunks(&mut w, &bytes, 999);
+        let closed = w.close().unwrap();
+        assert!(!closed.complete);
+        assert_eq!(closed.path, tmp.path().join("000000010000000000000001.partial"));
+        assert_eq!(closed.end_lsn, Lsn(u64::from(SEG) + 5000));
+        let on_disk = fs::read(&closed.path).unwrap();
+        assert_eq!(on_disk.len(), SEG as usize);
+        assert_eq!(&on_disk[..5000], &bytes[..]);
+        assert!(on_disk[5000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn existing_partial_is_reused_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let old = data(SEG as usize, 3);
+        let path = tmp.path().join("000000010000000000000001.partial");
+        fs::write(&path, &old).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut w = dir.open_segment(seg(1)).unwrap();
+        w.write_at(0, b"new").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let on_disk = fs::read(&path).unwrap();
+        assert_eq!(&on_disk[..3], b"new");
+        assert_eq!(&on_disk[3..], &old[3..]);
+        // An existing file keeps its mode.
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn empty_partial_is_padded_and_wrong_size_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let path = tmp.path().join("000000010000000000000001.partial");
+        fs::write(&path, b"").unwrap();
+        drop(dir.open_segment(seg(1)).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), u64::from(SEG));
+        fs::write(&path, b"12345").unwrap();
+        let err = dir.open_segment(seg(1)).err().unwrap().to_string();
+        assert_eq!(err, format!("WAL file \"{}\" has 5 bytes, should be 0 or 1048576", path.display()));
+        // Untouched.
+        assert_eq!(fs::read(&path).unwrap(), b"12345");
+    }
+
+    #[test]
+    fn compressed_segments_decode_to_the_written_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = data(SEG as usize, 4);
+        for method in COMPRESSED {
+            let dir = LocalWalDir::open(tmp.path(), options(method)).unwrap();
+            let mut w = dir.open_segment(seg(7)).unwrap();
+            let partial = tmp.path().join(format!("000000010000000000000007{}.partial", method.suffix()));
+            assert_eq!(w.path(), partial);
+            assert_eq!(fs::metadata(&partial).unwrap().len(), 0, "compressed files are not padded");
+            // Sync at uneven points: a reader of the .partial sees every synced byte.
+            for cut in [1usize, 70_000, 300_001, 1_000_000] {
+                let from = (w.written_lsn().0 - w.start_lsn().0) as usize;
+                write_chunks(&mut w, &bytes[from..cut], 8192);
+                assert_eq!(w.sync().unwrap(), Lsn(7 * u64::from(SEG) + cut as u64));
+                assert_eq!(w.durable_lsn(), w.written_lsn());
+                assert_eq!(decompress_available(&partial, method).unwrap(), &bytes[..cut], "{method} {cut}");
+            }
+            write_chunks(&mut w, &bytes[1_000_000..], 10_000);
+            let closed = w.close().unwrap();
+            assert!(closed.complete);
+            assert_eq!(closed.path, tmp.path().join(format!("000000010000000000000007{}", method.suffix())));
+            assert!(!partial.exists());
+            assert_eq!(decompress_file(&closed.path, method).unwrap(), bytes, "{method}");
+        }
+    }
+
+    #[test]
+    fn compressed_incomplete_close_ends_the_stream_and_reopen_starts_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = data(100_000, 5);
+        for method in COMPRESSED {
+            let dir = LocalWalDir::open(tmp.path(), options(method)).unwrap();
+            let mut w = dir.open_segment(seg(2)).unwrap();
+            write_chunks(&mut w, &bytes, 4096);
+            let closed = w.close().unwrap();
+            assert!(!closed.complete);
+            assert_eq!(decompress_file(&closed.path, method).unwrap(), bytes, "{method}");
+            let mut w = dir.open_segment(seg(2)).unwrap();
+            assert_eq!(fs::metadata(w.path()).unwrap().len(), 0);
+            w.write_at(0, b"again").unwrap();
+            let closed = w.close().unwrap();
+            assert_eq!(decompress_file(&closed.path, method).unwrap(), b"again");
+        }
+    }
+
+    #[test]
+    fn writes_must_be_sequential_and_inside_the_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        for method in [Compression::None, Compression::Gzip] {
+            let dir = LocalWalDir::open(tmp.path(), options(method)).unwrap();
+            let mut w = dir.open_segment(seg(1)).unwrap();
+            let err = w.write_at(8, b"x").unwrap_err().to_string();
+            assert!(err.contains("at offset 8 is out of order: expected offset 0"), "{err}");
+            w.write_at(0, &[1; 10]).unwrap();
+            let err = w.write_at(5, b"x").unwrap_err();
+            assert!(matches!(err, WalDirError::UnexpectedOffset { expected: 10, .. }), "{err}");
+            let err = w.write_at(u64::MAX, b"x").unwrap_err();
+            assert!(matches!(err, WalDirError::UnexpectedOffset { .. }), "{err}");
+            let too_big = vec![0u8; SEG as usize - 9];
+            let err = w.write_at(10, &too_big).unwrap_err().to_string();
+            assert!(err.contains("runs past the segment size 1048576"), "{err}");
+            w.write_at(10, &too_big[1..]).unwrap();
+            assert!(w.is_complete());
+            assert!(w.write_at(u64::from(SEG), b"").is_ok());
+            assert!(w.write_at(u64::from(SEG), b"x").is_err());
+        }
+    }
+
+    #[test]
+    fn segment_at_the_end_of_the_address_space_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let last = u64::MAX / u64::from(SEG);
+        let err = dir.open_segment(seg(last)).err().unwrap();
+        assert!(matches!(err, WalDirError::LsnOverflow { .. }), "{err}");
+        assert!(dir.open_segment(seg(last - 1)).is_ok());
+    }
+
+    #[test]
+    fn no_sync_reports_flushed_but_never_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        for method in [Compression::None, Compression::Zstd] {
+            let dir =
+                LocalWalDir::open(tmp.path(), WalDirOptions { sync: false, ..options(method) }).unwrap();
+            let mut w = dir.open_segment(seg(3)).unwrap();
+            w.write_at(0, &data(5000, 6)).unwrap();
+            assert_eq!(w.sync().unwrap(), Lsn(3 * u64::from(SEG) + 5000));
+            assert_eq!(w.durable_lsn(), w.start_lsn());
+            // The compressor was still flushed to the file.
+            assert_eq!(decompress_available(w.path(), method).unwrap()[..5000], data(5000, 6)[..]);
+        }
+    }
+
+    #[test]
+    fn history_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir =
+            LocalWalDir::open(tmp.path(), WalDirOptions { file_mode: 0o640, ..options(Compression::None) })
+                .unwrap();
+        assert!(!dir.has_history(2).unwrap());
+        let text = b"1\t0/3000000\tno recovery target specified\n";
+        let path = dir.write_history(2, text).unwrap();
+        assert_eq!(path, tmp.path().join("00000002.history"));
+        assert_eq!(fs::read(&path).unwrap(), text);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        assert!(dir.has_history(2).unwrap());
+        assert!(!tmp.path().join("00000002.history.tmp").exists());
+        // Identical again: fine. A stale temporary file is replaced.
+        fs::write(tmp.path().join("00000002.history.tmp"), b"junk").unwrap();
+        dir.write_history(2, text).unwrap();
+        dir.write_history(3, b"x").unwrap();
+        assert!(!tmp.path().join("00000003.history.tmp").exists());
+        let err = dir.write_history(2, b"other").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!("timeline history file \"{}\" already exists with different contents", path.display())
+        );
+    }
+
+    #[test]
+    fn bad_directories_and_options() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("missing");
+        let err = LocalWalDir::open(&missing, options(Compression::None)).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "could not access directory \"{}\": No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        let file = tmp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = LocalWalDir::open(&file, options(Compression::None)).unwrap_err().to_string();
+        assert_eq!(err, format!("\"{}\" is not a directory", file.display()));
+        let err = LocalWalDir::open(tmp.path(), WalDirOptions::new(3 << 20)).unwrap_err().to_string();
+        assert_eq!(err, "invalid WAL segment size 3145728: must be a power of two from 1 MB to 1 GB");
+        let bad_level = WalDirOptions { compression_level: Some(0), ..options(Compression::Gzip) };
+        assert!(LocalWalDir::open(tmp.path(), bad_level).is_err());
+        // The directory disappears after opening.
+        let gone = tmp.path().join("gone");
+        fs::create_dir(&gone).unwrap();
+        let dir = LocalWalDir::open(&gone, options(Compression::None)).unwrap();
+        fs::remove_dir(&gone).unwrap();
+        let err = dir.open_segment(seg(1)).err().unwrap().to_string();
+        assert!(err.starts_with(&format!("could not create \"{}/", gone.display())), "{err}");
+        assert!(err.ends_with("No such file or directory (os error 2)"), "{err}");
+    }
+
+    /// A small tmpfs mounted for one test (we run as root); `None` where mounting is not allowed.
+    struct TmpMount {
+        dir: tempfile::TempDir,
+    }
+
+    impl TmpMount {
+        fn new(options: &str) -> Option<TmpMount> {
+            let dir = tempfile::tempdir().ok()?;
+            let status =
+                Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir.path()).status();
+            match status {
+                Ok(s) if s.success() => Some(TmpMount { dir }),
+                _ => {
+                    eprintln!("skipping: cannot mount a tmpfs here");
+                    None
+                }
+            }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    impl Drop for TmpMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+        }
+    }
+
+    /// Fill the file system holding `path` completely.
+    fn fill(path: &Path) {
+        let mut f = File::create(path).unwrap();
+        let block = vec![7u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&block[..1]);
+    }
+
+    fn is_enospc(e: &WalDirError) -> bool {
+        e.os_error().and_then(io::Error::raw_os_error) == Some(libc::ENOSPC)
+    }
+
+    #[test]
+    fn read_only_file_system_error_names_the_file() {
+        let Some(mnt) = TmpMount::new("size=4m,ro") else { return };
+        let dir = LocalWalDir::open(mnt.path(), options(Compression::None)).unwrap();
+        let err = dir.open_segment(seg(1)).err().unwrap().to_string();
+        let expected = mnt.path().join("000000010000000000000001.partial");
+        assert_eq!(
+            err,
+            format!("could not create \"{}\": Read-only file system (os error 30)", expected.display())
+        );
+    }
+
+    #[test]
+    fn disk_full_while_padding_removes_the_partial_and_a_retry_works() {
+        let Some(mnt) = TmpMount::new("size=1536k") else { return };
+        // Leave about half a segment free.
+        let filler = mnt.path().join("filler");
+        fs::write(&filler, vec![1u8; 1 << 20]).unwrap();
+        let dir = LocalWalDir::open(mnt.path(), options(Compression::None)).unwrap();
+        let err = dir.open_segment(seg(1)).err().unwrap();
+        assert!(is_enospc(&err), "{err}");
+        assert!(err.to_string().starts_with("could not pad \""), "{err}");
+        assert!(!mnt.path().join("000000010000000000000001.partial").exists());
+        fs::remove_file(&filler).unwrap();
+        let mut w = dir.open_segment(seg(1)).unwrap();
+        w.write_at(0, b"ok").unwrap();
+        assert_eq!(w.sync().unwrap(), Lsn(u64::from(SEG) + 2));
+    }
+
+    #[test]
+    fn disk_full_on_compressed_writes_claims_nothing_and_a_retry_works() {
+        let Some(mnt) = TmpMount::new("size=2m") else { return };
+        let dir = LocalWalDir::open(mnt.path(), options(Compression::Lz4)).unwrap();
+        let bytes: Vec<u8> = data(900_000, 7).iter().enumerate().map(|(i, b)| b ^ (i as u8)).collect();
+        let mut w = dir.open_segment(seg(1)).unwrap();
+        w.write_at(0, &bytes[..100]).unwrap();
+        assert_eq!(w.sync().unwrap(), Lsn(u64::from(SEG) + 100));
+        let filler = mnt.path().join("filler");
+        fill(&filler);
+        // Keep writing until the buffered output has to reach the full disk.
+        let mut offset = 100usize;
+        let failed_at = loop {
+            let end = (offset + 65_536).min(bytes.len());
+            match w.write_at(offset as u64, &bytes[offset..end]) {
+                Ok(()) => offset = end,
+                Err(e) => {
+                    assert!(is_enospc(&e), "{e}");
+                    break offset;
+                }
+            }
+            assert!(offset < bytes.len(), "disk never filled");
+        };
+        assert_eq!(w.written_lsn(), Lsn(u64::from(SEG) + failed_at as u64));
+        let err = w.sync().unwrap_err();
+        assert!(is_enospc(&err), "{err}");
+        assert_eq!(w.durable_lsn(), Lsn(u64::from(SEG) + 100));
+        // Space comes back: retry the very same write, then carry on.
+        fs::remove_file(&filler).unwrap();
+        write_chunks(&mut w, &bytes[failed_at..], 65_536);
+        assert_eq!(w.sync().unwrap(), Lsn(u64::from(SEG) + bytes.len() as u64));
+        let closed = w.close().unwrap();
+        assert_eq!(decompress_file(&closed.path, Compression::Lz4).unwrap(), bytes);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Random chunked writes at sequential offsets produce exactly the concatenation.
+        #[test]
+        fn chunked_writes_equal_the_concatenation(
+            method_index in 0usize..4,
+            seed: u64,
+            chunks in prop::collection::vec(1usize..40_000, 0..60),
+            complete: bool,
+            sync_every in 1usize..8,
+        ) {
+            let method = [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd][method_index];
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = LocalWalDir::open(tmp.path(), WalDirOptions { sync: false, ..options(method) }).unwrap();
+            let total: usize = if complete { SEG as usize } else { chunks.iter().sum::<usize>().min(SEG as usize) };
+            let bytes = data(total, seed);
+            let mut w = dir.open_segment(seg(9)).unwrap();
+            let mut offset = 0usize;
+            for (i, len) in chunks.iter().chain(std::iter::repeat(&65_536)).enumerate() {
+                if offset == total {
+                    break;
+                }
+                let end = (offset + len).min(total);
+                w.write_at(offset as u64, &bytes[offset..end]).unwrap();
+                offset = end;
+                if i % sync_every == 0 {
+                    w.sync().unwrap();
+                }
+            }
+            let closed = w.close().unwrap();
+            prop_assert_eq!(closed.complete, total == SEG as usize);
+            let content = decompress_file(&closed.path, method).unwrap();
+            prop_assert_eq!(&content[..total], &bytes[..]);
+            let expected_len = if method == Compression::None { SEG as usize } else { total };
+            prop_assert_eq!(content.len(), expected_len);
+            prop_assert!(content[total..].iter().all(|&b| b == 0));
+        }
+    }
+}
