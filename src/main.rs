@@ -66,6 +66,7 @@ fn run() -> Result<(), Exit> {
     let name = match &cli.command {
         Command::Receive { .. } => "receive",
         Command::Check(_) => "check",
+        Command::Demo(_) => "demo",
     };
     let prog = Prog::Walkeeper { command: name };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
@@ -82,6 +83,7 @@ fn run() -> Result<(), Exit> {
             runtime().block_on(receive::run(args, &prog))
         }
         Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
+        Command::Demo(args) => runtime().block_on(cli::demo::run(args, &prog)),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod compress;
 pub mod error;
 pub mod fsutil;
+pub mod identity;
 pub mod local;
 
 pub use error::WalDirError;

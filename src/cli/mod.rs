@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod compress;
+pub mod demo;
 pub mod logging;
 pub mod receive;
 
@@ -157,6 +158,8 @@ pub enum Command {
     /// Connect as a replication client and report whether streaming can start
     #[command(disable_help_flag = true)]
     Check(check::CheckArgs),
+    /// Run walkeeper against a throwaway local PostgreSQL and show the archive it makes
+    Demo(demo::DemoArgs),
 }
 
 /// pg_receivewal's `--version` line; scripts that parse "(PostgreSQL) NN" keep working.

@@ -44,7 +44,7 @@ impl ReceiveConfig {
             segment_size,
             compression: self.compression,
             compression_level: self.compression_level,
-            fsync: self.fsync,
+            sync: self.fsync,
             file_mode,
         }
     }

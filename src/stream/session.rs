@@ -2,7 +2,8 @@
 //! history, START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports
 //! positions — following end-of-timeline to the next timeline on the same connection.
 
-use crate::archive::local::{SegmentWriter, WalDir};
+use crate::archive::identity::directory_system_id;
+use crate::archive::local::{LocalWalDir as WalDir, SegmentWriter};
 use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
@@ -92,11 +93,11 @@ pub async fn run_session(
 ) -> Result<Stopped, SessionError> {
     let info = identify(conn).await?;
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
-    dir.check_system_identifier(info.identity.system_id)?;
+    check_system_identifier(&dir, &info)?;
     let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
     loop {
         start = start.segment_start(info.segment_size);
-        if timeline != 1 && !dir.has_history(timeline) {
+        if timeline != 1 && !dir.has_history(timeline)? {
             fetch_history(conn, &dir, timeline).await?;
         }
         tracing::info!("starting log streaming at {start} (timeline {timeline})");
@@ -130,6 +131,22 @@ pub async fn run_session(
     }
 }
 
+/// Refuse a directory that already holds WAL of another database system.
+fn check_system_identifier(dir: &WalDir, info: &ServerInfo) -> Result<(), SessionError> {
+    let found = directory_system_id(dir.path(), info.segment_size).map_err(|e| {
+        SessionError::Fatal(format!("could not read WAL directory \"{}\": {e}", dir.path().display()))
+    })?;
+    match found {
+        Some((id, file)) if id != info.identity.system_id => Err(SessionError::Fatal(format!(
+            "WAL directory \"{}\" belongs to database system {id} (see \"{}\"), but the server's system identifier is {}",
+            dir.path().display(),
+            file.display(),
+            info.identity.system_id
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn stop_at_endpos(cfg: &ReceiveConfig, pos: Lsn) -> bool {
     cfg.endpos.is_some_and(|e| e < pos)
 }
@@ -141,7 +158,7 @@ async fn start_position(
     dir: &WalDir,
     info: &ServerInfo,
 ) -> Result<(Lsn, TimeLineId), SessionError> {
-    if let Some(found) = dir.find_start()? {
+    if let Some(found) = crate::archive::scan::find_start(dir.path(), info.segment_size)? {
         return Ok((found.lsn, found.timeline));
     }
     if let Some(slot) = &cfg.slot {
@@ -393,7 +410,7 @@ impl<'a> CopyLoop<'a> {
                 self.current = Some(self.dir.open_segment(id)?);
             }
             let writer = self.current.as_mut().expect("opened above");
-            writer.write(offset, chunk)?;
+            writer.write_at(offset, chunk)?;
             if let Some(d) = &mut self.decoder {
                 if let Err(error) = d.feed(chunk) {
                     let file = writer.path().display().to_string();
@@ -430,13 +447,13 @@ impl<'a> CopyLoop<'a> {
     /// Rename fully written segments whose every byte is durable and validated.
     fn complete_validated_segments(&mut self) -> Result<(), SessionError> {
         while let Some(first) = self.pending.first() {
-            let end = first.id().end_lsn(self.segment_size).unwrap_or(Lsn(u64::MAX));
+            let end = first.segment().end_lsn(self.segment_size).unwrap_or(Lsn(u64::MAX));
             let validated = self.decoder.as_ref().is_none_or(|d| d.validated_up_to() >= end);
             if !validated {
                 break;
             }
             let w = self.pending.remove(0);
-            w.finish()?; // fsync + rename + directory fsync
+            w.close()?; // fsync + rename + directory fsync
             tracing::info!("finished segment at {end} (timeline {})", self.timeline);
         }
         Ok(())
@@ -464,9 +481,11 @@ impl<'a> CopyLoop<'a> {
     fn finish_files(&mut self) -> Result<(), SessionError> {
         self.sync()?;
         self.complete_validated_segments()?;
+        // What is left is incomplete or not yet validated: it stays `.partial` (synced above), and the next
+        // start streams it again from its beginning.
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            w.close_partial()?;
+            drop(w);
         }
         Ok(())
     }
