@@ -6,5 +6,6 @@ pub mod conninfo;
 pub mod env;
 pub mod params;
 pub mod pgpass;
+pub mod tls;
 
 pub use params::{ChannelBinding, ConnParams, Endpoint, SslMode, TargetSessionAttrs};
