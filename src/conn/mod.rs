@@ -6,6 +6,7 @@ pub mod conninfo;
 pub mod env;
 pub mod params;
 pub mod pgpass;
+pub mod tls;
 
 pub use params::{ChannelBinding, ConnParams, Endpoint, SslMode, TargetSessionAttrs};
 pub mod auth;
