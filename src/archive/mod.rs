@@ -5,5 +5,6 @@ pub mod compress;
 pub mod error;
 pub mod fsutil;
 pub mod local;
+pub mod scan;
 
 pub use error::WalDirError;
