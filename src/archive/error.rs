@@ -35,6 +35,10 @@ pub enum WalDirError {
         path.display()
     )]
     SegmentSize { path: PathBuf, size: u64, expected: u64 },
+    /// A segment file name that cannot exist with this segment size (its low part is too large):
+    /// the directory was written for a smaller segment size.
+    #[error("segment file name \"{}\" is impossible with a WAL segment size of {segment_size} bytes", path.display())]
+    NameNotForSegmentSize { path: PathBuf, segment_size: u32 },
     /// A write that does not continue exactly where the previous one ended.
     #[error("write of {len} bytes to \"{}\" at offset {offset} is out of order: expected offset {expected}", path.display())]
     UnexpectedOffset { path: PathBuf, offset: u64, len: usize, expected: u64 },

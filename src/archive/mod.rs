@@ -6,5 +6,6 @@ pub mod error;
 pub mod fsutil;
 pub mod identity;
 pub mod local;
+pub mod scan;
 
 pub use error::WalDirError;
