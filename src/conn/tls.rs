@@ -685,7 +685,7 @@ fn binding_hash_for(oid: &[u8]) -> Option<BindingHash> {
     use BindingHash::*;
     if let Some(rest) = oid.strip_prefix(PKCS1) {
         return match rest {
-            [0x02] | [0x03] | [0x04] | [0x05] | [0x0b] => Some(Sha256), // md2, md4, md5, sha1, sha256 WithRSA
+            [0x04] | [0x05] | [0x0b] => Some(Sha256), // md5, sha1, sha256 WithRSAEncryption
             [0x0c] => Some(Sha384),
             [0x0d] => Some(Sha512),
             [0x0e] => Some(Sha224),

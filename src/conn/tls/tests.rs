@@ -534,6 +534,11 @@ openssl req -x509 -key ed.key -out ed25519.crt -days 30 -subj /CN=ed 2>/dev/null
         assert_eq!(expected.len(), len);
         assert_eq!(tls_server_end_point(&pki.der(file)).unwrap(), expected, "{file}");
     }
+    const PKCS1: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    let pkcs1 = |last: u8| [&PKCS1[..], &[last]].concat();
+    assert_eq!(binding_hash_for(&pkcs1(0x04)), Some(BindingHash::Sha256), "md5 -> sha256");
+    assert_eq!(binding_hash_for(&pkcs1(0x0a)), None, "RSASSA-PSS: hash only in parameters (libpq fails too)");
+    assert_eq!(binding_hash_for(&pkcs1(0x02)), None, "md2: not md5/sha1, no usable hash");
     let err = tls_server_end_point(&pki.der("ed25519.crt")).unwrap_err();
     assert!(err.to_string().contains("OID 1.3.101.112"), "{err}");
 }
