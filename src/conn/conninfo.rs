@@ -491,10 +491,9 @@ pub fn resolve(src: &Sources, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
 /// libpq's `conninfo_add_defaults`, environment part: a variable fills its keyword when the keyword is unset,
 /// even when the variable is empty.
 fn add_environment(options: &mut Options, env: &dyn Fn(&str) -> Option<String>) {
-    for (var, keyword) in ENV_VARS {
+    for &(var, keyword) in ENV_VARS {
         if options.get(keyword).is_none() {
             if let Some(value) = env(var) {
-                let keyword = canonical_keyword(keyword).expect("ENV_VARS names libpq keywords");
                 options.set(keyword, value);
             }
         }
