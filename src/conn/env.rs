@@ -50,11 +50,6 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 /// Deprecated: a value starting with `1` means `sslmode=require` when neither `sslmode` nor PGSSLMODE is set.
 pub const PGREQUIRESSL: &str = "PGREQUIRESSL";
 
-/// The environment variable that supplies `keyword`, if any.
-pub fn var_for(keyword: &str) -> Option<&'static str> {
-    ENV_VARS.iter().find(|(_, kw)| *kw == keyword).map(|(var, _)| *var)
-}
-
 /// Reads the real process environment (for production; tests inject their own lookup function).
 /// A variable whose value is not valid UTF-8 is treated as unset.
 pub fn process_env(name: &str) -> Option<String> {
@@ -119,15 +114,6 @@ mod tests {
             assert!(ENV_VARS[i + 1..].iter().all(|(v, k)| v != var && k != kw), "{var} / {kw} listed twice");
             assert!(crate::conn::conninfo::is_keyword(kw), "{kw} is not a libpq keyword");
         }
-    }
-
-    #[test]
-    fn lookup_by_keyword() {
-        assert_eq!(var_for("host"), Some("PGHOST"));
-        assert_eq!(var_for("target_session_attrs"), Some("PGTARGETSESSIONATTRS"));
-        assert_eq!(var_for("connect_timeout"), Some("PGCONNECT_TIMEOUT"));
-        assert_eq!(var_for("fallback_application_name"), None);
-        assert_eq!(var_for("sslpassword"), None);
     }
 
     #[test]

@@ -21,7 +21,8 @@ impl Endpoint {
         }
     }
 
-    /// The host as libpq names it in messages and matches it in .pgpass (`localhost` for the default socket).
+    /// The host as libpq names it in messages and looks it up in .pgpass (`pgpass::lookup` maps an empty host
+    /// and the default socket directory to `localhost`).
     pub fn host_for_display(&self) -> String {
         match self {
             Endpoint::Tcp { host, hostaddr, .. } => {
