@@ -3,7 +3,7 @@
 //! runs, stops at a known LSN, and shows the archive next to the server's own segments.
 
 use crate::cli::{Exit, Prog};
-use crate::conn::{connect, ConnParams, ConnectOptions, Endpoint};
+use crate::conn::{conninfo, connect, ConnParams, ConnectOptions};
 use crate::stream::feedback::ApplyReport;
 use crate::stream::follow::receive;
 use crate::stream::ReceiveConfig;
@@ -138,31 +138,18 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     result.map_err(fail)
 }
 
-fn params(port: u16, sockets: &Path) -> ConnParams {
-    ConnParams {
-        endpoints: vec![Endpoint::Unix { dir: sockets.to_path_buf(), port }],
-        user: "postgres".into(),
-        dbname: Some("postgres".into()),
-        password: None,
-        passfile: None,
-        application_name: Some("walkeeper_demo".into()),
-        fallback_application_name: None,
-        options: None,
-        sslmode: Default::default(),
-        sslrootcert: None,
-        sslcert: None,
-        sslkey: None,
-        sslpassword: None,
-        connect_timeout: Some(Duration::from_secs(10)),
-        channel_binding: Default::default(),
-        target_session_attrs: Default::default(),
-        keepalives: true,
-    }
+fn params(port: u16, sockets: &Path, dbname: &str) -> Result<ConnParams, String> {
+    let conninfo = format!(
+        "host='{}' port={port} user=postgres dbname={dbname} application_name=walkeeper_demo connect_timeout=10",
+        sockets.display()
+    );
+    let sources = conninfo::Sources { conninfo: Some(&conninfo), ..Default::default() };
+    conninfo::resolve(&sources, &|_| None).map_err(|e| e.to_string())
 }
 
 async fn sql(port: u16, sockets: &Path, statements: &[&str]) -> Result<Vec<String>, String> {
     let opts = ConnectOptions { replication: false, ..ConnectOptions::default() };
-    let mut conn = connect(&params(port, sockets), &opts).await.map_err(|e| e.to_string())?;
+    let mut conn = connect(&params(port, sockets, "postgres")?, &opts).await.map_err(|e| e.to_string())?;
     let mut last = Vec::new();
     for s in statements {
         let rs = conn.simple_query(s).await.map_err(|e| e.to_string())?;
@@ -192,10 +179,8 @@ async fn demo_body(args: &DemoArgs, port: u16, sockets: &Path, archive: &Path, d
         .and_then(|s| s.parse().ok())
         .ok_or("could not read pg_current_wal_lsn()")?;
     println!("3. wrote {rows} rows ({} MB of WAL requested); streaming up to {end}", args.megabytes);
-    let mut conn = params(port, sockets);
-    conn.dbname = None;
     let cfg = ReceiveConfig {
-        conn,
+        conn: params(port, sockets, "replication")?,
         connect: ConnectOptions::default(),
         directory: archive.to_path_buf(),
         slot: Some("walkeeper_demo".into()),

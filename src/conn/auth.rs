@@ -48,7 +48,7 @@ pub async fn authenticate(
     passwords: &mut dyn PasswordSource,
 ) -> Result<(), AuthError> {
     let mut used_sasl_plus = false;
-    let mut get_password = |passwords: &mut dyn PasswordSource| passwords.password().ok_or(AuthError::NoPassword);
+    let get_password = |passwords: &mut dyn PasswordSource| passwords.password().ok_or(AuthError::NoPassword);
     loop {
         let request = match conn.recv().await? {
             Backend::Authentication(r) => r,

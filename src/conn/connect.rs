@@ -421,7 +421,7 @@ async fn startup(
 /// The host name .pgpass entries are matched against (libpq: `localhost` for the default socket directory).
 fn pgpass_host(endpoint: &Endpoint) -> String {
     match endpoint {
-        Endpoint::Unix { dir, .. } if pgpass::is_default_socket_dir(dir) => "localhost".to_string(),
+        Endpoint::Unix { dir, .. } if *dir == crate::conn::conninfo::default_socket_dir() => "localhost".to_string(),
         other => other.host_for_display(),
     }
 }
