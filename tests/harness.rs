@@ -206,15 +206,26 @@ fn every_available_major_starts_and_streams() {
     if !majors.contains(&17) {
         println!("note: .pg/17 missing, run scripts/fetch-postgres.sh to test major 17 (CI does)");
     }
-    for install in installs {
-        let mut primary = Cluster::builder().install(&install).start();
-        assert_eq!(primary.major(), install.major);
-        let num: u32 = primary.psql("SHOW server_version_num").parse().unwrap();
-        assert_eq!(num / 10000, install.major);
-        let standby = primary.standby();
-        primary.psql("CREATE TABLE t AS SELECT 42 AS v");
-        standby.wait_for_replay(primary.current_lsn());
-        assert_eq!(standby.psql("SELECT v FROM t"), "42", "major {}", install.major);
+    // One thread per major; a failure re-raises the original panic (with its server log).
+    let handles: Vec<_> = installs
+        .into_iter()
+        .map(|install| {
+            std::thread::spawn(move || {
+                let mut primary = Cluster::builder().install(&install).start();
+                assert_eq!(primary.major(), install.major);
+                let num: u32 = primary.psql("SHOW server_version_num").parse().unwrap();
+                assert_eq!(num / 10000, install.major);
+                let standby = primary.standby();
+                primary.psql("CREATE TABLE t AS SELECT 42 AS v");
+                standby.wait_for_replay(primary.current_lsn());
+                assert_eq!(standby.psql("SELECT v FROM t"), "42", "major {}", install.major);
+            })
+        })
+        .collect();
+    for handle in handles {
+        if let Err(panic) = handle.join() {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
