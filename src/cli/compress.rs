@@ -68,7 +68,7 @@ fn parse_level(name: &str, detail: &str) -> Result<i32, String> {
         match key.trim() {
             "level" => {
                 level = Some(value.trim().parse::<i32>().map_err(|_| {
-                    format!("invalid compression specification: value for compression option \"level\" must be an integer")
+                    "invalid compression specification: value for compression option \"level\" must be an integer".to_string()
                 })?)
             }
             "" => return Err("invalid compression specification: found empty string where a compression option was expected".into()),

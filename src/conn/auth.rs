@@ -17,12 +17,18 @@ const SCRAM_PLUS: &str = "SCRAM-SHA-256-PLUS";
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error(transparent)]
-    Conn(#[from] ConnError),
+    Conn(Box<ConnError>),
     /// libpq: "fe_sendauth: no password supplied".
     #[error("fe_sendauth: no password supplied")]
     NoPassword,
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<ConnError> for AuthError {
+    fn from(e: ConnError) -> Self {
+        AuthError::Conn(Box::new(e))
+    }
 }
 
 /// Produces the password on demand (explicit, .pgpass, or a prompt), at most once per connection.
@@ -37,7 +43,7 @@ impl<F: FnMut() -> Option<String>> PasswordSource for F {
 }
 
 fn io_err(conn: &Connection, e: std::io::Error) -> AuthError {
-    AuthError::Conn(ConnError::Send { server: conn.server().to_string(), error: FrameError::Io(e) })
+    ConnError::Send { server: conn.server().to_string(), error: FrameError::Io(e) }.into()
 }
 
 /// Run the authentication exchange up to AuthenticationOk.

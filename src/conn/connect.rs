@@ -119,7 +119,7 @@ impl From<ConnError> for Failure {
 impl From<AuthError> for Failure {
     fn from(e: AuthError) -> Failure {
         match e {
-            AuthError::Conn(c) => c.into(),
+            AuthError::Conn(c) => (*c).into(),
             other => Failure::fatal(other.to_string()),
         }
     }

@@ -23,9 +23,9 @@ const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
-    Conn(#[from] ConnError),
+    Conn(Box<ConnError>),
     #[error("{0}")]
-    Archive(#[from] crate::archive::error::WalDirError),
+    Archive(Box<crate::archive::error::WalDirError>),
     #[error("{server}: {error}")]
     Replication { server: String, error: repl::ReplicationError },
     /// The stream failed validation: nothing at or after `lsn` was acknowledged.
@@ -36,6 +36,18 @@ pub enum SessionError {
     Fatal(String),
     #[error("{server}: {message}")]
     Protocol { server: String, message: String },
+}
+
+impl From<ConnError> for SessionError {
+    fn from(e: ConnError) -> Self {
+        SessionError::Conn(Box::new(e))
+    }
+}
+
+impl From<crate::archive::error::WalDirError> for SessionError {
+    fn from(e: crate::archive::error::WalDirError) -> Self {
+        SessionError::Archive(Box::new(e))
+    }
 }
 
 impl SessionError {
