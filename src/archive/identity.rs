@@ -17,7 +17,8 @@ pub fn directory_system_id(dir: &Path, segment_size: u32) -> std::io::Result<Opt
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(WalFileName::Segment { name: seg, compression, .. }) = WalFileName::parse(&name.to_string_lossy())
+        let Some(WalFileName::Segment { name: seg, compression, .. }) =
+            WalFileName::parse(&name.to_string_lossy())
         else {
             continue;
         };

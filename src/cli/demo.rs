@@ -3,7 +3,7 @@
 //! runs, stops at a known LSN, and shows the archive next to the server's own segments.
 
 use crate::cli::{Exit, Prog};
-use crate::conn::{conninfo, connect, ConnParams, ConnectOptions};
+use crate::conn::{connect, conninfo, ConnParams, ConnectOptions};
 use crate::stream::feedback::ApplyReport;
 use crate::stream::follow::receive;
 use crate::stream::ReceiveConfig;
@@ -107,8 +107,10 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     let bin = find_pg_bin(args.pg_bin.clone())
         .ok_or_else(|| fail("no PostgreSQL server programs found: install PostgreSQL (e.g. apt-get install postgresql) or pass --pg-bin".into()))?;
     let user = server_user().map_err(fail)?;
-    let root = tempfile::Builder::new().prefix("walkeeper-demo-").tempdir().map_err(|e| fail(e.to_string()))?;
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| fail(e.to_string()))?;
+    let root =
+        tempfile::Builder::new().prefix("walkeeper-demo-").tempdir().map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail(e.to_string()))?;
     let data = root.path().join("pgdata");
     let sockets = root.path().join("sockets");
     let archive = root.path().join("archive");
@@ -121,14 +123,19 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     let port = free_port().map_err(fail)?;
     let server = Server { bin, data: data.clone(), user };
     println!("1. starting a temporary PostgreSQL ({}) on port {port}", server.bin.display());
-    server.run("initdb", &["-D", &data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync"]).map_err(fail)?;
+    server
+        .run("initdb", &["-D", &data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync"])
+        .map_err(fail)?;
     let opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c wal_level=replica -c max_wal_senders=4 -c fsync=off",
         sockets.display()
     );
     let log = root.path().join("server.log");
     server
-        .run("pg_ctl", &["start", "-w", "-D", &data.to_string_lossy(), "-o", &opts, "-l", &log.to_string_lossy()])
+        .run(
+            "pg_ctl",
+            &["start", "-w", "-D", &data.to_string_lossy(), "-o", &opts, "-l", &log.to_string_lossy()],
+        )
         .map_err(fail)?;
     let result = demo_body(&args, port, &sockets, &archive, &data).await;
     server.stop();
@@ -164,15 +171,25 @@ async fn sql(port: u16, sockets: &Path, statements: &[&str]) -> Result<Vec<Strin
     Ok(last)
 }
 
-async fn demo_body(args: &DemoArgs, port: u16, sockets: &Path, archive: &Path, data: &Path) -> Result<(), String> {
+async fn demo_body(
+    args: &DemoArgs,
+    port: u16,
+    sockets: &Path,
+    archive: &Path,
+    data: &Path,
+) -> Result<(), String> {
     sql(port, sockets, &["SELECT pg_create_physical_replication_slot('walkeeper_demo', true)"]).await?;
     println!("2. created replication slot walkeeper_demo; streaming into {}", archive.display());
     let rows = (u64::from(args.megabytes) * 1024 * 1024 / 600).max(1000);
     let workload = format!(
         "INSERT INTO demo SELECT g, repeat(md5(g::text), 8), now() FROM generate_series(1, {rows}) g"
     );
-    sql(port, sockets, &["CREATE TABLE demo (id int, payload text, at timestamptz)", &workload, "CHECKPOINT"])
-        .await?;
+    sql(
+        port,
+        sockets,
+        &["CREATE TABLE demo (id int, payload text, at timestamptz)", &workload, "CHECKPOINT"],
+    )
+    .await?;
     let end: Lsn = sql(port, sockets, &["SELECT pg_current_wal_lsn()::text"])
         .await?
         .first()
@@ -208,8 +225,8 @@ async fn demo_body(args: &DemoArgs, port: u16, sockets: &Path, archive: &Path, d
     let mut identical = 0;
     for (name, size) in &names {
         let server_copy = data.join("pg_wal").join(name);
-        let same = !name.contains('.')
-            && std::fs::read(archive.join(name)).ok() == std::fs::read(&server_copy).ok();
+        let same =
+            !name.contains('.') && std::fs::read(archive.join(name)).ok() == std::fs::read(&server_copy).ok();
         identical += usize::from(same);
         let note = if same { "identical to the server's pg_wal/".to_string() + name } else { String::new() };
         println!("   {name:<32} {size:>10} bytes  {note}");

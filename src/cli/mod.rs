@@ -114,7 +114,8 @@ pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {
 /// Turn SIGINT/SIGTERM into `true` on the channel.
 pub async fn forward_signals(tx: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         return;
     };
     tokio::select! {

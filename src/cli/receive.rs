@@ -136,7 +136,8 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
     let endpos = match &args.endpos {
         None => None,
         Some(s) => Some(
-            s.parse::<Lsn>().map_err(|_| Exit::error(prog, &format!("could not parse end position \"{s}\"")))?,
+            s.parse::<Lsn>()
+                .map_err(|_| Exit::error(prog, &format!("could not parse end position \"{s}\"")))?,
         ),
     };
     let compress = match &args.compress {
@@ -193,7 +194,10 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
 fn check_directory(dir: &std::path::Path, prog: &Prog) -> Result<(), Exit> {
     match std::fs::read_dir(dir) {
         Ok(_) => Ok(()),
-        Err(e) => Err(Exit::error(prog, &format!("could not open directory \"{}\": {}", dir.display(), os_text(&e)))),
+        Err(e) => Err(Exit::error(
+            prog,
+            &format!("could not open directory \"{}\": {}", dir.display(), os_text(&e)),
+        )),
     }
 }
 
@@ -224,7 +228,8 @@ async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> R
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     let info = identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("creating replication slot \"{slot}\"");
-    let cmd = repl::create_physical_slot(info.major, slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    let cmd =
+        repl::create_physical_slot(info.major, slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
     match conn.simple_query(&cmd).await {
         Ok(_) => Ok(()),
         Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {

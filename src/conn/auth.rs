@@ -65,7 +65,8 @@ pub async fn authenticate(
             AuthRequest::Ok => {
                 if channel_binding == ChannelBinding::Require && !used_sasl_plus {
                     return Err(AuthError::Refused(
-                        "channel binding required, but server authenticated client without channel binding".into(),
+                        "channel binding required, but server authenticated client without channel binding"
+                            .into(),
                     ));
                 }
                 return Ok(());

@@ -39,7 +39,11 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { prompt: PasswordPrompt::IfNeeded, max_message: DEFAULT_MAX_MESSAGE, replication: true }
+        ConnectOptions {
+            prompt: PasswordPrompt::IfNeeded,
+            max_message: DEFAULT_MAX_MESSAGE,
+            replication: true,
+        }
     }
 }
 
@@ -196,7 +200,11 @@ async fn connect_endpoint(
         match result {
             Ok(conn) => return Outcome::Connected(Box::new(conn)),
             Err(f) => {
-                failures.push(AttemptFailure { target: target.label(), cause: f.cause, sqlstate: f.sqlstate });
+                failures.push(AttemptFailure {
+                    target: target.label(),
+                    cause: f.cause,
+                    sqlstate: f.sqlstate,
+                });
                 if f.fatal {
                     return Outcome::GiveUp;
                 }
@@ -245,7 +253,11 @@ async fn resolve(endpoint: &Endpoint) -> Result<Vec<Target>, String> {
         }
         Endpoint::Tcp { host, hostaddr: None, port } => {
             if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-                return Ok(vec![Target::Tcp { host: host.clone(), addr: SocketAddr::new(ip, *port), numeric: true }]);
+                return Ok(vec![Target::Tcp {
+                    host: host.clone(),
+                    addr: SocketAddr::new(ip, *port),
+                    numeric: true,
+                }]);
             }
             let addrs = tokio::net::lookup_host((host.as_str(), *port))
                 .await
@@ -299,7 +311,9 @@ async fn establish(
     prompted: &mut Option<String>,
 ) -> Result<Connection, Failure> {
     let tls_host = match endpoint {
-        Endpoint::Tcp { host, hostaddr, .. } => Some(if host.is_empty() { hostaddr.clone().unwrap_or_default() } else { host.clone() }),
+        Endpoint::Tcp { host, hostaddr, .. } => {
+            Some(if host.is_empty() { hostaddr.clone().unwrap_or_default() } else { host.clone() })
+        }
         Endpoint::Unix { .. } => None, // libpq never uses SSL over Unix-domain sockets
     };
     let setup = match &tls_host {
@@ -307,7 +321,15 @@ async fn establish(
         None => None,
     };
     let first_try_tls = setup.is_some() && params.sslmode != SslMode::Allow;
-    let result = handshake_and_startup(params, opts, endpoint, target, setup.as_ref().filter(|_| first_try_tls), prompted).await;
+    let result = handshake_and_startup(
+        params,
+        opts,
+        endpoint,
+        target,
+        setup.as_ref().filter(|_| first_try_tls),
+        prompted,
+    )
+    .await;
     match (result, params.sslmode) {
         // prefer: the server refused the encrypted session (e.g. hostnossl) or TLS failed: retry in the clear.
         (Err(f), SslMode::Prefer) if setup.is_some() && (f.server_refused || f.cause.starts_with("SSL")) => {
@@ -334,9 +356,13 @@ async fn handshake_and_startup(
         let Socket::Tcp(mut tcp) = socket else { unreachable!("matched Tcp above") };
         let mut req = BytesMut::new();
         frontend::ssl_request(&mut req);
-        tcp.write_all(&req).await.map_err(|e| Failure::plain(format!("could not send SSL negotiation packet: {}", os_error(&e))))?;
+        tcp.write_all(&req).await.map_err(|e| {
+            Failure::plain(format!("could not send SSL negotiation packet: {}", os_error(&e)))
+        })?;
         let mut answer = [0u8; 1];
-        tcp.read_exact(&mut answer).await.map_err(|e| Failure::plain(format!("could not receive data from server: {}", os_error(&e))))?;
+        tcp.read_exact(&mut answer)
+            .await
+            .map_err(|e| Failure::plain(format!("could not receive data from server: {}", os_error(&e))))?;
         socket = match answer[0] {
             b'S' => Socket::Tls(Box::new(
                 tls::handshake(setup, tcp).await.map_err(|e| Failure::fatal(format!("SSL error: {e}")))?,
@@ -344,7 +370,10 @@ async fn handshake_and_startup(
             b'N' if params.sslmode == SslMode::Prefer || params.sslmode == SslMode::Allow => Socket::Tcp(tcp),
             b'N' => return Err(Failure::fatal("server does not support SSL, but SSL was required")),
             other => {
-                return Err(Failure::plain(format!("received invalid response to SSL negotiation: {:?}", char::from(other))))
+                return Err(Failure::plain(format!(
+                    "received invalid response to SSL negotiation: {:?}",
+                    char::from(other)
+                )))
             }
         };
     }
@@ -374,10 +403,15 @@ async fn startup(
         kv.push(("options", o));
     }
     let mut buf = BytesMut::new();
-    frontend::startup_message(kv.iter().copied(), &mut buf).map_err(|e| Failure::fatal(format!("invalid startup parameter: {e}")))?;
+    frontend::startup_message(kv.iter().copied(), &mut buf)
+        .map_err(|e| Failure::fatal(format!("invalid startup parameter: {e}")))?;
     conn.send(buf).await?;
 
-    let dbname = if opts.replication { "replication".to_string() } else { params.dbname.clone().unwrap_or_else(|| params.user.clone()) };
+    let dbname = if opts.replication {
+        "replication".to_string()
+    } else {
+        params.dbname.clone().unwrap_or_else(|| params.user.clone())
+    };
     let mut source = || -> Option<String> {
         if let Some(p) = &params.password {
             return Some(p.clone());
@@ -385,7 +419,9 @@ async fn startup(
         if let Some(p) = prompted.as_ref() {
             return Some(p.clone());
         }
-        if let Some(path) = params.passfile.clone().or_else(|| pgpass::default_path(&crate::conn::conninfo::process_env)) {
+        if let Some(path) =
+            params.passfile.clone().or_else(|| pgpass::default_path(&crate::conn::conninfo::process_env))
+        {
             match pgpass::lookup(&path, &pgpass_host(endpoint), endpoint.port(), &dbname, &params.user) {
                 Ok(Some(p)) => return Some(p),
                 Ok(None) => {}
@@ -421,7 +457,9 @@ async fn startup(
 /// The host name .pgpass entries are matched against (libpq: `localhost` for the default socket directory).
 fn pgpass_host(endpoint: &Endpoint) -> String {
     match endpoint {
-        Endpoint::Unix { dir, .. } if *dir == crate::conn::conninfo::default_socket_dir() => "localhost".to_string(),
+        Endpoint::Unix { dir, .. } if *dir == crate::conn::conninfo::default_socket_dir() => {
+            "localhost".to_string()
+        }
         other => other.host_for_display(),
     }
 }

@@ -136,10 +136,8 @@ impl Connection {
     /// Run one command with the simple query protocol and collect its (single) result set.
     pub async fn simple_query(&mut self, sql: &str) -> Result<ResultSet, ConnError> {
         let mut buf = BytesMut::new();
-        frontend::query(sql, &mut buf).map_err(|e| ConnError::Send {
-            server: self.server.clone(),
-            error: FrameError::Io(e),
-        })?;
+        frontend::query(sql, &mut buf)
+            .map_err(|e| ConnError::Send { server: self.server.clone(), error: FrameError::Io(e) })?;
         self.send(buf).await?;
         let mut rs = ResultSet::default();
         let mut failure = None;
@@ -162,10 +160,8 @@ impl Connection {
     /// Send a command that enters CopyBoth mode (START_REPLICATION) and wait for CopyBothResponse.
     pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), ConnError> {
         let mut buf = BytesMut::new();
-        frontend::query(sql, &mut buf).map_err(|e| ConnError::Send {
-            server: self.server.clone(),
-            error: FrameError::Io(e),
-        })?;
+        frontend::query(sql, &mut buf)
+            .map_err(|e| ConnError::Send { server: self.server.clone(), error: FrameError::Io(e) })?;
         self.send(buf).await?;
         match self.recv().await? {
             Backend::CopyBothResponse => Ok(()),

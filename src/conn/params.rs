@@ -68,7 +68,7 @@ pub enum TargetSessionAttrs {
 }
 
 /// Everything needed to open a connection, after conninfo, options, environment and defaults are merged.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ConnParams {
     /// Tried in order (libpq's multi-host behaviour); never empty.
     pub endpoints: Vec<Endpoint>,

@@ -37,7 +37,13 @@ impl Positions {
     /// Streaming starts at `start`; nothing beyond it is received, synced or validated yet.
     /// `validate` says whether a decoder gates the flush position.
     pub fn new(start: Lsn, validate: bool, report_flush: bool, apply: ApplyReport) -> Positions {
-        Positions { received: start, synced: start, validated: validate.then_some(start), report_flush, apply }
+        Positions {
+            received: start,
+            synced: start,
+            validated: validate.then_some(start),
+            report_flush,
+            apply,
+        }
     }
 
     pub fn received(&self) -> Lsn {

@@ -22,7 +22,10 @@ pub enum ReceiveError {
 
 /// Run `walkeeper receive` until it stops: Ok on endpos or signal, Err on a failure with `--no-loop`
 /// or on one that retrying cannot fix.
-pub async fn receive(cfg: &ReceiveConfig, mut shutdown: watch::Receiver<bool>) -> Result<Stopped, ReceiveError> {
+pub async fn receive(
+    cfg: &ReceiveConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Stopped, ReceiveError> {
     let mut failures = 0u32;
     let mut validation_failures: Option<(Lsn, u32)> = None;
     loop {

@@ -88,10 +88,13 @@ pub async fn identify(conn: &mut Connection) -> Result<ServerInfo, SessionError>
     }
     let server = conn.server().to_string();
     let rerr = |error| SessionError::Replication { server: server.clone(), error };
-    let identity = repl::parse_identify_system(&conn.simple_query(repl::identify_system()).await?).map_err(rerr)?;
-    let size_text = repl::parse_show(&conn.simple_query(&repl::show("wal_segment_size")).await?).map_err(rerr)?;
+    let identity =
+        repl::parse_identify_system(&conn.simple_query(repl::identify_system()).await?).map_err(rerr)?;
+    let size_text =
+        repl::parse_show(&conn.simple_query(&repl::show("wal_segment_size")).await?).map_err(rerr)?;
     let segment_size = repl::parse_segment_size(&size_text).map_err(rerr)?;
-    let mode_text = repl::parse_show(&conn.simple_query(&repl::show("data_directory_mode")).await?).map_err(rerr)?;
+    let mode_text =
+        repl::parse_show(&conn.simple_query(&repl::show("data_directory_mode")).await?).map_err(rerr)?;
     let file_mode = repl::file_mode_for_data_directory_mode(&mode_text).map_err(rerr)?;
     Ok(ServerInfo { identity, segment_size, file_mode, major })
 }
@@ -200,7 +203,11 @@ async fn start_position(
     Ok((info.identity.xlogpos, info.identity.timeline))
 }
 
-async fn fetch_history(conn: &mut Connection, dir: &WalDir, timeline: TimeLineId) -> Result<(), SessionError> {
+async fn fetch_history(
+    conn: &mut Connection,
+    dir: &WalDir,
+    timeline: TimeLineId,
+) -> Result<(), SessionError> {
     let server = conn.server().to_string();
     let rs = conn.simple_query(&repl::timeline_history(timeline)).await?;
     let (name, content) = repl::parse_timeline_history(&rs)
@@ -228,7 +235,9 @@ async fn end_of_timeline(
     if next <= timeline {
         return Err(SessionError::Protocol {
             server,
-            message: format!("server reported unexpected next timeline {next}, following timeline {timeline}"),
+            message: format!(
+                "server reported unexpected next timeline {next}, following timeline {timeline}"
+            ),
         });
     }
     if start > stopped_at {
@@ -336,7 +345,11 @@ impl<'a> CopyLoop<'a> {
                 self.send_status(false).await?;
             }
             if stop_at_endpos(self.cfg, self.positions.received()) {
-                tracing::info!("stopped log streaming at {} (timeline {})", self.positions.received(), self.timeline);
+                tracing::info!(
+                    "stopped log streaming at {} (timeline {})",
+                    self.positions.received(),
+                    self.timeline
+                );
                 self.stop().await?;
                 return Ok(CopyEnd::Stopped(Stopped::EndPos));
             }
@@ -415,7 +428,9 @@ impl<'a> CopyLoop<'a> {
                 if offset != 0 {
                     return Err(SessionError::Protocol {
                         server: self.conn.server().to_string(),
-                        message: format!("received WAL at {pos} (segment offset {offset:#x}) with no segment open"),
+                        message: format!(
+                            "received WAL at {pos} (segment offset {offset:#x}) with no segment open"
+                        ),
                     });
                 }
                 let id = SegmentId::containing(self.timeline, pos, self.segment_size);

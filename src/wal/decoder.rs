@@ -134,11 +134,16 @@ pub enum WalError {
     Config { lsn: Lsn, reason: String },
     #[error("page {page}: invalid page magic: expected {expected:04X}, found {found:04X}")]
     PageMagic { page: Lsn, expected: u16, found: u16 },
-    #[error("page {page}: invalid page info bits: expected only bits of {:04X}, found {found:04X}", XLP_ALL_FLAGS)]
+    #[error(
+        "page {page}: invalid page info bits: expected only bits of {:04X}, found {found:04X}",
+        XLP_ALL_FLAGS
+    )]
     PageFlags { page: Lsn, found: u16 },
     #[error("page {page}: first page of a segment without a long header: expected XLP_LONG_HEADER in info, found info {found:04X}")]
     LongHeaderMissing { page: Lsn, found: u16 },
-    #[error("page {page}: long page header inside a segment: expected a short header, found info {found:04X}")]
+    #[error(
+        "page {page}: long page header inside a segment: expected a short header, found info {found:04X}"
+    )]
     UnexpectedLongHeader { page: Lsn, found: u16 },
     #[error("page {page}: WAL is from a different database system: expected system identifier {expected}, found {found}")]
     SystemId { page: Lsn, expected: u64, found: u64 },
@@ -164,7 +169,10 @@ pub enum WalError {
     UnexpectedOverwrite { page: Lsn },
     #[error("record {at}: invalid record length: expected at least {}, found {found}", SIZE_OF_XLOG_RECORD)]
     RecordTooShort { at: Lsn, found: u32 },
-    #[error("record {at}: record too long: expected at most {} (XLogRecordMaxSize), found {found}", XLOG_RECORD_MAX_SIZE)]
+    #[error(
+        "record {at}: record too long: expected at most {} (XLogRecordMaxSize), found {found}",
+        XLOG_RECORD_MAX_SIZE
+    )]
     RecordTooLong { at: Lsn, found: u32 },
     #[error("record {at}: invalid resource manager ID: expected {allowed}, found {found}")]
     InvalidRmgr { at: Lsn, allowed: &'static str, found: u8 },
@@ -246,7 +254,9 @@ enum Phase {
 enum Overwrite {
     None,
     /// XLOG_OVERWRITE_CONTRECORD naming `aborted` (unknown when the cut-off record began before our start).
-    Expect { aborted: Option<u64> },
+    Expect {
+        aborted: Option<u64>,
+    },
 }
 
 /// Incremental WAL validator. See the module documentation.
@@ -328,7 +338,11 @@ impl WalDecoder {
     }
 
     /// Like [`feed`](Self::feed), calling `on_record` for every record that passes all checks, in order.
-    pub fn feed_with<F: FnMut(&RecordInfo)>(&mut self, data: &[u8], mut on_record: F) -> Result<(), WalError> {
+    pub fn feed_with<F: FnMut(&RecordInfo)>(
+        &mut self,
+        data: &[u8],
+        mut on_record: F,
+    ) -> Result<(), WalError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -364,8 +378,11 @@ impl WalDecoder {
             return Err(e.clone());
         }
         if tli < self.cfg.timeline {
-            let e =
-                WalError::TimelineSetBackwards { lsn: Lsn(self.pos), current: self.cfg.timeline, requested: tli };
+            let e = WalError::TimelineSetBackwards {
+                lsn: Lsn(self.pos),
+                current: self.cfg.timeline,
+                requested: tli,
+            };
             self.failed = Some(e.clone());
             return Err(e);
         }
@@ -538,11 +555,15 @@ impl WalDecoder {
         let at = Lsn(self.rec_start);
         if got < 4 && now >= 4 {
             // xl_tot_len is always on the record's first page (records are MAXALIGNed).
-            let tot_len = u32::from_le_bytes([self.rec_hdr[0], self.rec_hdr[1], self.rec_hdr[2], self.rec_hdr[3]]);
+            let tot_len =
+                u32::from_le_bytes([self.rec_hdr[0], self.rec_hdr[1], self.rec_hdr[2], self.rec_hdr[3]]);
             if tot_len == 0 {
                 // No record here: the end of the WAL written so far. The rest of the header must be zeros too.
                 if let Some(i) = self.rec_hdr[4..now].iter().position(|&b| b != 0) {
-                    return Err(WalError::DataAfterEndOfWal { at: Lsn(self.rec_start + 4 + i as u64), end: at });
+                    return Err(WalError::DataAfterEndOfWal {
+                        at: Lsn(self.rec_start + 4 + i as u64),
+                        end: at,
+                    });
                 }
                 self.pos += n as u64;
                 self.phase = Phase::EndOfWal { at: self.rec_start };
@@ -605,7 +626,11 @@ impl WalDecoder {
             let found = overwritten_lsn(&self.capture[..self.capture_len]);
             if let Some(aborted) = aborted {
                 if found != Some(aborted) {
-                    return Err(WalError::OverwrittenLsn { at, expected: Lsn(aborted), found: found.map(Lsn) });
+                    return Err(WalError::OverwrittenLsn {
+                        at,
+                        expected: Lsn(aborted),
+                        found: found.map(Lsn),
+                    });
                 }
             }
             self.overwrite = Overwrite::None;
@@ -678,7 +703,11 @@ impl WalDecoder {
             }
             let seg_size = u32_at(32);
             if seg_size != self.cfg.segment_size {
-                return Err(WalError::SegmentSize { page: pl, expected: self.cfg.segment_size, found: seg_size });
+                return Err(WalError::SegmentSize {
+                    page: pl,
+                    expected: self.cfg.segment_size,
+                    found: seg_size,
+                });
             }
             let blcksz = u32_at(36);
             if blcksz != XLOG_BLCKSZ {
@@ -711,7 +740,12 @@ impl WalDecoder {
                 }
                 if contrec && !overwrite {
                     if rem_len == 0 {
-                        return Err(WalError::ContrecordLength { page: pl, record: None, expected: 1, found: 0 });
+                        return Err(WalError::ContrecordLength {
+                            page: pl,
+                            record: None,
+                            expected: 1,
+                            found: 0,
+                        });
                     }
                     self.phase = Phase::SkipTail { remaining: rem_len };
                     self.trusted = false;
@@ -741,7 +775,11 @@ impl WalDecoder {
                     return Ok(());
                 }
                 if !contrec {
-                    return Err(WalError::MissingContrecord { page: pl, record: record.map(Lsn), found: info });
+                    return Err(WalError::MissingContrecord {
+                        page: pl,
+                        record: record.map(Lsn),
+                        found: info,
+                    });
                 }
                 if rem_len != remaining {
                     return Err(WalError::ContrecordLength {

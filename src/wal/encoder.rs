@@ -5,8 +5,9 @@
 //! are opaque bytes: only the framing and CRC are real.
 
 use crate::wal::decoder::{
-    RM_XLOG_ID, SIZE_OF_LONG_PHD, SIZE_OF_SHORT_PHD, SIZE_OF_XLOG_RECORD, XLOG_BLCKSZ, XLOG_OVERWRITE_CONTRECORD,
-    XLOG_SWITCH, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    RM_XLOG_ID, SIZE_OF_LONG_PHD, SIZE_OF_SHORT_PHD, SIZE_OF_XLOG_RECORD, XLOG_BLCKSZ,
+    XLOG_OVERWRITE_CONTRECORD, XLOG_SWITCH, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+    XLP_LONG_HEADER,
 };
 
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
@@ -175,7 +176,7 @@ impl WalEncoder {
         let seg = u64::from(self.segment_size);
         let end = self.pos();
         // The record may end exactly at a segment end (nothing to pad), else pad that segment.
-        if end % seg != 0 || end == start + u64::from(SIZE_OF_XLOG_RECORD) && end % seg != 0 {
+        if end % seg != 0 {
             let seg_end = end.div_ceil(seg) * seg;
             while self.pos() < seg_end {
                 if self.pos() % BLCKSZ == 0 && self.switch_padding_headers {

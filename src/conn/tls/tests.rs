@@ -105,6 +105,7 @@ fn params(mode: SslMode) -> ConnParams {
         channel_binding: ChannelBinding::Prefer,
         target_session_attrs: TargetSessionAttrs::Any,
         keepalives: true,
+        ..Default::default()
     }
 }
 
