@@ -1,7 +1,10 @@
 //! WAL arithmetic and formats: LSNs, segment and history file names, timeline history, the page/record decoder.
 
+pub mod decoder;
+pub mod encoder;
 pub mod lsn;
 pub mod segment;
 pub mod timeline;
 
+pub use decoder::{DecoderConfig, WalDecoder, WalError};
 pub use lsn::Lsn;
