@@ -185,7 +185,7 @@ fn page_header_checks() {
         WalError::PageMagic { page: Lsn(p), expected: MAGIC, found: 0xD10D }
     );
     assert_eq!(case(&|b| b[o(p) + 2] |= 0x10), WalError::PageFlags { page: Lsn(p), found: 0x10 });
-    assert_eq!(case(&|b| b[o(seg2) + 2] &= !2), WalError::LongHeaderMissing { page: Lsn(seg2), found: 0 });
+    assert_eq!(case(&|b| b[o(seg2) + 2] &= !2), WalError::LongHeaderMissing { page: Lsn(seg2), found: 1 });
     assert_eq!(case(&|b| b[o(p) + 2] |= 2), WalError::UnexpectedLongHeader { page: Lsn(p), found: 2 });
     assert_eq!(
         case(&|b| put_u64(b, o(seg2) + 24, 99)),
