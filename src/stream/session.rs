@@ -272,6 +272,8 @@ struct CopyLoop<'a> {
     decoder: Option<WalDecoder>,
     last_status: Option<Instant>,
     copy_done_sent: bool,
+    /// The server's end of WAL, as last reported in XLogData or keepalive messages.
+    server_end: Lsn,
 }
 
 impl<'a> CopyLoop<'a> {
@@ -306,6 +308,7 @@ impl<'a> CopyLoop<'a> {
             decoder,
             last_status: None,
             copy_done_sent: false,
+            server_end: start,
         }
     }
 
@@ -371,7 +374,19 @@ impl<'a> CopyLoop<'a> {
             self.sync()?;
             self.complete_validated_segments()?;
         }
-        self.send_status(false).await
+        self.send_status(false).await?;
+        let (received, safe) = (self.positions.received(), self.positions.safe());
+        let lag = self.server_end.0.saturating_sub(received.0);
+        tracing::info!(
+            received = %received,
+            flushed = %safe,
+            server_end = %self.server_end,
+            lag_bytes = lag,
+            "received {received}, flushed {safe}, server at {} (lag {lag} bytes, timeline {})",
+            self.server_end,
+            self.timeline
+        );
+        Ok(())
     }
 
     async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
@@ -381,8 +396,12 @@ impl<'a> CopyLoop<'a> {
                 match repl::parse_stream_message(data)
                     .map_err(|error| SessionError::Replication { server, error })?
                 {
-                    StreamMessage::XLogData { start, data, .. } => self.receive_wal(start, &data)?,
-                    StreamMessage::Keepalive { reply_requested, .. } => {
+                    StreamMessage::XLogData { start, data, wal_end, .. } => {
+                        self.server_end = self.server_end.max(wal_end);
+                        self.receive_wal(start, &data)?
+                    }
+                    StreamMessage::Keepalive { reply_requested, wal_end, .. } => {
+                        self.server_end = self.server_end.max(wal_end);
                         if reply_requested {
                             // The server may be waiting on us (shutdown, synchronous commit): make what we
                             // have durable first so the reply carries the best flush position.
