@@ -347,6 +347,10 @@ impl<'a> CopyLoop<'a> {
                 self.sync()?;
                 self.send_status(false).await?;
             }
+            // Under a continuous flood `recv` is always ready: keep the status interval anyway.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.status_tick().await?;
+            }
             if stop_at_endpos(self.cfg, self.positions.received()) {
                 tracing::info!(
                     "stopped log streaming at {} (timeline {})",
