@@ -39,9 +39,11 @@ struct Cost {
 }
 
 /// Run a command to completion, measuring wall time, user+sys CPU and peak RSS of that process.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
 fn measure(cmd: &mut Command) -> Cost {
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn receiver");
+    let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("spawn receiver");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -49,11 +51,7 @@ fn measure(cmd: &mut Command) -> Cost {
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = start.elapsed().as_secs_f64();
     assert_eq!(rc, pid, "wait4 failed");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "receiver failed: {stderr}");
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
@@ -165,7 +163,9 @@ fn catchup(report: &mut String) {
             wr / pr.max(1e-9)
         ));
     }
-    report.push_str("\n| mode | wall ratio (walkeeper/pg_receivewal) | CPU ratio | RSS ratio |\n|---|---|---|---|\n");
+    report.push_str(
+        "\n| mode | wall ratio (walkeeper/pg_receivewal) | CPU ratio | RSS ratio |\n|---|---|---|---|\n",
+    );
     report.push_str(&ratios);
 }
 
@@ -191,8 +191,11 @@ fn sync_standby(report: &mut String) {
         .output()
         .expect("pgbench -i");
     assert!(status.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&status.stderr));
-    let variants: [(&str, Option<Tool>); 3] =
-        [("no standby", None), ("pg_receivewal --synchronous", Some(Tool::PgReceivewal)), ("walkeeper --synchronous", Some(Tool::Walkeeper))];
+    let variants: [(&str, Option<Tool>); 3] = [
+        ("no standby", None),
+        ("pg_receivewal --synchronous", Some(Tool::PgReceivewal)),
+        ("walkeeper --synchronous", Some(Tool::Walkeeper)),
+    ];
     let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
         for (i, (label, tool)) in variants.iter().enumerate() {
