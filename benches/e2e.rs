@@ -125,6 +125,9 @@ fn catchup(report: &mut String) {
     cluster.generate_wal(wal_mb);
     cluster.switch_wal();
     let end = support::format_lsn(cluster.current_lsn());
+    // `-E` stops once WAL *beyond* the end position arrives: write some now, or the first run alone
+    // would wait for background activity to produce it.
+    cluster.switch_wal();
     eprintln!("e2e: backlog ready, streaming up to {end}");
     report.push_str(&format!(
         "\n### Catch-up: {wal_mb} MB of WAL backlog, `-n -E {end}`, {rounds} rounds A B A B\n\n\

@@ -33,6 +33,8 @@ pub struct WalDirOptions {
     pub file_mode: u32,
     /// fsync files and directories (`false` is pg_receivewal's `--no-sync`).
     pub sync: bool,
+    /// How uncompressed segments are given their full size.
+    pub preallocation: fsutil::Preallocation,
 }
 
 impl WalDirOptions {
@@ -44,6 +46,7 @@ impl WalDirOptions {
             compression_level: None,
             file_mode: 0o600,
             sync: true,
+            preallocation: fsutil::Preallocation::ZeroFill,
         }
     }
 }
@@ -134,7 +137,7 @@ impl LocalWalDir {
         if size != 0 {
             return Err(WalDirError::PartialSize { path: path.to_path_buf(), size, expected });
         }
-        if let Err(e) = fsutil::preallocate_zeros(&file, path, expected) {
+        if let Err(e) = fsutil::preallocate(&file, path, expected, self.options.preallocation) {
             // Give the space back, as pg_receivewal does; the next attempt starts over.
             drop(file);
             let _ = fs::remove_file(path);
