@@ -442,6 +442,14 @@ async fn sslmodes_and_fallbacks() {
     let e = connect_err(&format!("host=127.0.0.1 port={port} user=certuser sslmode=require")).await;
     assert!(e.starts_with(&at(port)), "{e}");
     assert!(e.contains("connection requires a valid client certificate"), "{e}");
+    // A client certificate from a CA the server does not trust: the server aborts the handshake.
+    let (rogue_cert, rogue_key) = rogue_client_cert(&pki.other_ca_cert(), "certuser");
+    let e = connect_err(&cert_conn(&rogue_cert, &rogue_key)).await;
+    // (TLS 1.3: the alert arrives after the client's side of the handshake, while reading the startup reply.)
+    assert_eq!(
+        e,
+        format!("connection to server at \"localhost\", port {port} failed: received fatal alert: UnknownCA")
+    );
     // A key that does not belong to the certificate is refused before connecting.
     let e = connect_err(&cert_conn(&cert, &other_key)).await;
     assert!(e.contains("certificate does not match private key file"), "{e}");
@@ -455,6 +463,15 @@ async fn sslmodes_and_fallbacks() {
 
     // The same server with ssl=off: prefer/allow go plain, require and verify-* fail with libpq's message.
     c.set_hba(&["host replication postgres 127.0.0.1/32 trust"]);
+    // No cipher in common (the server offers only TLS 1.2 CBC suites, which rustls does not implement): the
+    // handshake fails with one "SSL error:" prefix; prefer falls back to an unencrypted session.
+    c.psql("ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'");
+    c.psql("ALTER SYSTEM SET ssl_ciphers = 'ECDHE-ECDSA-AES128-SHA'");
+    c.reload();
+    let e = connect_err(&format!("host=127.0.0.1 port={port} user=postgres sslmode=require")).await;
+    assert_eq!(e, format!("{}SSL error: received fatal alert: HandshakeFailure", at(port)));
+    assert!(!connect_ok(&format!("host=127.0.0.1 port={port} user=postgres sslmode=prefer")).await.is_tls());
+
     c.psql("ALTER SYSTEM SET ssl = off");
     c.reload();
     assert_eq!(c.psql("SHOW ssl"), "off");
@@ -478,6 +495,31 @@ async fn sslmodes_and_fallbacks() {
             "{mode}"
         );
     }
+}
+
+/// A client certificate for `user` signed by the CA next to `ca_cert` (its key is `<stem>.key` beside it).
+fn rogue_client_cert(ca_cert: &Path, user: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = ca_cert.parent().unwrap();
+    let ca_key = ca_cert.with_extension("key");
+    let (key, csr, cert) = (dir.join("rogue.key"), dir.join("rogue.csr"), dir.join("rogue.crt"));
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    #[rustfmt::skip]
+    openssl(&[
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", &s(&key), "-out", &s(&csr), "-subj", &format!("/CN={user}"),
+    ]);
+    #[rustfmt::skip]
+    openssl(&[
+        "x509", "-req", "-in", &s(&csr), "-CA", &s(ca_cert), "-CAkey", &s(&ca_key),
+        "-set_serial", "4242", "-days", "30", "-extfile", &s(&dir.join("openssl.cnf")),
+        "-extensions", "client", "-out", &s(&cert),
+    ]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -326,6 +326,17 @@ async fn open_socket(target: &Target) -> Result<Socket, Failure> {
     }
 }
 
+/// A failed TLS handshake as libpq words it: `SSL error: …` (sslmode prefer's retry keys on the prefix), without
+/// doubling the prefix of texts that already carry it (`SSL error: …`, `SSL SYSCALL error: …`).
+fn ssl_error_text(e: &tls::TlsError) -> String {
+    let text = e.to_string();
+    if text.starts_with("SSL") {
+        text
+    } else {
+        format!("SSL error: {text}")
+    }
+}
+
 /// The OS error text without Rust's " (os error N)" suffix, as libpq prints it.
 fn os_error(e: &std::io::Error) -> String {
     let s = e.to_string();
@@ -402,7 +413,7 @@ async fn handshake_and_startup(
             .map_err(|e| Failure::plain(format!("could not receive data from server: {}", os_error(&e))))?;
         socket = match answer[0] {
             b'S' => Socket::Tls(Box::new(
-                tls::handshake(setup, tcp).await.map_err(|e| Failure::fatal(format!("SSL error: {e}")))?,
+                tls::handshake(setup, tcp).await.map_err(|e| Failure::fatal(ssl_error_text(&e)))?,
             )),
             b'N' if params.sslmode == SslMode::Prefer || params.sslmode == SslMode::Allow => Socket::Tcp(tcp),
             b'N' => return Err(Failure::fatal("server does not support SSL, but SSL was required")),
