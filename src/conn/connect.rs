@@ -309,14 +309,14 @@ async fn open_socket(target: &Target) -> Result<Socket, Failure> {
     match target {
         Target::Unix { path } => UnixStream::connect(path).await.map(Socket::Unix).map_err(|e| {
             Failure::plain(format!(
-                "{}\n\tIs the server running locally and accepting connections on that socket?",
+                "{} (is the server running locally and accepting connections on that socket?)",
                 os_error(&e)
             ))
         }),
         Target::Tcp { addr, .. } => {
             let s = TcpStream::connect(addr).await.map_err(|e| {
                 Failure::plain(format!(
-                    "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
+                    "{} (is the server running on that host and accepting TCP/IP connections?)",
                     os_error(&e)
                 ))
             })?;
