@@ -142,15 +142,15 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
         )
     );
 
-    // A refused connection: host, port and cause on the first line (then libpq's hint).
+    // A refused connection: host, port, cause and libpq's hint on one line.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let r = check(&["-h", "127.0.0.1", "-p", &dead.to_string(), "-U", "postgres"], &[]);
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "");
     assert_eq!(
-        r.stderr.lines().next().unwrap(),
+        r.stderr.trim_end(),
         format!(
-            "walkeeper: error: connection to server at \"127.0.0.1\", port {dead} failed: Connection refused"
+            "walkeeper: error: connection to server at \"127.0.0.1\", port {dead} failed: Connection refused (is the server running on that host and accepting TCP/IP connections?)"
         )
     );
 
