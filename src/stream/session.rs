@@ -194,7 +194,7 @@ async fn start_position(
                 }
                 None => {
                     return Err(SessionError::Fatal(format!(
-                        "{server}: replication slot \"{slot}\" does not exist (create it with --create-slot)"
+                        "replication slot \"{slot}\" does not exist (create it with --create-slot)"
                     )));
                 }
             }
@@ -527,11 +527,12 @@ impl<'a> CopyLoop<'a> {
     fn finish_files(&mut self) -> Result<(), SessionError> {
         self.sync()?;
         self.complete_validated_segments()?;
-        // What is left is incomplete or not yet validated: it stays `.partial` (synced above), and the next
-        // start streams it again from its beginning.
+        // What is left is incomplete or not yet validated: it stays `.partial`, and the next start streams
+        // it again from its beginning. A compressed stream is ended, so the `.partial` is a valid
+        // compressed file, as pg_receivewal leaves it.
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            drop(w);
+            w.close_partial()?;
         }
         Ok(())
     }
