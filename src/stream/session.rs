@@ -332,9 +332,10 @@ impl<'a> CopyLoop<'a> {
             if let Some(end) = self.handle(msg).await? {
                 return Ok(end);
             }
-            // Drain whatever else is already here, then sync/report once for the whole batch.
+            // Drain whatever else is already here, then sync/report once for the whole batch. Stop draining
+            // once past --endpos: pg_receivewal stops at the first message that goes beyond it.
             let mut batch = 0u64;
-            while batch < MAX_BATCH_BYTES {
+            while batch < MAX_BATCH_BYTES && !stop_at_endpos(self.cfg, self.positions.received()) {
                 let Some(next) = self.conn.recv().now_or_never() else { break };
                 let before = self.positions.received();
                 if let Some(end) = self.handle(next?).await? {
@@ -347,7 +348,9 @@ impl<'a> CopyLoop<'a> {
                 self.sync()?;
                 self.send_status(false).await?;
             }
-            if stop_at_endpos(self.cfg, self.positions.received()) {
+            // A segment that is fully received but still waits for the record crossing its end to be
+            // validated would stay `.partial` where pg_receivewal renames it: read on until it is renamed.
+            if stop_at_endpos(self.cfg, self.positions.received()) && self.pending.is_empty() {
                 tracing::info!(
                     "stopped log streaming at {} (timeline {})",
                     self.positions.received(),
