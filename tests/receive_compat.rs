@@ -1018,11 +1018,10 @@ fn start_position_rules() {
 fn segment_size_contradiction_is_refused() {
     let mut c = small_cluster();
     let dir = tempdir();
-    c.psql("SELECT pg_logical_emit_message(false, 'a', 'b')");
-    c.switch_wal();
     c.switch_wal();
     // Stream a complete segment and a partial one with 1 MB segments.
     let proc = spawn(Tool::Walkeeper, Some(&c), &["-D", p(dir.path()), "--no-sync"]);
+    c.psql("SELECT pg_logical_emit_message(true, 'a', 'b')");
     assert!(
         wait_until(Duration::from_secs(30), || !names_ending(dir.path(), ".partial").is_empty()),
         "{}",
@@ -1241,4 +1240,57 @@ fn every_major_streams_with_endpos() {
         }
     }
     eprintln!("streamed from majors {done:?}");
+}
+
+/// The server shuts down while streaming: with `-n` both tools exit 1 and keep the `.partial` with what
+/// they received; without `-n` walkeeper reconnects when the server is back and continues where it was.
+#[test]
+fn server_restart_while_streaming() {
+    let mut c = small_cluster();
+    let seg = c.segment_size();
+    c.switch_wal();
+    let (a, b, looping) = (tempdir(), tempdir(), tempdir());
+    let mut procs = vec![
+        (Tool::AsPgReceivewal, spawn(Tool::AsPgReceivewal, Some(&c), &["-D", p(a.path()), "-n"])),
+        (Tool::PgReceivewal, spawn(Tool::PgReceivewal, Some(&c), &["-D", p(b.path()), "-n"])),
+    ];
+    let mut follower = spawn(Tool::Walkeeper, Some(&c), &["-D", p(looping.path()), "-s", "1"]);
+    c.psql("SELECT pg_logical_emit_message(true, 'before', 'shutdown')");
+    for dir in [a.path(), b.path(), looping.path()] {
+        assert!(wait_until(Duration::from_secs(30), || !names(dir).is_empty()), "{}", follower.stderr());
+    }
+    let before = c.current_lsn();
+    c.stop();
+    for (tool, proc) in procs.drain(..) {
+        let out = proc.wait(Duration::from_secs(60));
+        assert_eq!(out.code, Some(1), "{tool:?} with -n after the server stopped: {out:#?}");
+    }
+    assert_eq!(names(a.path()), names(b.path()));
+    let file = format!("{}.partial", wal_name(1, before, seg));
+    assert_eq!(names(a.path()), std::slice::from_ref(&file));
+    let len = (before % seg) as usize;
+    assert!(
+        prefix(&a.path().join(&file), len) == prefix(&b.path().join(&file), len),
+        "same WAL before the stop"
+    );
+    assert!(follower.running(), "without -n walkeeper waits for the server: {}", follower.stderr());
+    c.start_again();
+    c.psql("SELECT pg_logical_emit_message(true, 'after', 'restart')");
+    c.switch_wal();
+    c.psql("SELECT pg_logical_emit_message(true, 'next', 'segment')");
+    let next = c.current_lsn();
+    assert!(
+        wait_until(Duration::from_secs(60), || looping.path().join(wal_name(1, before, seg)).is_file()),
+        "the segment of the restart was not completed: {:?}\n{}",
+        names(looping.path()),
+        follower.stderr()
+    );
+    assert_segment_matches_server(looping.path(), &wal_name(1, before, seg), &c);
+    assert!(wait_until(Duration::from_secs(30), || looping
+        .path()
+        .join(format!("{}.partial", wal_name(1, next, seg)))
+        .is_file()));
+    follower.signal(libc::SIGINT);
+    let out = follower.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
