@@ -314,6 +314,15 @@ fn corrupted_stream_is_never_acknowledged_and_recovers() {
     assert_eq!(proxy.flipped().len(), 2);
     let complete = complete_segments_match(&c, dir.path());
     assert!(complete.contains(&bad_segment), "{complete:?}");
+    // The open segment holds the server's bytes up to what was acknowledged.
+    let (open, upto) = (wal_name(1, target), (target % SEG) as usize);
+    if upto > 0 {
+        let partial = fs::read(dir.path().join(format!("{open}.partial"))).unwrap();
+        assert!(
+            partial[..upto] == c.read_wal_segment(&open)[..upto],
+            "{open}.partial differs from the server's"
+        );
+    }
     // The archive verifies.
     let out = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
         .args(["verify", "-D", dir.path().to_str().unwrap()])
