@@ -145,6 +145,11 @@ fn stream_archives() -> (Archives, Cluster, Cluster) {
         "SELECT pg_create_physical_replication_slot('plain', true), \
          pg_create_physical_replication_slot('zstd', true), pg_create_physical_replication_slot('gzip', true)",
     );
+    // The three archives start at the same segment.
+    let segs = standby.psql(&format!(
+        "SELECT count(DISTINCT pg_wal_lsn_diff(restart_lsn, '0/0')::bigint / {SEG}) FROM pg_replication_slots"
+    ));
+    assert_eq!(segs, "1");
     let restart = parse_lsn(&standby.psql("SELECT min(restart_lsn) FROM pg_replication_slots"));
     // Timeline 1: a few segments (records spanning pages and segments), ending inside a segment.
     primary.generate_wal(3);
