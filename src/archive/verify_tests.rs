@@ -259,3 +259,50 @@ fn empty_and_missing_directories() {
     assert_eq!(kinds(&r), vec![ProblemKind::NoSegments]);
     assert!(verify_directory(&dir.path().join("nope")).is_err());
 }
+
+#[test]
+fn foreign_first_segment_is_the_odd_one_out() {
+    let (dir, _e) = simple_archive("");
+    let mut other = WalEncoder::new(MAGIC, SEG, SYSID + 7, 1, u64::from(SEG));
+    wal_until(&mut other, 2 * u64::from(SEG));
+    put(dir.path(), other.bytes(), 1, 1, &name(1, 1));
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(r.summary.system_identifier, Some(SYSID), "the majority wins");
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 1).as_str()));
+}
+
+#[test]
+fn record_spanning_segments_is_checked_whole() {
+    let (dir, e) = simple_archive("");
+    let boundary = 3 * u64::from(SEG);
+    // The record that crosses from segment 2 into segment 3; damage its part in segment 3.
+    let rec = *e.records.iter().rev().find(|&&r| r < boundary).unwrap();
+    assert!(e.records.iter().all(|&r| r <= rec || r > boundary + 100));
+    let mut bytes = std::fs::read(dir.path().join(name(1, 3))).unwrap();
+    bytes[100] ^= 1; // past the long page header, inside the continuation
+    std::fs::write(dir.path().join(name(1, 3)), &bytes).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
+    assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
+}
+
+#[test]
+fn a_stale_partial_beside_its_complete_segment_is_checked_on_its_own() {
+    let (dir, e) = simple_archive("");
+    // A leftover .partial of segment 3 holding the first half of it: fine on its own.
+    let off = 2 * SEG as usize;
+    let mut half = e.bytes()[off..off + SEG as usize / 2].to_vec();
+    half.resize(SEG as usize, 0);
+    write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
+    let r = verify_directory(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    assert_eq!(r.summary.timelines[0].records, e.records.len() as u64, "counted once");
+    // A corrupt one is reported.
+    half[5000] ^= 0xFF;
+    write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file, Some(format!("{}.partial", name(1, 3))));
+}
