@@ -27,6 +27,19 @@ fn invoked_as_pg_receivewal() -> bool {
         .is_some_and(|name| name == "pg_receivewal")
 }
 
+/// The first argument that is not an option (or --log-format's value): the subcommand's name.
+fn invoked_subcommand() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--log-format" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// clap's own errors become pg_receivewal-style lines with exit code 1.
 fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     use clap::error::ErrorKind;
@@ -62,11 +75,18 @@ fn run() -> Result<(), Exit> {
         logging::init(prog.log_name(), parsed.log_format, parsed.verbose);
         return runtime().block_on(receive::run(parsed.args, &prog));
     }
-    let cli = Cli::try_parse().map_err(|e| clap_exit(e, &Prog::Walkeeper { command: "" }))?;
+    let cli = Cli::try_parse().map_err(|e| {
+        let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
+        if exit.code != 0 && invoked_subcommand().as_deref() == Some("verify") {
+            exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
+        }
+        exit
+    })?;
     let name = match &cli.command {
         Command::Receive { .. } => "receive",
         Command::Check(_) => "check",
         Command::Demo(_) => "demo",
+        Command::Verify(_) => "verify",
     };
     let prog = Prog::Walkeeper { command: name };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
@@ -84,6 +104,7 @@ fn run() -> Result<(), Exit> {
         }
         Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
         Command::Demo(args) => runtime().block_on(cli::demo::run(args, &prog)),
+        Command::Verify(args) => cli::verify::run(args, &prog),
     }
 }
 

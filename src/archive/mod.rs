@@ -7,5 +7,6 @@ pub mod fsutil;
 pub mod identity;
 pub mod local;
 pub mod scan;
+pub mod verify;
 
 pub use error::WalDirError;

@@ -6,6 +6,7 @@ pub mod compress;
 pub mod demo;
 pub mod logging;
 pub mod receive;
+pub mod verify;
 
 use crate::conn::conninfo::{self, Sources};
 use crate::conn::{ConnParams, ConnectOptions, PasswordPrompt};
@@ -161,6 +162,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run walkeeper against a throwaway local PostgreSQL and show the archive it makes
     Demo(demo::DemoArgs),
+    /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
+    Verify(verify::VerifyArgs),
 }
 
 /// pg_receivewal's `--version` line; scripts that parse "(PostgreSQL) NN" keep working.
