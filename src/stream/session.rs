@@ -579,8 +579,3 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
-/// How long the outer loop waits before reconnecting after `attempt` consecutive failures.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
-}
