@@ -1,120 +1,21 @@
-//! The WAL decoder against WAL written by real PostgreSQL servers: PostgreSQL 15 (Debian's packages), with
-//! every record LSN compared to pg_waldump's over the same range; and PostgreSQL 17 (unpacked npm binaries,
-//! when present), which pg_waldump 15 cannot read, for a clean decode.
-//!
-//! The server launcher here is deliberately minimal and private to this file.
+//! The WAL decoder against WAL written by real PostgreSQL servers started by the harness: PostgreSQL 15, with
+//! every record LSN and prev-link compared to pg_waldump's over the same range; and every other available
+//! major (13, 14, 16, 17, 18 from `scripts/fetch-postgres.sh`), which pg_waldump 15 cannot all read, for a
+//! clean decode with the right page magic.
 
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
+use std::path::PathBuf;
+use std::process::Command;
+use support::{pg_tool, Cluster, PgInstall};
 use walkeeper::wal::decoder::{page_magic_for_major, DecoderConfig, RecordInfo, StreamEnd, WalDecoder};
 use walkeeper::wal::segment::SegmentId;
 use walkeeper::wal::Lsn;
 
-const SEG: u32 = 1 << 20; // initdb --wal-segsize=1: many segment boundaries from little data
-const PG15: &str = "/usr/lib/postgresql/15/bin";
-const PG17: &str = "/tmp/pgx/package/native/bin";
-
-/// uid/gid to run server binaries as: `postgres` when we are root (PostgreSQL refuses to run as root).
-fn server_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() > 3 && f[0] == "postgres").then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
-struct Server {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    user: Option<(u32, u32)>,
-}
-
-impl Server {
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn run(&self, prog: &str, args: &[&str]) -> Output {
-        let mut c = Command::new(self.bin.join(prog));
-        c.args(args).current_dir(self.dir.path()).env("LC_ALL", "C").env_remove("PGDATA");
-        if let Some((uid, gid)) = self.user {
-            c.uid(uid).gid(gid);
-        }
-        let out = c.output().unwrap_or_else(|e| panic!("{prog}: {e}"));
-        assert!(out.status.success(), "{prog} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        out
-    }
-
-    fn start(bin: &str) -> Server {
-        let user = server_user();
-        let dir = tempfile::Builder::new().prefix("walkeeper-decoder-").tempdir_in("/tmp").unwrap();
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-        }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let s = Server { bin: PathBuf::from(bin), dir, port, user };
-        let data = s.data();
-        let data = data.to_str().unwrap();
-        s.run(
-            "initdb",
-            &["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "--wal-segsize=1", "-E", "UTF8"],
-        );
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c wal_level=replica -c wal_keep_size=1GB \
-             -c max_wal_size=1GB",
-            s.port,
-            s.dir.path().display()
-        );
-        let log = s.dir.path().join("log");
-        s.run("pg_ctl", &["-D", data, "-l", log.to_str().unwrap(), "-w", "-t", "60", "-o", &opts, "start"]);
-        s
-    }
-
-    /// Run SQL through Debian's psql 15 over TCP; returns the last line of output.
-    fn sql(&self, sql: &str) -> String {
-        let out = Command::new(Path::new(PG15).join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
-            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string()
-    }
-
-    fn lsn(&self, sql: &str) -> Lsn {
-        self.sql(sql).parse().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let data = self.data();
-        let mut c = Command::new(self.bin.join("pg_ctl"));
-        c.args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
-        if let Some((uid, gid)) = self.user {
-            c.uid(uid).gid(gid);
-        }
-        let _ = c.output();
-    }
-}
-
-fn major_of(bin: &str) -> u32 {
-    let out = Command::new(Path::new(bin).join("postgres")).arg("--version").output().unwrap();
-    let v = String::from_utf8_lossy(&out.stdout);
-    let num = v.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit())).unwrap();
-    num.split('.').next().unwrap().parse().unwrap()
-}
+const SEG: u32 = 1 << 20; // 1 MB segments: many segment boundaries from little data
 
 struct Generated {
-    server: Server,
+    server: Cluster,
     sysid: u64,
     start: Lsn,
     end: Lsn,
@@ -122,26 +23,30 @@ struct Generated {
 
 /// Wide rows (records spanning pages), a 100 kB and a 2.5 MB record (spanning segments), XLOG_SWITCH, a
 /// checkpoint (then full-page images), and a final switch so that the range ends on a segment boundary.
-fn generate(bin: &str) -> Generated {
-    let server = Server::start(bin);
-    let sysid: u64 = server.sql("SELECT system_identifier FROM pg_control_system()").parse().unwrap();
-    let start = server.lsn("SELECT pg_current_wal_insert_lsn()");
+fn generate(install: &PgInstall) -> Generated {
+    let server = Cluster::builder().install(install).segment_size_mb(1).conf("wal_keep_size = '1GB'").start();
+    let sysid: u64 = server.psql("SELECT system_identifier FROM pg_control_system()").trim().parse().unwrap();
+    let start = lsn(&server, "SELECT pg_current_wal_insert_lsn()");
     let wide = "(SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, 200) x)";
-    server.sql("CREATE TABLE t (id int, payload text); ALTER TABLE t ALTER payload SET STORAGE PLAIN");
-    server.sql(&format!("INSERT INTO t SELECT g, {wide} FROM generate_series(1, 300) g"));
-    server.sql("SELECT pg_logical_emit_message(false, 'walkeeper', repeat('x', 100000))");
-    server.sql("SELECT pg_switch_wal()");
-    server.sql("CHECKPOINT");
-    server.sql(&format!("INSERT INTO t SELECT g, {wide} FROM generate_series(301, 600) g"));
-    server.sql("SELECT pg_logical_emit_message(true, 'walkeeper', repeat(md5('y'), 80000))");
-    server.sql("UPDATE t SET id = -id WHERE id % 7 = 0");
-    server.sql("CHECKPOINT");
-    server.sql("DELETE FROM t WHERE id % 3 = 0");
-    server.sql("VACUUM t");
-    let switch_end = server.lsn("SELECT pg_switch_wal()");
+    server.psql("CREATE TABLE t (id int, payload text); ALTER TABLE t ALTER payload SET STORAGE PLAIN");
+    server.psql(&format!("INSERT INTO t SELECT g, {wide} FROM generate_series(1, 300) g"));
+    server.psql("SELECT pg_logical_emit_message(false, 'walkeeper', repeat('x', 100000))");
+    server.psql("SELECT pg_switch_wal()");
+    server.psql("CHECKPOINT");
+    server.psql(&format!("INSERT INTO t SELECT g, {wide} FROM generate_series(301, 600) g"));
+    server.psql("SELECT pg_logical_emit_message(true, 'walkeeper', repeat(md5('y'), 80000))");
+    server.psql("UPDATE t SET id = -id WHERE id % 7 = 0");
+    server.psql("CHECKPOINT");
+    server.psql("DELETE FROM t WHERE id % 3 = 0");
+    server.psql("VACUUM t");
+    let switch_end = lsn(&server, "SELECT pg_switch_wal()");
     let end = Lsn(switch_end.0.div_ceil(u64::from(SEG)) * u64::from(SEG));
     let start = start.segment_start(SEG);
     Generated { server, sysid, start, end }
+}
+
+fn lsn(server: &Cluster, sql: &str) -> Lsn {
+    server.psql(sql).trim().parse().unwrap()
 }
 
 /// Feed the server's segment files over [start, end) in 64 KiB chunks.
@@ -149,7 +54,7 @@ fn decode(g: &Generated, magic: u16) -> (WalDecoder, Vec<RecordInfo>) {
     let cfg = DecoderConfig { segment_size: SEG, page_magic: magic, system_id: Some(g.sysid), timeline: 1 };
     let mut d = WalDecoder::new(cfg, g.start);
     let mut recs = Vec::new();
-    let pg_wal = g.server.data().join("pg_wal");
+    let pg_wal = g.server.data_dir().join("pg_wal");
     let keep = std::env::var_os("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_TARGET_TMPDIR").map(PathBuf::from))
@@ -200,17 +105,13 @@ fn check_common(g: &Generated, d: &WalDecoder, recs: &[RecordInfo]) {
 
 #[test]
 fn postgres_15_wal_matches_pg_waldump() {
-    if !Path::new(PG15).join("pg_waldump").exists() {
-        eprintln!("skipped: no PostgreSQL 15 at {PG15}");
-        return;
-    }
-    let g = generate(PG15);
+    let g = generate(&PgInstall::for_major(15).expect("PostgreSQL 15 (Debian) is required"));
     let (d, recs) = decode(&g, page_magic_for_major(15).unwrap());
     check_common(&g, &d, &recs);
 
     // pg_waldump over the same range (it also starts at the segment start, skipping a continuation).
-    let pg_wal = g.server.data().join("pg_wal");
-    let out = Command::new(Path::new(PG15).join("pg_waldump"))
+    let pg_wal = g.server.data_dir().join("pg_wal");
+    let out = Command::new(pg_tool("pg_waldump"))
         .args(["-p", pg_wal.to_str().unwrap(), "-s", &g.start.to_string(), "-e", &g.end.to_string()])
         .output()
         .unwrap();
@@ -248,21 +149,29 @@ fn postgres_15_wal_matches_pg_waldump() {
 }
 
 #[test]
-fn postgres_17_wal_decodes_cleanly() {
-    if !Path::new(PG17).join("initdb").exists() || !Path::new(PG15).join("psql").exists() {
-        eprintln!("skipped: no PostgreSQL 17 binaries at {PG17}");
+fn other_majors_wal_decodes_cleanly() {
+    let others: Vec<PgInstall> = PgInstall::all_available().into_iter().filter(|i| i.major != 15).collect();
+    if others.is_empty() {
+        eprintln!("skipped: no other major under .pg/ (run scripts/fetch-postgres.sh)");
         return;
     }
-    let major = major_of(PG17);
-    let magic = page_magic_for_major(major).unwrap();
-    let g = generate(PG17);
-    let (d, recs) = decode(&g, magic);
-    check_common(&g, &d, &recs);
-    assert!(recs.len() > 1000, "{} records", recs.len());
-    // With PostgreSQL 15's magic, the very first page is rejected.
-    let cfg = DecoderConfig { segment_size: SEG, page_magic: 0xD110, system_id: None, timeline: 1 };
-    let pg_wal = g.server.data().join("pg_wal");
-    let first = std::fs::read(pg_wal.join(SegmentId::containing(1, g.start, SEG).file_name(SEG))).unwrap();
-    let err = WalDecoder::new(cfg, g.start).feed(&first).unwrap_err();
-    assert!(err.to_string().contains(&format!("found {magic:04X}")), "{err}");
+    for install in others {
+        let magic = page_magic_for_major(install.major).unwrap();
+        let g = generate(&install);
+        let (d, recs) = decode(&g, magic);
+        check_common(&g, &d, &recs);
+        assert!(recs.len() > 1000, "PostgreSQL {}: {} records", install.major, recs.len());
+        // With another major's magic, the very first page is rejected.
+        let wrong = if install.major == 15 { 0xD106 } else { 0xD110 };
+        let cfg = DecoderConfig { segment_size: SEG, page_magic: wrong, system_id: None, timeline: 1 };
+        let pg_wal = g.server.data_dir().join("pg_wal");
+        let first =
+            std::fs::read(pg_wal.join(SegmentId::containing(1, g.start, SEG).file_name(SEG))).unwrap();
+        let err = WalDecoder::new(cfg, g.start).feed(&first).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("found {magic:04X}")),
+            "PostgreSQL {}: {err}",
+            install.major
+        );
+    }
 }
