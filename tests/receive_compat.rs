@@ -435,6 +435,31 @@ fn connection_refused() {
     assert!(names(dir.path()).is_empty());
 }
 
+/// A missing slot without `-n`: like pg_receivewal, keep retrying; streaming starts once the slot exists.
+#[test]
+fn missing_slot_is_retried_until_created() {
+    let c = small_cluster();
+    let dir = tempdir();
+    let mut receiver = spawn(Tool::Walkeeper, Some(&c), &["-D", p(dir.path()), "--slot", "later", "-v"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || receiver
+            .stderr()
+            .contains("replication slot \"later\" does not exist")),
+        "no missing-slot error: {}",
+        receiver.stderr()
+    );
+    assert!(receiver.running(), "without -n the receiver must keep trying: {}", receiver.stderr());
+    c.psql("SELECT pg_create_physical_replication_slot('later', true)");
+    assert!(
+        wait_until(Duration::from_secs(60), || receiver.stderr().contains("starting log streaming at")),
+        "streaming never started after the slot was created: {}",
+        receiver.stderr()
+    );
+    receiver.signal(libc::SIGTERM);
+    let out = receiver.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{out:#?}");
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 020_pg_receivewal.pl
 // ---------------------------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ pub enum SessionError {
     /// A condition that retrying cannot fix (wrong server, wrong directory, incompatible versions).
     #[error("{0}")]
     Fatal(String),
+    /// The server cannot serve us yet (e.g. the slot is missing); retried unless `--no-loop`, as in
+    /// pg_receivewal.
+    #[error("{0}")]
+    NotReady(String),
     #[error("{server}: {message}")]
     Protocol { server: String, message: String },
 }
@@ -197,7 +201,7 @@ async fn start_position(
                     }
                 }
                 None => {
-                    return Err(SessionError::Fatal(format!(
+                    return Err(SessionError::NotReady(format!(
                         "replication slot \"{slot}\" does not exist (create it with --create-slot)"
                     )));
                 }
