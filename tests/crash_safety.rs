@@ -54,15 +54,26 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
     let seg_size = cluster.segment_size();
     let mut load = Load::start(&cluster, 200);
 
-    let mut extra = vec!["-S", "crash"];
+    let mut base = vec!["-S", "crash"];
     if comp == Comp::Zstd {
-        extra.extend(["-Z", "zstd"]);
+        base.extend(["-Z", "zstd"]);
     }
+    let extra = base.clone();
+    let mut synchronous_runs = 0;
     let mut cycles = 0;
     let mut checked_bytes = 0u64;
     let mut delays = Vec::new();
+    let mut acked_checks = 0;
     while cycles < max_cycles && started.elapsed() < budget {
-        let mut wk = Walkeeper::start(&cluster, &dir, &extra, &log);
+        // Half of the runs flush and report after every write (--synchronous), the others every second.
+        let mut args = base.clone();
+        if rng.range(0, 1) == 1 {
+            args.push("--synchronous");
+            synchronous_runs += 1;
+        } else {
+            args.extend(["-s", "1"]);
+        }
+        let mut wk = Walkeeper::start(&cluster, &dir, &args, &log);
         let delay = rng.range(50, 1500);
         delays.push(delay);
         std::thread::sleep(Duration::from_millis(delay)); // the deliberate random kill moment
@@ -70,7 +81,17 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
         assert!(wk.is_running(), "walkeeper exited on its own in cycle {cycles}\n{}", wk.log_tail(40));
         wk.kill9();
         cycles += 1;
-        // After the crash, before the restart: what is on disk must already be right.
+        // After the crash, before the restart: what is on disk must already be right, and must hold
+        // everything the server was told is flushed (the slot's restart_lsn).
+        if let Some(restart) = slot_restart_lsn(&cluster, "crash").filter(|&l| l > start_lsn) {
+            if let Err(e) = check_covers(&cluster, &dir, comp, start_lsn, restart) {
+                panic!(
+                    "after kill -9 number {cycles}: the slot's restart_lsn is {}, but {e}",
+                    format_lsn(restart)
+                );
+            }
+            acked_checks += 1;
+        }
         match check_archive(&cluster, &dir, comp, true) {
             Ok(c) => checked_bytes += c.bytes,
             Err(e) => {
@@ -112,7 +133,8 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
         c.last - c.first + 1
     );
     println!(
-        "{test}: {cycles} kill -9 cycles (delays ms: {delays:?}); archive segments {}..{} ({} complete, {} partial), \
+        "{test}: {cycles} kill -9 cycles ({synchronous_runs} with --synchronous; delays ms: {delays:?}); slot \
+         restart_lsn covered by the archive after {acked_checks} kills; archive segments {}..{} ({} complete, {} partial), \
          {} MiB compared after kills, {} MiB in the final comparison; {}",
         segment_name(1, c.first, seg_size),
         segment_name(1, c.last, seg_size),
