@@ -224,3 +224,65 @@ fn reported_flush_never_beyond_the_directory() {
         elapsed(started)
     );
 }
+
+/// kill -9 while walkeeper preallocates a new segment (64 MiB of zeros, so the window is wide): whatever the
+/// kill leaves must not stop the next start, which streams and acknowledges WAL again.
+#[test]
+fn kill9_while_preallocating_never_blocks_the_restart() {
+    let started = Instant::now();
+    let mut rng = Rng::from_env_or_time("kill9 while preallocating");
+    let cluster = Cluster::builder().segment_size_mb(64).start();
+    let seg_size = cluster.segment_size();
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("walkeeper.log");
+    let (mut attempts, mut hits) = (0, 0);
+    let mut left_behind = Vec::new();
+    while attempts < 12 && hits < 3 {
+        attempts += 1;
+        let dir = tmp.path().join(format!("archive{attempts}"));
+        std::fs::create_dir(&dir).unwrap();
+        let wk = Walkeeper::start(&cluster, &dir, &["--synchronous"], &log);
+        // As soon as the first file appears, kill within a few milliseconds: mostly while it is padded.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&dir).unwrap().next().is_none() {
+            assert!(Instant::now() < deadline, "walkeeper created no file in 20 s\n{}", wk.log_tail(20));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(0, 20))); // the deliberate random kill moment
+        wk.kill9();
+        let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())
+            })
+            .collect();
+        if files.iter().any(|(_, len)| *len < seg_size) {
+            hits += 1;
+            left_behind.push(files.clone());
+        }
+        // The next start streams, and acknowledges what it wrote.
+        let wk = Walkeeper::start(&cluster, &dir, &["--synchronous"], &log);
+        let lsn = {
+            cluster.psql("SELECT pg_logical_emit_message(false, 'durability', 'after the kill')");
+            cluster.current_lsn()
+        };
+        let acked = support::wait_until(Duration::from_secs(15), || {
+            reported_flush(&cluster).is_some_and(|f| f >= lsn)
+        });
+        assert!(
+            acked,
+            "after a kill -9 that left {files:?}, the restarted walkeeper did not acknowledge {} within 15 s\n{}",
+            format_lsn(lsn),
+            wk.log_tail(20)
+        );
+        check_archive(&cluster, &dir, Comp::None, true).unwrap_or_else(|e| panic!("after the restart: {e}"));
+        wk.kill9();
+    }
+    assert!(hits >= 1, "none of {attempts} kills landed while a segment was being preallocated");
+    println!(
+        "kill9 while preallocating: {hits} of {attempts} kills left a file shorter than a segment ({left_behind:?}); \
+         every restart streamed; {}",
+        elapsed(started)
+    );
+}
