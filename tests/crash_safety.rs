@@ -12,8 +12,8 @@ mod durability;
 mod support;
 
 use durability::{
-    check_archive, check_covers, elapsed, reported_flush, segment_name, slot_restart_lsn, switch_and_wait,
-    wait_streaming, Comp, Load, Rng, Walkeeper, WALKEEPER,
+    check_archive, check_covers, elapsed, reported_flush, segment_name, slot_restart_lsn, wait_streaming,
+    Comp, Load, Rng, Walkeeper, WALKEEPER,
 };
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -58,7 +58,6 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
     if comp == Comp::Zstd {
         base.extend(["-Z", "zstd"]);
     }
-    let extra = base.clone();
     let mut synchronous_runs = 0;
     let mut cycles = 0;
     let mut checked_bytes = 0u64;
@@ -106,27 +105,30 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
     }
     load.stop();
 
-    // A final clean run up to a segment switch.
-    let wk = Walkeeper::start(&cluster, &dir, &extra, &log);
-    wait_streaming(&cluster, &wk, Duration::from_secs(30));
-    let last = switch_and_wait(&cluster, &dir, comp, &wk);
-    let status = wk.terminate();
-    assert!(status.success(), "walkeeper exited with {status} after SIGTERM");
+    // A final clean run to an end position: the end of a segment switch record. walkeeper stops by itself.
+    cluster.psql("SELECT pg_logical_emit_message(false, 'durability', 'final')");
+    let endpos = support::parse_lsn(&cluster.psql("SELECT pg_switch_wal()"));
+    let endpos_text = format_lsn(endpos);
+    let mut final_args = base.clone();
+    final_args.extend(["-E", endpos_text.as_str()]);
+    let mut wk = Walkeeper::start(&cluster, &dir, &final_args, &log);
+    let status = wk.wait_timeout(Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!("walkeeper -E {endpos_text} did not stop within 60 s\n{}", wk.log_tail(30))
+    });
+    assert!(status.success(), "walkeeper -E {endpos_text} exited with {status}\n{}", wk.log_tail(30));
     let c = check_archive(&cluster, &dir, comp, true).unwrap_or_else(|e| panic!("final archive: {e}"));
-    let last_segno = durability::list_archive(&dir, seg_size, comp)
-        .iter()
-        .filter(|f| f.complete && segment_name(f.timeline, f.segno, seg_size) == last)
-        .map(|f| f.segno)
-        .next()
-        .unwrap_or_else(|| panic!("the final switched segment {last} is not complete in the archive"));
+    let last = segment_name(1, (endpos - 1) / seg_size, seg_size);
+    assert!(
+        c.last >= (endpos - 1) / seg_size,
+        "the archive ends before {last}, the segment of -E {endpos_text}"
+    );
     assert!(
         c.first <= start_lsn / seg_size,
         "the archive starts at segment {} but streaming should have started at or before {}",
         c.first,
         format_lsn(start_lsn)
     );
-    check_covers(&cluster, &dir, comp, start_lsn, (last_segno + 1) * seg_size)
-        .unwrap_or_else(|e| panic!("final archive: {e}"));
+    check_covers(&cluster, &dir, comp, start_lsn, endpos).unwrap_or_else(|e| panic!("final archive: {e}"));
     assert!(
         c.last - c.first >= 10,
         "too little WAL went through the test ({} segments)",
@@ -134,7 +136,8 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
     );
     println!(
         "{test}: {cycles} kill -9 cycles ({synchronous_runs} with --synchronous; delays ms: {delays:?}); slot \
-         restart_lsn covered by the archive after {acked_checks} kills; archive segments {}..{} ({} complete, {} partial), \
+         restart_lsn covered by the archive after {acked_checks} kills; final run stopped at -E {endpos_text} \
+         (segment {last}); archive segments {}..{} ({} complete, {} partial), \
          {} MiB compared after kills, {} MiB in the final comparison; {}",
         segment_name(1, c.first, seg_size),
         segment_name(1, c.last, seg_size),
