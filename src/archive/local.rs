@@ -127,20 +127,39 @@ impl LocalWalDir {
     }
 
     /// Open an uncompressed `.partial`, padding it to the full segment size unless it already is.
+    ///
+    /// The padding is written under `<name>.partial.tmp` and renamed into place (synced first with sync
+    /// on): a crash while padding leaves only that temporary file, which the next attempt starts over,
+    /// never a `.partial` of an odd size that the size check below would refuse at every restart.
     fn open_padded(&self, path: &Path) -> Result<File> {
         let expected = u64::from(self.options.segment_size);
-        let file = fsutil::open_for_write(path, self.options.file_mode, false)?.file;
-        let size = file.metadata().map_err(|e| WalDirError::io("stat", path, e))?.len();
-        if size == expected {
-            return Ok(file);
+        match fs::metadata(path) {
+            Ok(meta) if meta.len() == expected => {
+                return Ok(fsutil::open_for_write(path, self.options.file_mode, false)?.file);
+            }
+            Ok(meta) if meta.len() != 0 => {
+                return Err(WalDirError::PartialSize {
+                    path: path.to_path_buf(),
+                    size: meta.len(),
+                    expected,
+                });
+            }
+            Ok(_) => {} // empty: replaced by a padded file below
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WalDirError::io("stat", path, e)),
         }
-        if size != 0 {
-            return Err(WalDirError::PartialSize { path: path.to_path_buf(), size, expected });
-        }
-        if let Err(e) = fsutil::preallocate(&file, path, expected, self.options.preallocation) {
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let file = fsutil::open_for_write(&tmp, self.options.file_mode, true)?.file;
+        let padded = fsutil::preallocate(&file, &tmp, expected, self.options.preallocation).and_then(|()| {
+            if self.options.sync {
+                fsutil::sync_file(&file, &tmp)?;
+            }
+            fsutil::rename(&tmp, path)
+        });
+        if let Err(e) = padded {
             // Give the space back, as pg_receivewal does; the next attempt starts over.
             drop(file);
-            let _ = fs::remove_file(path);
+            let _ = fs::remove_file(&tmp);
             return Err(e);
         }
         Ok(file)
@@ -527,6 +546,22 @@ mod tests {
     }
 
     #[test]
+    fn padding_cut_short_by_a_crash_never_blocks_the_next_open() {
+        // A crash while padding leaves the temporary file, of any size; the `.partial` does not exist yet.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), options(Compression::None)).unwrap();
+        let leftover = tmp.path().join("000000010000000000000001.partial.tmp");
+        fs::write(&leftover, vec![0u8; 300_000]).unwrap();
+        let mut w = dir.open_segment(seg(1)).unwrap();
+        w.write_at(0, b"ok").unwrap();
+        w.sync().unwrap();
+        let partial = tmp.path().join("000000010000000000000001.partial");
+        assert_eq!(fs::metadata(&partial).unwrap().len(), u64::from(SEG));
+        assert!(!leftover.exists());
+        assert!(crate::archive::scan::find_start(tmp.path(), SEG).unwrap().is_some());
+    }
+
+    #[test]
     fn compressed_segments_decode_to_the_written_bytes() {
         let tmp = tempfile::tempdir().unwrap();
         let bytes = data(SEG as usize, 4);
@@ -751,7 +786,8 @@ mod tests {
         let Some(mnt) = TmpMount::new("size=4m,ro") else { return };
         let dir = LocalWalDir::open(mnt.path(), options(Compression::None)).unwrap();
         let err = dir.open_segment(seg(1)).err().unwrap().to_string();
-        let expected = mnt.path().join("000000010000000000000001.partial");
+        // The padding is written under a temporary name first: that is the file that could not be created.
+        let expected = mnt.path().join("000000010000000000000001.partial.tmp");
         assert_eq!(
             err,
             format!("could not create \"{}\": Read-only file system (os error 30)", expected.display())
@@ -769,6 +805,7 @@ mod tests {
         assert!(is_enospc(&err), "{err}");
         assert!(err.to_string().starts_with("could not pad \""), "{err}");
         assert!(!mnt.path().join("000000010000000000000001.partial").exists());
+        assert!(!mnt.path().join("000000010000000000000001.partial.tmp").exists());
         fs::remove_file(&filler).unwrap();
         let mut w = dir.open_segment(seg(1)).unwrap();
         w.write_at(0, b"ok").unwrap();
