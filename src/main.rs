@@ -62,11 +62,21 @@ fn run() -> Result<(), Exit> {
         logging::init(prog.log_name(), parsed.log_format, parsed.verbose);
         return runtime().block_on(receive::run(parsed.args, &prog));
     }
-    let cli = Cli::try_parse().map_err(|e| clap_exit(e, &Prog::Walkeeper { command: "" }))?;
+    let cli = Cli::try_parse().map_err(|e| {
+        let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
+        // For restore, 1 means "not in the archive": a bad restore_command must not look like that.
+        if exit.code != 0 && cli::restore::invoked(std::env::args()) {
+            exit.code = walkeeper::archive::restore::EXIT_USAGE;
+        }
+        exit
+    })?;
     let name = match &cli.command {
         Command::Receive { .. } => "receive",
         Command::Check(_) => "check",
         Command::Demo(_) => "demo",
+        Command::Restore(_) => "restore",
+        Command::Status(_) => "status",
+        Command::Cleanup(_) => "cleanup",
     };
     let prog = Prog::Walkeeper { command: name };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
@@ -84,6 +94,9 @@ fn run() -> Result<(), Exit> {
         }
         Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
         Command::Demo(args) => runtime().block_on(cli::demo::run(args, &prog)),
+        Command::Restore(args) => cli::restore::run(args, &prog),
+        Command::Status(args) => cli::status::run(args, &prog),
+        Command::Cleanup(args) => cli::cleanup::run(args, &prog),
     }
 }
 
