@@ -64,7 +64,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub const DEFAULT_SPOOL_NAME: &str = ".walkeeper-prefetch";
 /// Default number of segments kept ahead.
 pub const DEFAULT_DEPTH: usize = 8;
-/// The worker exits when no new segment was requested for this long.
+/// The worker exits when no new segment was requested for this long (default of `--prefetch-idle-ms`).
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 /// How often the worker looks for a new request when it has nothing to fetch.
 const POLL: Duration = Duration::from_millis(20);
@@ -190,7 +190,7 @@ impl Spool {
     }
 
     /// Start a worker unless one runs. The worker is `exe restore --prefetch-worker ...`, detached.
-    pub fn ensure_worker(&self, exe: &Path, depth: usize) -> io::Result<()> {
+    pub fn ensure_worker(&self, exe: &Path, depth: usize, idle: Duration) -> io::Result<()> {
         if self.worker_running() {
             return Ok(());
         }
@@ -203,6 +203,8 @@ impl Spool {
             .arg(&self.dir)
             .arg("--prefetch")
             .arg(depth.to_string())
+            .arg("--prefetch-idle-ms")
+            .arg(idle.as_millis().to_string())
             .current_dir("/")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -226,15 +228,20 @@ impl Spool {
         names
     }
 
-    fn remove_entries_except(&self, keep: &[String]) {
-        let Ok(rd) = fs::read_dir(&self.dir) else { return };
+    /// Remove entries not in `keep` (and leftover temporary files); returns the entries removed.
+    fn remove_entries_except(&self, keep: &[String]) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(rd) = fs::read_dir(&self.dir) else { return removed };
         for entry in rd.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale_tmp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".request.");
             if (is_segment_name(&name) && !keep.contains(&name)) || stale_tmp {
-                let _ = fs::remove_file(entry.path());
+                if fs::remove_file(entry.path()).is_ok() && !stale_tmp {
+                    removed.push(name);
+                }
             }
         }
+        removed
     }
 
     fn log(&self, msg: &str) {
@@ -301,7 +308,7 @@ fn timeline_chain(archive: &Path, requested: SegmentId, segment_size: u32) -> Ve
 }
 
 /// The worker's main loop (see the module docs). Returns when idle or when the spool is gone.
-pub fn run_worker(spool: &Spool, depth: usize) -> Result<(), RestoreError> {
+pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), RestoreError> {
     let lock = spool.open_lock().map_err(|e| WalDirError::io("open", &spool.dir.join(LOCK), e))?;
     if !try_lock(&lock) {
         return Ok(()); // another worker serves this spool
@@ -315,15 +322,21 @@ pub fn run_worker(spool: &Spool, depth: usize) -> Result<(), RestoreError> {
             .map_err(|e| WalDirError::io("write", &spool.dir.join(ARCHIVE), e))?;
     }
     let started = SystemTime::now();
-    let mut last_plan: Option<(SystemTime, Vec<String>)> = None;
-    let mut failed: Vec<String> = Vec::new();
+    // The request the plan was made for, the plan, and when to look at the archive again.
+    let mut current: Option<(SegmentId, SystemTime)> = None;
+    let mut wanted: Vec<String> = Vec::new();
+    let mut replan_at: Option<Instant> = None;
+    // Entries fetched (or failed, or seen in the spool) and not removed by the worker since: never fetched
+    // again, so an entry a restore has just taken is not fetched back before the worker sees the next
+    // request. Pruned of everything up to the requested segment.
+    let mut seen: Vec<String> = Vec::new();
     loop {
         if !spool.dir.is_dir() {
             return Ok(());
         }
         let request = spool.read_request();
         let last_activity = request.map(|r| r.2).unwrap_or(started).max(started);
-        if SystemTime::now().duration_since(last_activity).unwrap_or_default() > IDLE_EXIT {
+        if SystemTime::now().duration_since(last_activity).unwrap_or_default() > idle {
             spool.remove_entries_except(&[]);
             let _ = fs::remove_file(spool.dir.join(REQUEST));
             return Ok(());
@@ -332,36 +345,33 @@ pub fn run_worker(spool: &Spool, depth: usize) -> Result<(), RestoreError> {
             std::thread::sleep(POLL);
             continue;
         };
-        // Re-plan when the request changed, and now and then to see the archive grow.
-        let stale = last_plan.as_ref().is_none_or(|(s, _)| *s != stamp);
-        if stale {
-            let wanted = plan(&spool.archive, requested, segment_size, depth);
-            spool.remove_entries_except(&wanted);
-            failed.clear();
-            last_plan = Some((stamp, wanted));
+        let new_request = current != Some((requested, stamp));
+        if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
+            wanted = plan(&spool.archive, requested, segment_size, depth);
+            let removed = spool.remove_entries_except(&wanted);
+            let requested_name = requested.file_name(segment_size);
+            seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
+            current = Some((requested, stamp));
+            // Short of the depth: the end of the archive so far; look again later for new segments.
+            replan_at = (wanted.len() < depth).then(|| Instant::now() + Duration::from_millis(200));
         }
-        let wanted = last_plan.as_ref().map(|(_, w)| w.clone()).unwrap_or_default();
         let present = spool.entries();
-        let next = wanted.iter().find(|n| !present.contains(n) && !failed.contains(n));
-        let Some(name) = next else {
-            std::thread::sleep(POLL);
-            if wanted.len() < depth {
-                // The end of the archive: look again later for new segments.
-                let stamp_now = spool.read_request().map(|r| r.2);
-                if stamp_now == Some(stamp) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    last_plan = None;
-                }
+        for n in &present {
+            if !seen.contains(n) {
+                seen.push(n.clone());
             }
+        }
+        let Some(name) = wanted.iter().find(|n| !seen.contains(n)).cloned() else {
+            std::thread::sleep(POLL);
             continue;
         };
         let started_fetch = Instant::now();
-        if let Err(e) = fetch(spool, name) {
+        if let Err(e) = fetch(spool, &name) {
             spool.log(&format!("{name}: {e}"));
-            failed.push(name.clone());
         } else {
             tracing::debug!(segment = %name, elapsed = ?started_fetch.elapsed(), "prefetched");
         }
+        seen.push(name);
     }
 }
 

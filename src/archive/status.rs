@@ -114,7 +114,8 @@ pub fn status(dir: &Path) -> Result<ArchiveStatus, WalDirError> {
                     continue;
                 }
                 if let Ok(modified) = meta.modified() {
-                    if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                    // Ties (coarse file system clocks) go to the later name.
+                    if newest.as_ref().is_none_or(|(t, f)| (modified, &file) > (*t, f)) {
                         newest = Some((modified, file.clone()));
                     }
                 }

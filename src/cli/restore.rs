@@ -10,6 +10,7 @@ use crate::archive::restore::{self, parse_request, Request, RestoreError, Restor
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
@@ -25,6 +26,9 @@ pub struct RestoreArgs {
     /// spool directory for prefetched segments (default: .walkeeper-prefetch next to %p, in pg_wal)
     #[arg(long = "spool", value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// the prefetch worker exits after this many milliseconds without a new segment served
+    #[arg(long = "prefetch-idle-ms", value_name = "MS", default_value_t = 30_000, hide = true)]
+    pub prefetch_idle_ms: u64,
     /// run as the background prefetch worker (started by restore itself)
     #[arg(long = "prefetch-worker", hide = true)]
     pub prefetch_worker: bool,
@@ -76,7 +80,8 @@ pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
         let Some(spool_dir) = &args.spool else { return Err(usage(prog, "--prefetch-worker needs --spool")) };
         let spool = Spool::open(spool_dir, &args.directory)
             .map_err(|e| Exit { code: 2, message: format!("{}: error: spool: {e}", prog.log_name()) })?;
-        return prefetch::run_worker(&spool, args.prefetch.max(1)).map_err(|e| fail(prog, &e));
+        let idle = Duration::from_millis(args.prefetch_idle_ms);
+        return prefetch::run_worker(&spool, args.prefetch.max(1), idle).map_err(|e| fail(prog, &e));
     }
     let (Some(file), Some(dest)) = (args.file.as_deref(), args.path.as_deref()) else {
         return Err(usage(prog, "needs the file name (%f) and the destination path (%p)"));
@@ -95,24 +100,29 @@ pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
         })
         .flatten();
     let served = match spool.as_ref().and_then(|s| s.take(name, dest)) {
-        Some(r) => r,
+        Some(r) => {
+            tracing::info!("restored \"{name}\" from the prefetch spool");
+            r
+        }
         None => {
             let opts = RestoreOptions { partial: args.partial };
-            restore::restore(&args.directory, file, dest, &opts).map_err(|e| fail(prog, &e))?
+            let r = restore::restore(&args.directory, file, dest, &opts).map_err(|e| fail(prog, &e))?;
+            tracing::info!("restored \"{name}\" from \"{}\"", r.source.display());
+            r
         }
     };
     if let (Some(spool), Some(size), false) = (&spool, served.segment_size, served.partial) {
-        start_prefetch(spool, name, size, args.prefetch);
+        start_prefetch(spool, name, size, args.prefetch, Duration::from_millis(args.prefetch_idle_ms));
     }
     Ok(())
 }
 
 /// Tell the worker what was served and make sure one runs. Failures only cost speed: ignored.
-fn start_prefetch(spool: &Spool, name: &str, segment_size: u32, depth: usize) {
+fn start_prefetch(spool: &Spool, name: &str, segment_size: u32, depth: usize, idle: Duration) {
     if spool.request(name, segment_size).is_err() {
         return;
     }
     if let Ok(exe) = std::env::current_exe() {
-        let _ = spool.ensure_worker(Path::new(&exe), depth);
+        let _ = spool.ensure_worker(Path::new(&exe), depth, idle);
     }
 }
