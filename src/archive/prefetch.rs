@@ -235,10 +235,9 @@ impl Spool {
         for entry in rd.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale_tmp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".request.");
-            if (is_segment_name(&name) && !keep.contains(&name)) || stale_tmp {
-                if fs::remove_file(entry.path()).is_ok() && !stale_tmp {
-                    removed.push(name);
-                }
+            let unwanted = is_segment_name(&name) && !keep.contains(&name);
+            if (unwanted || stale_tmp) && fs::remove_file(entry.path()).is_ok() && unwanted {
+                removed.push(name);
             }
         }
         removed
