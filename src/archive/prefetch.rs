@@ -236,7 +236,9 @@ impl Spool {
             let name = entry.file_name().to_string_lossy().into_owned();
             let stale_tmp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".request.");
             let unwanted = is_segment_name(&name) && !keep.contains(&name);
-            if (unwanted || stale_tmp) && fs::remove_file(entry.path()).is_ok() && unwanted {
+            if stale_tmp {
+                let _ = fs::remove_file(entry.path());
+            } else if unwanted && fs::remove_file(entry.path()).is_ok() {
                 removed.push(name);
             }
         }
