@@ -262,13 +262,20 @@ fn try_lock(file: &File) -> bool {
 pub fn plan(archive: &Path, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
     let chain = timeline_chain(archive, requested, segment_size);
     let mut out = Vec::with_capacity(depth);
+    // Never back to an older timeline than the last file's (XLogFileReadAnyTLI's `tli < curFileTLI`).
+    let mut current = requested.timeline;
     for number in (requested.number + 1)..=(requested.number.saturating_add(depth as u64)) {
-        let found = chain.iter().filter(|(_, begin)| number >= *begin).find_map(|&(timeline, _)| {
-            let name = SegmentId { timeline, number }.file_name(segment_size);
-            matches!(find_segment(archive, &name, false), Ok(Some(_))).then_some(name)
-        });
+        let found = chain.iter().filter(|&&(tli, begin)| number >= begin && tli >= current).find_map(
+            |&(timeline, _)| {
+                let name = SegmentId { timeline, number }.file_name(segment_size);
+                matches!(find_segment(archive, &name, false), Ok(Some(_))).then_some((timeline, name))
+            },
+        );
         match found {
-            Some(name) => out.push(name),
+            Some((timeline, name)) => {
+                current = timeline;
+                out.push(name);
+            }
             None => break,
         }
     }
@@ -388,4 +395,45 @@ fn fetch(spool: &Spool, name: &str) -> Result<(), RestoreError> {
     restore::fill_segment(name, &source, &mut tmp)?;
     tmp.file().set_modified(modified).map_err(|e| WalDirError::io("set the time of", &entry, e))?;
     tmp.commit(&entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u32 = 1 << 20;
+
+    fn touch(dir: &Path, tli: u32, numbers: std::ops::RangeInclusive<u64>, suffix: &str) {
+        for number in numbers {
+            fs::write(
+                dir.join(format!("{}{suffix}", SegmentId { timeline: tli, number }.file_name(SEG))),
+                b"",
+            )
+            .unwrap();
+        }
+    }
+
+    fn names(v: &[String]) -> Vec<String> {
+        v.iter().map(|n| format!("{}/{}", &n[7..8], u64::from_str_radix(&n[16..], 16).unwrap())).collect()
+    }
+
+    #[test]
+    fn plan_follows_latest_timeline_and_stops_at_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        touch(dir, 1, 1..=9, "");
+        touch(dir, 2, 5..=7, ".zst");
+        touch(dir, 3, 7..=8, ".gz");
+        touch(dir, 1, 10..=10, ".partial"); // never prefetched
+        fs::write(dir.join("00000002.history"), "1\t0/500010\tx\n").unwrap();
+        fs::write(dir.join("00000003.history"), "1\t0/500010\tx\n2\t0/700000\ty\n").unwrap();
+        let at = |tli, number| SegmentId { timeline: tli, number };
+        assert_eq!(names(&plan(dir, at(1, 2), SEG, 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
+        assert_eq!(names(&plan(dir, at(2, 5), SEG, 2)), ["2/6", "3/7"]);
+        // Asked for timeline 1 past the switch: recovery is not following the latest; stay on 1.
+        assert_eq!(names(&plan(dir, at(1, 6), SEG, 8)), ["1/7", "1/8", "1/9"]);
+        // A timeline that is not on the newest history: only itself.
+        touch(dir, 4, 1..=2, "");
+        assert_eq!(names(&plan(dir, at(4, 1), SEG, 8)), ["4/2"]);
+    }
 }

@@ -549,3 +549,58 @@ pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(got)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parse_request("000000010000000A000000FF").unwrap(),
+            Request::Segment { name: "000000010000000A000000FF".into() }
+        );
+        assert_eq!(parse_request("0000000A.history").unwrap(), Request::History { timeline: 10 });
+        assert_eq!(
+            parse_request("000000010000000000000002.00000028.backup").unwrap(),
+            Request::BackupHistory
+        );
+        for bad in [
+            "",
+            "/x",
+            "..",
+            "a/../b",
+            "000000010000000a000000FF",
+            "0000000a.history",
+            "000000010000000000000002.0000002a.backup",
+            "000000010000000000000002.partial",
+            "000000010000000000000002.gz",
+            "00000001.history.tmp",
+            "RECOVERYXLOG",
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert_eq!(err.exit_code(), EXIT_USAGE, "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_header_checks() {
+        let size = 1u32 << 20;
+        let mut head = vec![0u8; LONG_HEADER];
+        assert_eq!(parse_long_header(&head), None);
+        head[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        assert_eq!(parse_long_header(&head), None, "no XLP_LONG_HEADER bit");
+        head[2..4].copy_from_slice(&2u16.to_le_bytes());
+        head[8..16].copy_from_slice(&(3u64 << 20).to_le_bytes());
+        head[32..36].copy_from_slice(&size.to_le_bytes());
+        let p = Path::new("x");
+        assert_eq!(check_segment("000000010000000000000003", p, &head, u64::from(size)).unwrap(), size);
+        let e = check_segment("000000010000000000000004", p, &head, u64::from(size)).unwrap_err();
+        assert!(e.to_string().contains("not the start of segment"), "{e}");
+        let e = check_segment("000000010000000000000003", p, &head, 5).unwrap_err();
+        assert!(e.to_string().contains("holds 5 bytes"), "{e}");
+        assert_eq!(e.exit_code(), EXIT_ERROR);
+        head[32..36].copy_from_slice(&12345u32.to_le_bytes());
+        assert!(check_segment("000000010000000000000003", p, &head, 12345).is_err());
+    }
+}
