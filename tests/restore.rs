@@ -266,6 +266,13 @@ fn corrupt_and_truncated_files_are_distinct_errors() {
         assert!(text(&out.stderr).contains(expect), "{n}: {}", text(&out.stderr));
         assert!(!env.dest().exists(), "{n}: nothing is left where PostgreSQL reads");
     }
+    // --fatal-errors: an error exits above 125 (fatal to PostgreSQL); "not found" stays 1.
+    let out = env.restore(&["--prefetch", "0", "--fatal-errors"], &name(1, 1), &env.dest());
+    assert_code(&out, 126);
+    assert!(text(&out.stderr).contains("could not decompress"), "{}", text(&out.stderr));
+    let out = env.restore(&["--fatal-errors"], &name(1, 99), &env.dest());
+    assert_code(&out, 1);
+    assert!(out.stderr.is_empty());
     env.assert_no_temp();
 }
 

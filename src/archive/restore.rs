@@ -4,10 +4,13 @@
 //! directory, fsync, rename, fsync the directory. A crash never leaves a half-written file under the name
 //! PostgreSQL reads.
 //!
-//! Exit codes (see [`RestoreError::exit_code`]): PostgreSQL takes exit code 1 with no output as "this file is
-//! not in the archive" (the normal end of archive recovery); everything else that goes wrong must look
-//! different, or a broken archive would silently end a point-in-time recovery early. PostgreSQL treats exit
-//! codes above 125 and deaths by signal as fatal, so the codes stay small:
+//! Exit codes (see [`RestoreError::exit_code`]): exit code 1 with no output means "this file is not in the
+//! archive" (the normal end of archive recovery); real errors get other codes and a message on stderr (which
+//! lands in the server log). PostgreSQL itself treats every failure below 126 alike: in archive recovery it
+//! ends replay there (a targeted recovery then fails with "recovery ended before configured recovery target
+//! was reached"; one without a target ends early), in standby mode it retries. Exit codes above 125 and deaths
+//! by signal are fatal to it: `--fatal-errors` turns 2 into 126 for operators who want a broken archive to stop
+//! recovery outright. Codes:
 //!
 //! | code | meaning |
 //! | ---- | ------- |
@@ -15,6 +18,7 @@
 //! | 1 | not in the archive (nothing printed) |
 //! | 2 | an error: archive directory missing, `%p`'s directory missing, read/write error, corrupt or truncated file |
 //! | 3 | invalid invocation: bad options, `%f` not a WAL, history or backup history file name |
+//! | 126 | an error, with `--fatal-errors` |
 //!
 //! A complete segment is checked before it is served: its first page must carry a long page header whose
 //! segment size is a valid one, the decompressed length must be exactly that size (an lz4 frame cut at a
@@ -39,6 +43,8 @@ pub const EXIT_NOT_FOUND: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 /// Exit code: invalid invocation (options, file name).
 pub const EXIT_USAGE: i32 = 3;
+/// Exit code for errors with `--fatal-errors`: above 125, which PostgreSQL treats as fatal.
+pub const EXIT_FATAL: i32 = 126;
 
 /// Size of the long page header at the start of every segment, and the offsets read from it.
 pub const LONG_HEADER: usize = 40;

@@ -1,8 +1,9 @@
 //! `walkeeper restore -D DIR %f %p`: PostgreSQL's `restore_command`, served from a walkeeper archive.
 //!
 //! Exit codes: 0 served; 1 not in the archive, nothing printed (the end of archive recovery); 2 an error,
-//! reported on stderr (missing archive or destination directory, read error, corrupt or truncated file);
-//! 3 invalid invocation (options, a `%f` that is not a WAL, history or backup history file name). See
+//! reported on stderr (missing archive or destination directory, read error, corrupt or truncated file), or
+//! 126 with `--fatal-errors`; 3 invalid invocation (options, a `%f` that is not a WAL, history or backup
+//! history file name). See
 //! [`crate::archive::restore`] for the checks and [`crate::archive::prefetch`] for the prefetch worker.
 
 use crate::archive::prefetch::{self, Spool};
@@ -26,6 +27,10 @@ pub struct RestoreArgs {
     /// spool directory for prefetched segments (default: .walkeeper-prefetch next to %p, in pg_wal)
     #[arg(long = "spool", value_name = "DIR")]
     pub spool: Option<PathBuf>,
+    /// exit with 126 instead of 2 on errors: PostgreSQL then stops recovery (FATAL) instead of taking the
+    /// error for the end of the archive
+    #[arg(long = "fatal-errors")]
+    pub fatal_errors: bool,
     /// the prefetch worker exits after this many milliseconds without a new segment served
     #[arg(long = "prefetch-idle-ms", value_name = "MS", default_value_t = 30_000, hide = true)]
     pub prefetch_idle_ms: u64,
@@ -76,6 +81,16 @@ fn usage(prog: &Prog, msg: &str) -> Exit {
 }
 
 pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
+    let fatal = args.fatal_errors;
+    serve(args, prog).map_err(|mut e| {
+        if fatal && e.code == restore::EXIT_ERROR {
+            e.code = restore::EXIT_FATAL;
+        }
+        e
+    })
+}
+
+fn serve(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
     if args.prefetch_worker {
         let Some(spool_dir) = &args.spool else { return Err(usage(prog, "--prefetch-worker needs --spool")) };
         let spool = Spool::open(spool_dir, &args.directory)
