@@ -9,6 +9,12 @@
 //! `cargo bench --bench restore` (release build): 24 segments of 16 MiB (384 MiB). Environment:
 //! `WALKEEPER_BENCH_SEGMENTS`, `WALKEEPER_BENCH_REPLAY_MS` (comma-separated). Under `cargo test` it runs once
 //! on a tiny archive as a smoke test.
+//!
+//! Measured on the 2-core development machine (24 × 16 MiB, zstd 129 MiB; blocked = time PostgreSQL would wait
+//! in restore_command, p50 per segment): with a 30 ms replay per segment, `cp` 7.6 ms, walkeeper zstd without
+//! prefetch 28 ms, with prefetch 9.4 ms (total 1.55 s → 1.23 s). With no replay time the worker has nothing to
+//! overlap with and prefetch only shaves the per-call work (21 → 18 ms). walkeeper pays for durability that
+//! `cp` skips: every file is fsynced before it is renamed into `%p` (about 12 ms per 16 MiB here).
 
 use std::fs;
 use std::path::{Path, PathBuf};

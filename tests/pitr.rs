@@ -133,6 +133,13 @@ fn create_slot(archive: &ArchiveDir, server: &Cluster, slot: &str) {
     assert!(out.status.success(), "create slot: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+fn status_json(archive: &ArchiveDir) -> serde_json::Value {
+    let out =
+        Command::new(walkeeper()).arg("status").arg("-D").arg(archive.path()).arg("--json").output().unwrap();
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn insert_batch(server: &Cluster, from: u32, to: u32) {
     server.psql(&format!("INSERT INTO pitr (id) SELECT g FROM generate_series({from}, {to}) g"));
 }
@@ -233,6 +240,15 @@ fn disaster_recovery_reaches_into_the_partial() {
         )) == "1"
     });
     assert!(flushed, "the receiver did not flush up to the end of WAL:\n{}", rx.log_text());
+    // walkeeper status sees the open .partial about where the primary is.
+    let st = status_json(&archive);
+    let tli1 = &st["timelines"][0];
+    assert_eq!(tli1["timeline"], 1);
+    assert_eq!(tli1["last"], last.as_str(), "{st}");
+    let received = support::parse_lsn(tli1["partial"]["received_lsn"].as_str().unwrap());
+    let now = primary.current_lsn();
+    assert!(received + 512 >= end && received <= now, "received {received:X}, end {end:X}, now {now:X}");
+    assert_eq!(st["missing_segments"], 0, "{st}");
     // The disaster: the primary is stopped (immediate) and its directory deleted.
     let primary_dir = primary.data_dir();
     drop(primary);
@@ -271,6 +287,12 @@ fn pitr_across_a_timeline_switch() {
     assert!(last.starts_with("00000002"), "{last}");
     rx.wait_archived(&archive, &last);
     assert!(archive.path().join("00000002.history").is_file(), "{:?}", archive.files());
+    let st = status_json(&archive);
+    assert_eq!(st["timelines"][0]["timeline"], 1, "{st}");
+    assert_eq!(st["timelines"][1]["timeline"], 2, "{st}");
+    assert_eq!(st["timelines"][1]["last"], last.as_str(), "{st}");
+    assert_eq!(st["history_files"][0], "00000002.history", "{st}");
+    assert_eq!(st["missing_segments"], 0, "{st}");
     drop(primary);
 
     backup.start_recovery(&[
