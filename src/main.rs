@@ -27,6 +27,19 @@ fn invoked_as_pg_receivewal() -> bool {
         .is_some_and(|name| name == "pg_receivewal")
 }
 
+/// The first argument that is not an option (or --log-format's value): the subcommand's name.
+fn invoked_subcommand() -> Option<String> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--log-format" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// clap's own errors become pg_receivewal-style lines with exit code 1.
 fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     use clap::error::ErrorKind;
@@ -64,9 +77,13 @@ fn run() -> Result<(), Exit> {
     }
     let cli = Cli::try_parse().map_err(|e| {
         let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
-        // For restore, 1 means "not in the archive": a bad restore_command must not look like that.
-        if exit.code != 0 && cli::restore::invoked(std::env::args()) {
-            exit.code = walkeeper::archive::restore::EXIT_USAGE;
+        match invoked_subcommand().as_deref() {
+            Some("verify") if exit.code != 0 => {
+                exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
+            }
+            // For restore, 1 means "not in the archive": a bad restore_command must not look like that.
+            Some("restore") if exit.code != 0 => exit.code = walkeeper::archive::restore::EXIT_USAGE,
+            _ => {}
         }
         exit
     })?;
@@ -77,6 +94,7 @@ fn run() -> Result<(), Exit> {
         Command::Restore(_) => "restore",
         Command::Status(_) => "status",
         Command::Cleanup(_) => "cleanup",
+        Command::Verify(_) => "verify",
     };
     let prog = Prog::Walkeeper { command: name };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
@@ -97,6 +115,7 @@ fn run() -> Result<(), Exit> {
         Command::Restore(args) => cli::restore::run(args, &prog),
         Command::Status(args) => cli::status::run(args, &prog),
         Command::Cleanup(args) => cli::cleanup::run(args, &prog),
+        Command::Verify(args) => cli::verify::run(args, &prog),
     }
 }
 

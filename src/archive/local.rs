@@ -33,6 +33,8 @@ pub struct WalDirOptions {
     pub file_mode: u32,
     /// fsync files and directories (`false` is pg_receivewal's `--no-sync`).
     pub sync: bool,
+    /// How uncompressed segments are given their full size.
+    pub preallocation: fsutil::Preallocation,
 }
 
 impl WalDirOptions {
@@ -44,6 +46,7 @@ impl WalDirOptions {
             compression_level: None,
             file_mode: 0o600,
             sync: true,
+            preallocation: fsutil::Preallocation::ZeroFill,
         }
     }
 }
@@ -134,7 +137,7 @@ impl LocalWalDir {
         if size != 0 {
             return Err(WalDirError::PartialSize { path: path.to_path_buf(), size, expected });
         }
-        if let Err(e) = fsutil::preallocate_zeros(&file, path, expected) {
+        if let Err(e) = fsutil::preallocate(&file, path, expected, self.options.preallocation) {
             // Give the space back, as pg_receivewal does; the next attempt starts over.
             drop(file);
             let _ = fs::remove_file(path);
@@ -334,15 +337,7 @@ impl SegmentWriter {
     /// an incomplete one (shutdown, end of timeline) stays `.partial`. On error the file stays
     /// `.partial`; reopening the segment starts it over.
     pub fn close(mut self) -> Result<ClosedSegment> {
-        if let Some(compressor) = self.compressor.take() {
-            let mut rest = compressor
-                .finish()
-                .map_err(|e| WalDirError::io("compress data for", &self.partial_path, e))?;
-            write_output(&self.file, &self.partial_path, &mut rest, &mut self.compressed_len)?;
-        }
-        if self.sync {
-            fsutil::sync_file(&self.file, &self.partial_path)?;
-        }
+        self.end_stream_and_sync()?;
         let end_lsn = self.lsn_at(self.written);
         if !self.is_complete() {
             tracing::info!(file = %self.partial_path.display(), "not renaming, segment is not complete");
@@ -355,6 +350,29 @@ impl SegmentWriter {
             fsutil::rename(&self.partial_path, &self.final_path)?;
         }
         Ok(ClosedSegment { path: self.final_path, complete: true, end_lsn })
+    }
+
+    /// Close keeping the `.partial` name even when every byte is there (the caller has not
+    /// validated the end yet): a compressed stream is ended, so the file is a valid compressed file
+    /// as pg_receivewal leaves its partials, and the file synced.
+    pub fn close_partial(mut self) -> Result<ClosedSegment> {
+        self.end_stream_and_sync()?;
+        let end_lsn = self.lsn_at(self.written);
+        Ok(ClosedSegment { path: self.partial_path, complete: false, end_lsn })
+    }
+
+    /// End a compressed stream (write its trailer), then fsync the file when sync is on.
+    fn end_stream_and_sync(&mut self) -> Result<()> {
+        if let Some(compressor) = self.compressor.take() {
+            let mut rest = compressor
+                .finish()
+                .map_err(|e| WalDirError::io("compress data for", &self.partial_path, e))?;
+            write_output(&self.file, &self.partial_path, &mut rest, &mut self.compressed_len)?;
+        }
+        if self.sync {
+            fsutil::sync_file(&self.file, &self.partial_path)?;
+        }
+        Ok(())
     }
 }
 
@@ -551,6 +569,34 @@ mod tests {
             w.write_at(0, b"again").unwrap();
             let closed = w.close().unwrap();
             assert_eq!(decompress_file(&closed.path, method).unwrap(), b"again");
+        }
+    }
+
+    #[test]
+    fn close_partial_keeps_the_name_and_ends_the_compressed_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        for method in [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd] {
+            let dir = LocalWalDir::open(tmp.path(), options(method)).unwrap();
+            for len in [10_000usize, SEG as usize] {
+                let bytes = data(len, 8);
+                let mut w = dir.open_segment(seg(4)).unwrap();
+                write_chunks(&mut w, &bytes, 65_536);
+                let partial = w.path().to_path_buf();
+                let closed = w.close_partial().unwrap();
+                assert_eq!(
+                    closed,
+                    ClosedSegment {
+                        path: partial.clone(),
+                        complete: false,
+                        end_lsn: Lsn(4 * u64::from(SEG) + len as u64)
+                    }
+                );
+                assert!(!tmp.path().join(format!("000000010000000000000004{}", method.suffix())).exists());
+                // A strict decoder accepts it: the stream has its end.
+                let content = decompress_file(&partial, method).unwrap();
+                assert_eq!(&content[..len], &bytes[..], "{method} {len}");
+                fs::remove_file(&partial).unwrap();
+            }
         }
     }
 

@@ -11,5 +11,6 @@ pub mod prefetch;
 pub mod restore;
 pub mod scan;
 pub mod status;
+pub mod verify;
 
 pub use error::WalDirError;

@@ -13,6 +13,7 @@ use super::compress::decompressed_len;
 use super::error::{Result, WalDirError};
 use crate::wal::segment::{valid_segment_size, Compression, SegmentId, TimeLineId, WalFileName};
 use crate::wal::Lsn;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -66,6 +67,8 @@ pub fn find_start(dir: &Path, segment_size: u32) -> Result<Option<StartPoint>> {
     }
     let mut summary = ScanSummary::default();
     let mut best: Option<Found> = None;
+    let mut partials: HashMap<(TimeLineId, u64), Found> = HashMap::new();
+    let mut completes: HashSet<(TimeLineId, u64)> = HashSet::new();
     let entries = fs::read_dir(dir).map_err(|e| WalDirError::io("open directory", dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| WalDirError::io("read directory", dir, e))?;
@@ -75,16 +78,32 @@ pub fn find_start(dir: &Path, segment_size: u32) -> Result<Option<StartPoint>> {
         };
         if found.complete {
             summary.complete += 1;
+            completes.insert((found.segment.timeline, found.segment.number));
             check_cheap_size(&dir.join(&found.file), found.compression, segment_size)?;
         } else {
             summary.partial += 1;
+            partials.insert((found.segment.timeline, found.segment.number), found.clone());
         }
         summary.highest_timeline = summary.highest_timeline.max(found.segment.timeline);
         if best.as_ref().is_none_or(|b| found.rank() > b.rank()) {
             best = Some(found);
         }
     }
-    let Some(best) = best else { return Ok(None) };
+    let Some(mut best) = best else { return Ok(None) };
+    // walkeeper renames a segment only once the record crossing its end has been validated, so a crash
+    // can leave a run of `.partial` files (N, N+1, ...) on one timeline: start over at the first of the run.
+    if !best.complete {
+        while let Some(previous) = best
+            .segment
+            .number
+            .checked_sub(1)
+            .map(|n| (best.segment.timeline, n))
+            .filter(|key| !completes.contains(key))
+            .and_then(|key| partials.get(&key))
+        {
+            best = previous.clone();
+        }
+    }
     let path = dir.join(&best.file);
     if best.complete && matches!(best.compression, Compression::Lz4 | Compression::Zstd) {
         check_size(&path, decompressed_len(&path, best.compression)?, segment_size)?;
@@ -239,6 +258,30 @@ mod tests {
         );
         // A partial of any size counts: the writer checks it when reopening.
         assert_eq!(start(&[("000000010000000000000004.partial", 12)]), (Lsn(4 * SEG_LSN), 1, true));
+    }
+
+    #[test]
+    fn run_of_partials_starts_at_its_first() {
+        // N's last record was not validated yet when N+1 began: both stay partial, start over at N.
+        assert_eq!(
+            start(&[
+                ("000000010000000000000003", FULL),
+                ("000000010000000000000004.partial", FULL),
+                ("000000010000000000000005.partial", FULL),
+                ("000000010000000000000006.partial", FULL),
+            ]),
+            (Lsn(4 * SEG_LSN), 1, true)
+        );
+        // Another timeline's partial, or a segment that is also complete, does not extend the run.
+        assert_eq!(
+            start(&[
+                ("000000010000000000000004.partial", FULL),
+                ("000000020000000000000005.partial", FULL),
+                ("000000020000000000000004", FULL),
+                ("000000020000000000000004.partial", FULL),
+            ]),
+            (Lsn(5 * SEG_LSN), 2, true)
+        );
     }
 
     #[test]

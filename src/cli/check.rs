@@ -41,12 +41,24 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
     if let Some(slot) = &args.slot {
         match repl::read_slot(info.major, slot).map_err(|e| fail(e.to_string()))? {
             Some(cmd) => {
-                let rs = conn.simple_query(&cmd).await.map_err(|e| fail(e.to_string()))?;
-                match repl::parse_read_slot(&rs).map_err(|e| fail(e.to_string()))? {
-                    Some(s) if s.slot_type != "physical" => {
-                        println!("slot:              \"{slot}\" exists but is a {} slot", s.slot_type);
-                        return Err(fail(format!("replication slot \"{slot}\" is not a physical slot")));
+                let not_physical = |slot_type: &str| {
+                    println!("slot:              \"{slot}\" exists but is a {slot_type} slot");
+                    fail(format!("replication slot \"{slot}\" is not a physical slot"))
+                };
+                let rs = match conn.simple_query(&cmd).await {
+                    Ok(rs) => rs,
+                    // The server refuses READ_REPLICATION_SLOT on a logical slot (feature_not_supported).
+                    Err(e)
+                        if e.server_error().is_some_and(|se| {
+                            se.code == "0A000" && se.message.contains("logical replication slot")
+                        }) =>
+                    {
+                        return Err(not_physical("logical"));
                     }
+                    Err(e) => return Err(fail(e.to_string())),
+                };
+                match repl::parse_read_slot(&rs).map_err(|e| fail(e.to_string()))? {
+                    Some(s) if s.slot_type != "physical" => return Err(not_physical(&s.slot_type)),
                     Some(s) => {
                         let restart = s.restart_lsn.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
                         println!("slot:              \"{slot}\" exists, restart LSN {restart}");

@@ -180,22 +180,27 @@ async fn demo_body(
 ) -> Result<(), String> {
     sql(port, sockets, &["SELECT pg_create_physical_replication_slot('walkeeper_demo', true)"]).await?;
     println!("2. created replication slot walkeeper_demo; streaming into {}", archive.display());
-    let rows = (u64::from(args.megabytes) * 1024 * 1024 / 600).max(1000);
+    // About 330 bytes of WAL per row.
+    let rows = (u64::from(args.megabytes) * 1024 * 1024 / 330).max(1000);
     let workload = format!(
         "INSERT INTO demo SELECT g, repeat(md5(g::text), 8), now() FROM generate_series(1, {rows}) g"
     );
-    sql(
-        port,
-        sockets,
-        &["CREATE TABLE demo (id int, payload text, at timestamptz)", &workload, "CHECKPOINT"],
-    )
-    .await?;
-    let end: Lsn = sql(port, sockets, &["SELECT pg_current_wal_lsn()::text"])
-        .await?
-        .first()
-        .and_then(|s| s.parse().ok())
-        .ok_or("could not read pg_current_wal_lsn()")?;
-    println!("3. wrote {rows} rows ({} MB of WAL requested); streaming up to {end}", args.megabytes);
+    let lsn = |rows: Vec<String>| -> Result<Lsn, String> {
+        rows.first()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "could not read an LSN from the server".to_string())
+    };
+    let begin = lsn(sql(port, sockets, &["SELECT pg_current_wal_lsn()::text"]).await?)?;
+    sql(port, sockets, &["CREATE TABLE demo (id int, payload text, at timestamptz)", &workload]).await?;
+    // Close the segment, note where the next one starts, and write a little more so the stream passes it
+    // (`--endpos` stops once the received position is beyond it, as pg_receivewal does).
+    sql(port, sockets, &["SELECT pg_switch_wal()"]).await?;
+    let end = lsn(sql(port, sockets, &["SELECT pg_current_wal_lsn()::text"]).await?)?;
+    sql(port, sockets, &["INSERT INTO demo VALUES (0, 'past the end position', now())"]).await?;
+    println!(
+        "3. wrote {rows} rows: {} MB of WAL from {begin} to {end}; walkeeper streams up to {end}",
+        (end.0 - begin.0) >> 20
+    );
     let cfg = ReceiveConfig {
         conn: params(port, sockets, "replication")?,
         connect: ConnectOptions::default(),

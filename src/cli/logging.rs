@@ -31,8 +31,27 @@ where
             Level::DEBUG | Level::TRACE => write!(w, "debug: ")?,
             Level::INFO => {}
         }
-        ctx.field_format().format_fields(w.by_ref(), event)?;
-        writeln!(w)
+        // Text lines carry the message only; structured fields are for the JSON format.
+        let mut message = MessageOnly(String::new());
+        event.record(&mut message);
+        let _ = ctx;
+        writeln!(w, "{}", message.0)
+    }
+}
+
+struct MessageOnly(String);
+
+impl tracing::field::Visit for MessageOnly {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_string();
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod logging;
 pub mod receive;
 pub mod restore;
 pub mod status;
+pub mod verify;
 
 use crate::conn::conninfo::{self, Sources};
 use crate::conn::{ConnParams, ConnectOptions, PasswordPrompt};
@@ -170,6 +171,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Remove segments older than a given one (pg_archivecleanup semantics)
     Cleanup(cleanup::CleanupArgs),
+    /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
+    Verify(verify::VerifyArgs),
 }
 
 /// pg_receivewal's `--version` line; scripts that parse "(PostgreSQL) NN" keep working.

@@ -226,10 +226,11 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
 async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> Result<(), Exit> {
     let slot = cfg.slot.as_deref().unwrap_or_default();
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
-    let info = identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("creating replication slot \"{slot}\"");
-    let cmd =
-        repl::create_physical_slot(info.major, slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    // As pg_receivewal: no RESERVE_WAL, so the new slot's restart_lsn stays NULL until streaming starts.
+    repl::validate_slot_name(slot).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    let cmd = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL");
     match conn.simple_query(&cmd).await {
         Ok(_) => Ok(()),
         Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {

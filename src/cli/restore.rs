@@ -45,23 +45,6 @@ pub struct RestoreArgs {
     pub path: Option<PathBuf>,
 }
 
-/// True when the command line asks for `restore` (so that argument errors get [`EXIT_USAGE`], not 1, which
-/// PostgreSQL would take for "not in the archive").
-pub fn invoked<I: IntoIterator<Item = String>>(args: I) -> bool {
-    let mut it = args.into_iter().skip(1);
-    while let Some(arg) = it.next() {
-        if arg == "--log-format" {
-            it.next();
-            continue;
-        }
-        if arg.starts_with('-') {
-            continue;
-        }
-        return arg == "restore";
-    }
-    false
-}
-
 fn fail(prog: &Prog, e: &RestoreError) -> Exit {
     match e {
         RestoreError::NotFound(_) => Exit { code: e.exit_code(), message: String::new() },

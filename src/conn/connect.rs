@@ -94,15 +94,39 @@ struct Failure {
     fatal: bool,
     /// The server refused us after the startup packet: with sslmode prefer/allow, retry the other way.
     server_refused: bool,
+    /// The failed session was encrypted (sslmode prefer retries in the clear only then, as libpq does).
+    over_tls: bool,
+    /// The first attempt, when this failure is that of sslmode prefer/allow's retry (libpq reports both).
+    first_attempt: Option<Box<Failure>>,
 }
 
 impl Failure {
     fn plain(cause: impl Into<String>) -> Failure {
-        Failure { cause: cause.into(), sqlstate: None, fatal: false, server_refused: false }
+        Failure {
+            cause: cause.into(),
+            sqlstate: None,
+            fatal: false,
+            server_refused: false,
+            over_tls: false,
+            first_attempt: None,
+        }
+    }
+
+    /// This failure of a retry, remembering the failed first attempt so that both are reported.
+    fn after(mut self, first: Failure) -> Failure {
+        self.first_attempt = Some(Box::new(first));
+        self
     }
 
     fn fatal(cause: impl Into<String>) -> Failure {
-        Failure { cause: cause.into(), sqlstate: None, fatal: true, server_refused: false }
+        Failure {
+            cause: cause.into(),
+            sqlstate: None,
+            fatal: true,
+            server_refused: false,
+            over_tls: false,
+            first_attempt: None,
+        }
     }
 }
 
@@ -114,6 +138,8 @@ impl From<ConnError> for Failure {
                 sqlstate: Some(se.code.clone()),
                 fatal: se.is_auth_failure(),
                 server_refused: true,
+                over_tls: false,
+                first_attempt: None,
             },
             None => Failure::plain(strip_server_prefix(&e)),
         }
@@ -199,7 +225,14 @@ async fn connect_endpoint(
         };
         match result {
             Ok(conn) => return Outcome::Connected(Box::new(conn)),
-            Err(f) => {
+            Err(mut f) => {
+                if let Some(first) = f.first_attempt.take() {
+                    failures.push(AttemptFailure {
+                        target: target.label(),
+                        cause: first.cause,
+                        sqlstate: first.sqlstate,
+                    });
+                }
                 failures.push(AttemptFailure {
                     target: target.label(),
                     cause: f.cause,
@@ -276,20 +309,31 @@ async fn open_socket(target: &Target) -> Result<Socket, Failure> {
     match target {
         Target::Unix { path } => UnixStream::connect(path).await.map(Socket::Unix).map_err(|e| {
             Failure::plain(format!(
-                "{}\n\tIs the server running locally and accepting connections on that socket?",
+                "{} (is the server running locally and accepting connections on that socket?)",
                 os_error(&e)
             ))
         }),
         Target::Tcp { addr, .. } => {
             let s = TcpStream::connect(addr).await.map_err(|e| {
                 Failure::plain(format!(
-                    "{}\n\tIs the server running on that host and accepting TCP/IP connections?",
+                    "{} (is the server running on that host and accepting TCP/IP connections?)",
                     os_error(&e)
                 ))
             })?;
             let _ = s.set_nodelay(true);
             Ok(Socket::Tcp(s))
         }
+    }
+}
+
+/// A failed TLS handshake as libpq words it: `SSL error: …` (sslmode prefer's retry keys on the prefix), without
+/// doubling the prefix of texts that already carry it (`SSL error: …`, `SSL SYSCALL error: …`).
+fn ssl_error_text(e: &tls::TlsError) -> String {
+    let text = e.to_string();
+    if text.starts_with("SSL") {
+        text
+    } else {
+        format!("SSL error: {text}")
     }
 }
 
@@ -332,12 +376,16 @@ async fn establish(
     .await;
     match (result, params.sslmode) {
         // prefer: the server refused the encrypted session (e.g. hostnossl) or TLS failed: retry in the clear.
-        (Err(f), SslMode::Prefer) if setup.is_some() && (f.server_refused || f.cause.starts_with("SSL")) => {
-            handshake_and_startup(params, opts, endpoint, target, None, prompted).await
+        (Err(f), SslMode::Prefer) if setup.is_some() && (f.over_tls || f.cause.starts_with("SSL")) => {
+            handshake_and_startup(params, opts, endpoint, target, None, prompted)
+                .await
+                .map_err(|e| e.after(f))
         }
         // allow: the server refused the plain session (e.g. hostssl only): retry with TLS.
         (Err(f), SslMode::Allow) if setup.is_some() && f.server_refused => {
-            handshake_and_startup(params, opts, endpoint, target, setup.as_ref(), prompted).await
+            handshake_and_startup(params, opts, endpoint, target, setup.as_ref(), prompted)
+                .await
+                .map_err(|e| e.after(f))
         }
         (r, _) => r,
     }
@@ -365,7 +413,7 @@ async fn handshake_and_startup(
             .map_err(|e| Failure::plain(format!("could not receive data from server: {}", os_error(&e))))?;
         socket = match answer[0] {
             b'S' => Socket::Tls(Box::new(
-                tls::handshake(setup, tcp).await.map_err(|e| Failure::fatal(format!("SSL error: {e}")))?,
+                tls::handshake(setup, tcp).await.map_err(|e| Failure::fatal(ssl_error_text(&e)))?,
             )),
             b'N' if params.sslmode == SslMode::Prefer || params.sslmode == SslMode::Allow => Socket::Tcp(tcp),
             b'N' => return Err(Failure::fatal("server does not support SSL, but SSL was required")),
@@ -377,8 +425,9 @@ async fn handshake_and_startup(
             }
         };
     }
+    let over_tls = socket.is_tls();
     let mut conn = Connection::new(socket, target.server_name(), opts.max_message);
-    startup(&mut conn, params, opts, endpoint, prompted).await?;
+    startup(&mut conn, params, opts, endpoint, prompted).await.map_err(|f| Failure { over_tls, ..f })?;
     Ok(conn)
 }
 
@@ -485,10 +534,26 @@ async fn check_session_attrs(conn: &mut Connection, wanted: TargetSessionAttrs) 
             (hs, hs || on(conn.parameter("default_transaction_read_only")))
         }
         None => {
-            // PostgreSQL 13: the walsender answers SHOW; a standby is always read-only.
-            let rs = conn.simple_query("SHOW transaction_read_only").await?;
-            let ro = parse_show(&rs).map_err(|e| Failure::plain(e.to_string()))? == "on";
-            (ro, ro)
+            // PostgreSQL 13: the walsender answers SHOW (not pg_is_in_recovery()). Its transactions are
+            // read-only in recovery or when default_transaction_read_only is on; only in the first case does
+            // read-only mean hot standby. With the default on, a primary and a standby look alike.
+            let mut show = async |name: &str| -> Result<bool, Failure> {
+                let rs = conn.simple_query(&format!("SHOW {name}")).await?;
+                Ok(parse_show(&rs).map_err(|e| Failure::plain(e.to_string()))? == "on")
+            };
+            let read_only = show("transaction_read_only").await?;
+            let default_read_only = show("default_transaction_read_only").await?;
+            let wants_recovery_state = matches!(
+                wanted,
+                TargetSessionAttrs::Primary | TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby
+            );
+            if read_only && default_read_only && wants_recovery_state {
+                return Err(Failure::plain(
+                    "cannot tell whether the server is in hot standby mode: before PostgreSQL 14 a replication \
+                     connection sees only that sessions are read-only, and default_transaction_read_only is on",
+                ));
+            }
+            (read_only && !default_read_only, read_only)
         }
     };
     let (ok, reason) = match wanted {

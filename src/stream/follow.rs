@@ -2,13 +2,17 @@
 //! (unless `--no-loop`), stopping cleanly on SIGINT/SIGTERM or `--endpos`.
 
 use crate::conn::connect;
-use crate::stream::session::{backoff, run_session, SessionError, Stopped};
+use crate::stream::session::{run_session, SessionError, Stopped};
 use crate::stream::ReceiveConfig;
 use crate::wal::Lsn;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Give up when the server sends the same invalid WAL this many times in a row.
 const MAX_SAME_VALIDATION_FAILURES: u32 = 3;
+
+/// A session that lasted this long counts as healthy: the reconnect backoff starts over after it.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -16,7 +20,11 @@ pub enum ReceiveError {
     Connect(#[from] crate::conn::ConnectError),
     #[error(transparent)]
     Session(#[from] SessionError),
-    #[error("the server sent invalid WAL at {lsn} {count} times in a row; stopping. Last error: {last}")]
+    #[error(
+        "the server sent the same invalid WAL at {lsn} {count} times in a row; stopping. Last error: {last}. \
+         Nothing at or after {lsn} was acknowledged or renamed complete. Check the server's own copy \
+         (pg_waldump on its pg_wal) and the network path; to archive the stream as sent anyway, use --no-validate"
+    )]
     PersistentInvalidWal { lsn: Lsn, count: u32, last: SessionError },
 }
 
@@ -32,6 +40,7 @@ pub async fn receive(
         let error: ReceiveError = match connect(&cfg.conn, &cfg.connect).await {
             Err(e) => e.into(),
             Ok(mut conn) => {
+                let started = std::time::Instant::now();
                 let result = run_session(&mut conn, cfg, &mut shutdown, &mut validation_failures).await;
                 conn.close().await;
                 match result {
@@ -43,7 +52,9 @@ pub async fn receive(
                                 return Err(ReceiveError::PersistentInvalidWal { lsn, count, last: e });
                             }
                         }
-                        failures = 0; // we did connect: start the backoff over
+                        if started.elapsed() >= HEALTHY_SESSION {
+                            failures = 0;
+                        }
                         e.into()
                     }
                 }
@@ -63,5 +74,22 @@ pub async fn receive(
         if *shutdown.borrow() {
             return Ok(Stopped::Signal);
         }
+    }
+}
+
+/// How long to wait before reconnecting after `attempt` consecutive failures: 1 s doubling to 30 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_thirty_seconds() {
+        let waits: Vec<u64> = (0..8).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
     }
 }

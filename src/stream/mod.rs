@@ -5,6 +5,7 @@ pub mod feedback;
 pub mod follow;
 pub mod session;
 
+use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;
 use crate::conn::{ConnParams, ConnectOptions};
 use crate::wal::segment::Compression;
@@ -46,6 +47,8 @@ impl ReceiveConfig {
             compression_level: self.compression_level,
             sync: self.fsync,
             file_mode,
+            // Frequent fdatasyncs stay data-only on zero-filled files; otherwise reserve (half the writes).
+            preallocation: if self.synchronous { Preallocation::ZeroFill } else { Preallocation::Reserve },
         }
     }
 }

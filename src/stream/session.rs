@@ -20,6 +20,10 @@ use tokio::time::Instant;
 /// Write this much before giving the loop a chance to sync and report (bounds latency under a flood).
 const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Past `--endpos`, how long to keep reading so that a fully received segment gets validated and renamed
+/// (the record crossing its end has to arrive whole) before stopping with it left `.partial`.
+const ENDPOS_VALIDATION_GRACE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
@@ -194,7 +198,7 @@ async fn start_position(
                 }
                 None => {
                     return Err(SessionError::Fatal(format!(
-                        "{server}: replication slot \"{slot}\" does not exist (create it with --create-slot)"
+                        "replication slot \"{slot}\" does not exist (create it with --create-slot)"
                     )));
                 }
             }
@@ -272,6 +276,10 @@ struct CopyLoop<'a> {
     decoder: Option<WalDecoder>,
     last_status: Option<Instant>,
     copy_done_sent: bool,
+    /// The server's end of WAL, as last reported in XLogData or keepalive messages.
+    server_end: Lsn,
+    /// When the received position first went past `--endpos`.
+    endpos_passed_at: Option<Instant>,
 }
 
 impl<'a> CopyLoop<'a> {
@@ -306,6 +314,8 @@ impl<'a> CopyLoop<'a> {
             decoder,
             last_status: None,
             copy_done_sent: false,
+            server_end: start,
+            endpos_passed_at: None,
         }
     }
 
@@ -317,34 +327,46 @@ impl<'a> CopyLoop<'a> {
                 return Ok(CopyEnd::Stopped(Stopped::Signal));
             }
             let deadline = self.next_status_deadline();
+            let grace_end = self.endpos_passed_at.map(|t| t + ENDPOS_VALIDATION_GRACE);
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
-                msg = self.conn.recv() => msg?,
+                msg = self.conn.recv() => Some(msg?),
                 _ = sleep_until_opt(deadline) => {
                     self.status_tick().await?;
                     continue;
                 }
+                _ = sleep_until_opt(grace_end) => None,
             };
-            if let Some(end) = self.handle(msg).await? {
-                return Ok(end);
-            }
-            // Drain whatever else is already here, then sync/report once for the whole batch.
-            let mut batch = 0u64;
-            while batch < MAX_BATCH_BYTES {
-                let Some(next) = self.conn.recv().now_or_never() else { break };
-                let before = self.positions.received();
-                if let Some(end) = self.handle(next?).await? {
+            if let Some(msg) = msg {
+                if let Some(end) = self.handle(msg).await? {
                     return Ok(end);
                 }
-                batch += self.positions.received().0.saturating_sub(before.0);
+                // Drain whatever else is already here, then sync/report once for the whole batch. Stop
+                // draining once past --endpos: pg_receivewal stops at the first message beyond it.
+                let mut batch = 0u64;
+                while batch < MAX_BATCH_BYTES && !stop_at_endpos(self.cfg, self.positions.received()) {
+                    let Some(next) = self.conn.recv().now_or_never() else { break };
+                    let before = self.positions.received();
+                    if let Some(end) = self.handle(next?).await? {
+                        return Ok(end);
+                    }
+                    batch += self.positions.received().0.saturating_sub(before.0);
+                }
             }
             self.complete_validated_segments()?;
             if self.cfg.synchronous && self.positions.needs_sync() {
                 self.sync()?;
                 self.send_status(false).await?;
             }
-            if stop_at_endpos(self.cfg, self.positions.received()) {
+            // Under a continuous flood `recv` is always ready: keep the status interval anyway.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.status_tick().await?;
+            }
+            // A segment that is fully received but still waits for the record crossing its end to be
+            // validated would stay `.partial` where pg_receivewal renames it: read on until it is renamed,
+            // for a bounded time (a standby's WAL can end inside a record whose rest is not coming).
+            if self.endpos_stop_due() {
                 tracing::info!(
                     "stopped log streaming at {} (timeline {})",
                     self.positions.received(),
@@ -354,6 +376,15 @@ impl<'a> CopyLoop<'a> {
                 return Ok(CopyEnd::Stopped(Stopped::EndPos));
             }
         }
+    }
+
+    /// Past `--endpos`, with every fully received segment renamed (or the grace period over).
+    fn endpos_stop_due(&mut self) -> bool {
+        if !stop_at_endpos(self.cfg, self.positions.received()) {
+            return false;
+        }
+        let passed = *self.endpos_passed_at.get_or_insert_with(Instant::now);
+        self.pending.is_empty() || passed.elapsed() >= ENDPOS_VALIDATION_GRACE
     }
 
     fn next_status_deadline(&self) -> Option<Instant> {
@@ -371,7 +402,19 @@ impl<'a> CopyLoop<'a> {
             self.sync()?;
             self.complete_validated_segments()?;
         }
-        self.send_status(false).await
+        self.send_status(false).await?;
+        let (received, safe) = (self.positions.received(), self.positions.safe());
+        let lag = self.server_end.0.saturating_sub(received.0);
+        tracing::info!(
+            received = %received,
+            flushed = %safe,
+            server_end = %self.server_end,
+            lag_bytes = lag,
+            "received {received}, flushed {safe}, server at {} (lag {lag} bytes, timeline {})",
+            self.server_end,
+            self.timeline
+        );
+        Ok(())
     }
 
     async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
@@ -381,8 +424,12 @@ impl<'a> CopyLoop<'a> {
                 match repl::parse_stream_message(data)
                     .map_err(|error| SessionError::Replication { server, error })?
                 {
-                    StreamMessage::XLogData { start, data, .. } => self.receive_wal(start, &data)?,
-                    StreamMessage::Keepalive { reply_requested, .. } => {
+                    StreamMessage::XLogData { start, data, wal_end, .. } => {
+                        self.server_end = self.server_end.max(wal_end);
+                        self.receive_wal(start, &data)?
+                    }
+                    StreamMessage::Keepalive { reply_requested, wal_end, .. } => {
+                        self.server_end = self.server_end.max(wal_end);
                         if reply_requested {
                             // The server may be waiting on us (shutdown, synchronous commit): make what we
                             // have durable first so the reply carries the best flush position.
@@ -508,11 +555,12 @@ impl<'a> CopyLoop<'a> {
     fn finish_files(&mut self) -> Result<(), SessionError> {
         self.sync()?;
         self.complete_validated_segments()?;
-        // What is left is incomplete or not yet validated: it stays `.partial` (synced above), and the next
-        // start streams it again from its beginning.
+        // What is left is incomplete or not yet validated: it stays `.partial`, and the next start streams
+        // it again from its beginning. A compressed stream is ended, so the `.partial` is a valid
+        // compressed file, as pg_receivewal leaves it.
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            drop(w);
+            w.close_partial()?;
         }
         Ok(())
     }
@@ -530,9 +578,4 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// How long the outer loop waits before reconnecting after `attempt` consecutive failures.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
 }

@@ -5,6 +5,19 @@
 //! under /tmp, on its own free loopback port, and is stopped (`-m immediate`) and removed on drop, even when
 //! the test panics. When the tests run as root the server binaries run as the `postgres` account.
 //! Harness failures panic with the server log tail. Wait with [`wait_until`], never with fixed sleeps.
+//!
+//! ```ignore
+//! let mut primary = Cluster::builder().segment_size_mb(1).start();
+//! primary.create_role("rep", Some("pw"), PasswordEncryption::Scram, true);
+//! primary.set_hba(&["host replication rep 127.0.0.1/32 scram-sha-256"]);
+//! let end = primary.generate_wal(3);
+//! let done = primary.switch_wal(); // e.g. "000000010000000000000004", now complete in pg_wal
+//! let standby = primary.standby();
+//! standby.wait_for_replay(end);
+//! ```
+//!
+//! The whole suite runs against another major with `WALKEEPER_PG_BIN=$PWD/.pg/17/package/native/bin cargo
+//! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
 mod tls;

@@ -1,0 +1,97 @@
+//! Throughput of `WalDecoder::feed` in 64 KiB chunks, as a receiver calls it.
+//!
+//! Real WAL: the PostgreSQL segments saved by `cargo test --test wal_decoder` under
+//! `$CARGO_TARGET_TMPDIR/wal-samples/<magic>/` (run that test first); a synthetic stream of small records
+//! (the per-record worst case) is always measured.
+
+use std::path::PathBuf;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use walkeeper::wal::decoder::{DecoderConfig, WalDecoder};
+use walkeeper::wal::encoder::WalEncoder;
+use walkeeper::wal::Lsn;
+
+const CHUNK: usize = 64 * 1024;
+
+struct Sample {
+    name: String,
+    cfg: DecoderConfig,
+    start: Lsn,
+    bytes: Vec<u8>,
+}
+
+fn real_samples() -> Vec<Sample> {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("wal-samples");
+    let Ok(dirs) = std::fs::read_dir(&root) else { return Vec::new() };
+    let mut out = Vec::new();
+    for dir in dirs.flatten() {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        let mut bytes = Vec::new();
+        for f in &files {
+            bytes.extend_from_slice(&std::fs::read(f).unwrap());
+        }
+        if bytes.len() < 40 {
+            continue;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+        let cfg = DecoderConfig {
+            segment_size: u32_at(32),
+            page_magic: u16::from_le_bytes([bytes[0], bytes[1]]),
+            system_id: Some(u64_at(24)),
+            timeline: u32_at(4),
+        };
+        out.push(Sample {
+            name: format!("real_wal_{}", dir.file_name().to_string_lossy()),
+            cfg,
+            start: Lsn(u64_at(8)),
+            bytes,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn synthetic_small_records() -> Sample {
+    let seg = 16 << 20;
+    let mut e = WalEncoder::new(0xD110, seg, 42, 1, u64::from(seg));
+    let body: Vec<u8> = (0..400u32).map(|i| (i * 7) as u8).collect();
+    let mut i = 0usize;
+    while e.pos() < 2 * u64::from(seg) - 1024 {
+        // 60..460-byte records, like heap inserts and commits.
+        e.record(10, 0, i as u32, &body[..36 + (i * 37) % 360]);
+        i += 1;
+    }
+    let cfg = DecoderConfig { segment_size: seg, page_magic: 0xD110, system_id: Some(42), timeline: 1 };
+    Sample { name: "synthetic_small_records".into(), cfg, start: Lsn(u64::from(seg)), bytes: e.into_bytes() }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut samples = real_samples();
+    if samples.is_empty() {
+        eprintln!("no real WAL samples: run `cargo test --test wal_decoder` first");
+    }
+    samples.push(synthetic_small_records());
+    let mut g = c.benchmark_group("decode");
+    for s in &samples {
+        // Sanity: the sample decodes cleanly.
+        let mut d = WalDecoder::new(s.cfg, s.start);
+        d.feed(&s.bytes).unwrap();
+        g.throughput(Throughput::Bytes(s.bytes.len() as u64));
+        g.bench_function(&s.name, |b| {
+            b.iter(|| {
+                let mut d = WalDecoder::new(s.cfg, s.start);
+                for chunk in s.bytes.chunks(CHUNK) {
+                    d.feed(black_box(chunk)).unwrap();
+                }
+                black_box(d.validated_up_to())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

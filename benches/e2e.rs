@@ -1,0 +1,289 @@
+//! End-to-end comparison of walkeeper with pg_receivewal on the same PostgreSQL 15 server, in one run,
+//! alternating the two tools (A B A B) so drift on a noisy machine hits both alike. Reports medians and
+//! walkeeper/pg_receivewal ratios; asserts nothing (speed is reported, never a test failure).
+//!
+//! `cargo bench --bench e2e` — knobs (environment):
+//!   E2E_WAL_MB        backlog size for the catch-up phase (default 1536)
+//!   E2E_ROUNDS        rounds per measurement (default 3)
+//!   E2E_PGBENCH_SECS  duration of each pgbench run (default 20)
+//!   E2E_PHASES        comma list of catchup,sync (default both)
+//!   E2E_OUT           also write the markdown report to this file
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{pg_tool, Cluster};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn walkeeper_bin() -> PathBuf {
+    // Benches build in release; the binary sits next to the bench executable's parent directory.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("walkeeper");
+    assert!(bin.exists(), "{} not built: run `cargo build --release` first", bin.display());
+    bin
+}
+
+/// What one receiver run cost.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    wall: f64,
+    cpu: f64,
+    max_rss_kb: i64,
+}
+
+/// Run a command to completion, measuring wall time, user+sys CPU and peak RSS of that process.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
+fn measure(cmd: &mut Command) -> Cost {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let start = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("spawn receiver");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed().as_secs_f64();
+    assert_eq!(rc, pid, "wait4 failed");
+    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "receiver failed: {stderr}");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    PgReceivewal,
+    Walkeeper,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::PgReceivewal => "pg_receivewal",
+            Tool::Walkeeper => "walkeeper",
+        }
+    }
+
+    fn command(self, cluster: &Cluster) -> Command {
+        let mut c = match self {
+            Tool::PgReceivewal => Command::new(pg_tool("pg_receivewal")),
+            Tool::Walkeeper => {
+                let mut c = Command::new(walkeeper_bin());
+                c.arg("receive");
+                c
+            }
+        };
+        c.args(["-h", cluster.host(), "-p", &cluster.port().to_string(), "-U", "postgres", "-w"]);
+        c
+    }
+}
+
+fn catchup(report: &mut String) {
+    let wal_mb = env_u64("E2E_WAL_MB", 1536);
+    let rounds = env_u64("E2E_ROUNDS", 3);
+    let modes: [(&str, &[&str]); 3] =
+        [("default", &[]), ("--synchronous", &["--synchronous"]), ("--no-sync", &["--no-sync"])];
+    let cluster = Cluster::builder()
+        .conf(&format!("wal_keep_size = '{}MB'", wal_mb * 2))
+        .conf("max_replication_slots = 64")
+        .conf("max_wal_size = '8GB'")
+        .conf("checkpoint_timeout = '1h'")
+        .start();
+    // One slot per run, all reserved before the backlog is written, so every run starts at the same LSN.
+    let tools = [Tool::PgReceivewal, Tool::Walkeeper];
+    let mut slots = Vec::new();
+    for (m, _) in modes.iter().enumerate() {
+        for r in 0..rounds {
+            for t in tools {
+                let slot = format!("e2e_{}_{}_{}", m, r, t.name());
+                cluster.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
+                slots.push(slot);
+            }
+        }
+    }
+    eprintln!("e2e: writing {wal_mb} MB of WAL");
+    cluster.generate_wal(wal_mb);
+    cluster.switch_wal();
+    let end = support::format_lsn(cluster.current_lsn());
+    // `-E` stops once WAL *beyond* the end position arrives: write some now, or the first run alone
+    // would wait for background activity to produce it.
+    cluster.switch_wal();
+    eprintln!("e2e: backlog ready, streaming up to {end}");
+    report.push_str(&format!(
+        "\n### Catch-up: {wal_mb} MB of WAL backlog, `-n -E {end}`, {rounds} rounds A B A B\n\n\
+         | mode | tool | wall s (median) | CPU s (median) | peak RSS MB (max) |\n|---|---|---|---|---|\n"
+    ));
+    let mut ratios = String::new();
+    for (m, (mode, extra)) in modes.iter().enumerate() {
+        let mut costs: Vec<Vec<Cost>> = vec![Vec::new(), Vec::new()];
+        for r in 0..rounds {
+            for (i, t) in tools.iter().enumerate() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let slot = format!("e2e_{}_{}_{}", m, r, t.name());
+                let mut cmd = t.command(&cluster);
+                cmd.args(["-D", &dir.path().to_string_lossy(), "-S", &slot, "-n", "-E", &end]).args(*extra);
+                let cost = measure(&mut cmd);
+                eprintln!("e2e: {mode} {} round {r}: {:.2}s wall, {:.2}s cpu", t.name(), cost.wall, cost.cpu);
+                costs[i].push(cost);
+                cluster.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+            }
+        }
+        let stat = |c: &Vec<Cost>| {
+            (
+                median(c.iter().map(|x| x.wall).collect()),
+                median(c.iter().map(|x| x.cpu).collect()),
+                c.iter().map(|x| x.max_rss_kb).max().unwrap_or(0) as f64 / 1024.0,
+            )
+        };
+        let (pw, pc, pr) = stat(&costs[0]);
+        let (ww, wc, wr) = stat(&costs[1]);
+        report.push_str(&format!("| {mode} | pg_receivewal | {pw:.2} | {pc:.2} | {pr:.1} |\n"));
+        report.push_str(&format!("| {mode} | walkeeper | {ww:.2} | {wc:.2} | {wr:.1} |\n"));
+        ratios.push_str(&format!(
+            "| {mode} | {:.2} | {:.2} | {:.2} |\n",
+            ww / pw,
+            wc / pc.max(1e-9),
+            wr / pr.max(1e-9)
+        ));
+    }
+    report.push_str(
+        "\n| mode | wall ratio (walkeeper/pg_receivewal) | CPU ratio | RSS ratio |\n|---|---|---|---|\n",
+    );
+    report.push_str(&ratios);
+}
+
+/// Parse pgbench's "tps = N" and "latency average = N ms".
+fn pgbench_numbers(out: &str) -> (f64, f64) {
+    let find = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (find("tps = "), find("latency average = "))
+}
+
+fn sync_standby(report: &mut String) {
+    let secs = env_u64("E2E_PGBENCH_SECS", 20);
+    let rounds = env_u64("E2E_ROUNDS", 3);
+    let cluster = Cluster::builder().fsync(true).conf("max_wal_size = '4GB'").start();
+    let port = cluster.port().to_string();
+    let status = Command::new(pg_tool("pgbench"))
+        .args(["-i", "-s", "10", "-q", "-h", cluster.host(), "-p", &port, "-U", "postgres", "postgres"])
+        .output()
+        .expect("pgbench -i");
+    assert!(status.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&status.stderr));
+    let variants: [(&str, Option<Tool>); 3] = [
+        ("no standby", None),
+        ("pg_receivewal --synchronous", Some(Tool::PgReceivewal)),
+        ("walkeeper --synchronous", Some(Tool::Walkeeper)),
+    ];
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    for r in 0..rounds {
+        for (i, (label, tool)) in variants.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut receiver = tool.map(|t| {
+                cluster.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '{}'", t.name()));
+                cluster.psql("SELECT pg_reload_conf()");
+                let mut cmd = t.command(&cluster);
+                cmd.args(["-D", &dir.path().to_string_lossy(), "--synchronous"]);
+                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("receiver");
+                let name = t.name();
+                assert!(
+                    support::wait_until(Duration::from_secs(30), || {
+                        cluster
+                            .psql(&format!(
+                                "SELECT count(*) FROM pg_stat_replication WHERE application_name = '{name}' AND sync_state = 'sync'"
+                            ))
+                            .trim()
+                            == "1"
+                    }),
+                    "{name} never became the synchronous standby"
+                );
+                child
+            });
+            if tool.is_none() {
+                cluster.psql("ALTER SYSTEM RESET synchronous_standby_names");
+                cluster.psql("SELECT pg_reload_conf()");
+            }
+            let out = Command::new(pg_tool("pgbench"))
+                .args(["-n", "-N", "-c", "8", "-j", "2", "-T", &secs.to_string()])
+                .args(["-h", cluster.host(), "-p", &port, "-U", "postgres", "postgres"])
+                .output()
+                .expect("pgbench");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let numbers = pgbench_numbers(&text);
+            eprintln!("e2e: {label} round {r}: {:.0} tps, {:.2} ms", numbers.0, numbers.1);
+            results[i].push(numbers);
+            if let Some(child) = receiver.as_mut() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                let _ = child.wait();
+            }
+            cluster.psql("ALTER SYSTEM RESET synchronous_standby_names");
+            cluster.psql("SELECT pg_reload_conf()");
+        }
+    }
+    report.push_str(&format!(
+        "\n### Synchronous standby: `pgbench -N -c 8 -j 2 -T {secs}` (scale 10, primary fsync on), {rounds} rounds\n\n\
+         | receiver | tps (median) | latency ms (median) |\n|---|---|---|\n"
+    ));
+    let med: Vec<(f64, f64)> = results
+        .iter()
+        .map(|v| (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect())))
+        .collect();
+    for ((label, _), (tps, lat)) in variants.iter().zip(&med) {
+        report.push_str(&format!("| {label} | {tps:.0} | {lat:.2} |\n"));
+    }
+    report.push_str(&format!(
+        "\nwalkeeper/pg_receivewal tps ratio: **{:.2}**; walkeeper/no-standby tps ratio: **{:.2}**\n",
+        med[2].0 / med[1].0,
+        med[2].0 / med[0].0
+    ));
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches in test mode with `--bench` absent: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("e2e: skipped (run with `cargo bench --bench e2e`)");
+        return;
+    }
+    let phases = std::env::var("E2E_PHASES").unwrap_or_else(|_| "catchup,sync".into());
+    let mut report = String::from("## walkeeper vs pg_receivewal, end to end\n");
+    report.push_str(&format!(
+        "\nMachine: {} cores, PostgreSQL 15 (Debian), walkeeper {} release build.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        env!("CARGO_PKG_VERSION")
+    ));
+    if phases.contains("catchup") {
+        catchup(&mut report);
+    }
+    if phases.contains("sync") {
+        sync_standby(&mut report);
+    }
+    println!("{report}");
+    if let Ok(path) = std::env::var("E2E_OUT") {
+        std::fs::write(&path, &report).expect("write report");
+    }
+}

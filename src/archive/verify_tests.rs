@@ -1,0 +1,308 @@
+use super::*;
+use crate::archive::compress::Compressor;
+use crate::wal::encoder::WalEncoder;
+
+const SEG: u32 = 1 << 20;
+const MAGIC: u16 = 0xD110;
+const SYSID: u64 = 7_300_000_000_000_000_001;
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// WAL from segment 1 on, timeline 1: records of many sizes (some spanning pages and segments).
+fn wal_until(e: &mut WalEncoder, end: u64) {
+    let mut i = 0usize;
+    while e.pos() < end {
+        let len = [10, 100, 3000, 9000, 40_000][i % 5];
+        e.main_data_record(10, 0, i as u32, &data(len.min((end - e.pos()) as usize + 50), i as u8));
+        i += 1;
+    }
+}
+
+fn name(tli: u32, n: u64) -> String {
+    SegmentId { timeline: tli, number: n }.file_name(SEG)
+}
+
+/// Write segment `n` (from an encoder starting at segment `first`) as `file`, compressed by its suffix.
+fn put(dir: &Path, e_bytes: &[u8], first: u64, n: u64, file: &str) {
+    let off = ((n - first) * u64::from(SEG)) as usize;
+    let mut seg = e_bytes[off..(off + SEG as usize).min(e_bytes.len())].to_vec();
+    seg.resize(SEG as usize, 0);
+    write_file(dir, file, &seg);
+}
+
+fn write_file(dir: &Path, file: &str, bytes: &[u8]) {
+    let Some(WalFileName::Segment { compression, partial, .. }) = WalFileName::parse(file) else {
+        std::fs::write(dir.join(file), bytes).unwrap();
+        return;
+    };
+    let out = match Compressor::new(compression, None).unwrap() {
+        None => bytes.to_vec(),
+        Some(mut c) => {
+            c.write(bytes).unwrap();
+            if partial {
+                c.sync_flush().unwrap();
+                std::mem::take(c.output())
+            } else {
+                c.finish().unwrap()
+            }
+        }
+    };
+    std::fs::write(dir.join(file), out).unwrap();
+}
+
+/// Timeline 1: segments 1..=3 complete, 4 partial (WAL ends inside it).
+fn simple_archive(suffix: &str) -> (tempfile::TempDir, WalEncoder) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = WalEncoder::new(MAGIC, SEG, SYSID, 1, u64::from(SEG));
+    wal_until(&mut e, 4 * u64::from(SEG) + 300_000);
+    for n in 1..=3 {
+        put(dir.path(), e.bytes(), 1, n, &format!("{}{suffix}", name(1, n)));
+    }
+    put(dir.path(), e.bytes(), 1, 4, &format!("{}{suffix}.partial", name(1, 4)));
+    (dir, e)
+}
+
+fn kinds(r: &Report) -> Vec<ProblemKind> {
+    r.problems.iter().map(|p| p.kind).collect()
+}
+
+#[test]
+fn clean_archive_in_every_compression() {
+    for suffix in ["", ".gz", ".zst", ".lz4"] {
+        let (dir, e) = simple_archive(suffix);
+        let r = verify_directory(dir.path()).unwrap();
+        assert!(r.whole, "{suffix}: {:?}", r.problems);
+        assert_eq!(r.exit_code(), 0);
+        let s = &r.summary;
+        assert_eq!(s.system_identifier, Some(SYSID));
+        assert_eq!(s.major, Some(15));
+        assert_eq!(s.segment_size, Some(SEG));
+        assert_eq!((s.segments, s.partial_segments), (4, 1));
+        assert_eq!(s.bytes, 4 * u64::from(SEG), "{suffix}");
+        assert_eq!(s.timelines.len(), 1);
+        let t = &s.timelines[0];
+        assert_eq!(t.records, e.records.len() as u64, "{suffix}");
+        assert_eq!(t.start_lsn, Lsn(u64::from(SEG)));
+        let p = t.partial.as_ref().unwrap();
+        assert_eq!(p.file, format!("{}{suffix}.partial", name(1, 4)));
+        // The last record ends at e.pos() (MAXALIGNed): zeros follow.
+        assert_eq!((p.received_lsn, p.ends), (Lsn(e.pos()), "end_of_wal"));
+        assert_eq!(t.end_lsn, Lsn(e.pos()));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["summary"]["system_identifier"], SYSID.to_string());
+        assert_eq!(json["summary"]["timelines"][0]["partial"]["received_lsn"], Lsn(e.pos()).to_string());
+        assert_eq!(json["problems"], serde_json::json!([]));
+    }
+}
+
+#[test]
+fn partial_cut_inside_a_record_reports_the_end_of_valid_data() {
+    let (dir, e) = simple_archive("");
+    // Cut the partial in the middle of its last record.
+    let last = *e.records.last().unwrap();
+    let cut = e.offset(last) + 30;
+    let seg4 = 3 * SEG as usize;
+    let mut bytes = e.bytes()[seg4..cut].to_vec();
+    bytes.resize(SEG as usize, 0);
+    write_file(dir.path(), &format!("{}.partial", name(1, 4)), &bytes);
+    let r = verify_directory(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    let p = r.summary.timelines[0].partial.clone().unwrap();
+    assert_eq!(p.ends, "inside_record");
+    assert_eq!(p.received_lsn, Lsn(last));
+}
+
+#[test]
+fn flipped_bit_names_file_and_record() {
+    let (dir, e) = simple_archive("");
+    // A record entirely inside segment 2.
+    let rec = *e.records.iter().find(|&&r| r > 2 * u64::from(SEG) + 100_000).unwrap();
+    let mut bytes = std::fs::read(dir.path().join(name(1, 2))).unwrap();
+    let off = (rec - 2 * u64::from(SEG)) as usize + 26; // inside the record's data
+    bytes[off] ^= 0x10;
+    std::fs::write(dir.path().join(name(1, 2)), &bytes).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(r.exit_code(), 1);
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!(p.file.as_deref(), Some(name(1, 2).as_str()));
+    assert_eq!(p.lsn, Some(Lsn(rec)));
+    assert!(p.message.contains("CRC"), "{}", p.message);
+    assert!(r.to_text().contains("archive is NOT whole: 1 problems"));
+}
+
+#[test]
+fn missing_truncated_and_foreign_segments() {
+    let (dir, e) = simple_archive(".zst");
+    std::fs::remove_file(dir.path().join(format!("{}.zst", name(1, 2)))).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::MissingSegment], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 2).as_str()));
+    assert_eq!(r.problems[0].lsn, Some(Lsn(2 * u64::from(SEG))));
+
+    let (dir, e2) = simple_archive("");
+    let f = dir.path().join(name(1, 3));
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..500_000]).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::TruncatedSegment], "{:?}", r.problems);
+    assert_eq!(r.problems[0].lsn, Some(Lsn(3 * u64::from(SEG) + 500_000)));
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
+
+    // Same name, another system identifier.
+    let mut other = WalEncoder::new(MAGIC, SEG, SYSID + 1, 1, u64::from(SEG));
+    wal_until(&mut other, 4 * u64::from(SEG));
+    put(dir.path(), other.bytes(), 1, 3, &name(1, 3));
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].lsn, Some(Lsn(3 * u64::from(SEG))));
+    assert!(r.problems[0].message.contains("different database system"), "{}", r.problems[0].message);
+    assert_eq!(r.summary.system_identifier, Some(SYSID));
+    let _ = (e, e2);
+}
+
+#[test]
+fn complete_segment_with_zeros_and_partial_in_the_middle() {
+    let (dir, e) = simple_archive("");
+    // Segment 3 complete but its WAL stops half-way.
+    let rec = *e.records.iter().find(|&&r| r > 3 * u64::from(SEG) + 200_000).unwrap();
+    let mut bytes = std::fs::read(dir.path().join(name(1, 3))).unwrap();
+    let off = (rec - 3 * u64::from(SEG)) as usize;
+    bytes[off..].fill(0);
+    std::fs::write(dir.path().join(name(1, 3)), &bytes).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::IncompleteSegment], "{:?}", r.problems);
+    assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
+    // The same as a .partial followed by segment 4.
+    std::fs::rename(dir.path().join(name(1, 3)), dir.path().join(format!("{}.partial", name(1, 3)))).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::IncompleteSegment], "{:?}", r.problems);
+    assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
+}
+
+/// Timeline 1 to the switch point S (inside segment 3), timeline 2 from there to segment 5.
+fn two_timelines() -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = WalEncoder::new(MAGIC, SEG, SYSID, 1, u64::from(SEG));
+    wal_until(&mut e, 3 * u64::from(SEG) + 400_000);
+    let switch = e.pos();
+    let tl1 = e.bytes().to_vec();
+    e.timeline = 2;
+    wal_until(&mut e, 5 * u64::from(SEG) + 100_000);
+    put(dir.path(), &tl1, 1, 1, &name(1, 1));
+    put(dir.path(), &tl1, 1, 2, &name(1, 2));
+    put(dir.path(), &tl1, 1, 3, &format!("{}.partial", name(1, 3)));
+    put(dir.path(), e.bytes(), 1, 3, &name(2, 3));
+    put(dir.path(), e.bytes(), 1, 4, &format!("{}.gz", name(2, 4)));
+    put(dir.path(), e.bytes(), 1, 5, &format!("{}.partial", name(2, 5)));
+    std::fs::write(
+        dir.path().join("00000002.history"),
+        format!("1\t{}\tno recovery target specified\n", Lsn(switch)),
+    )
+    .unwrap();
+    (dir, switch)
+}
+
+#[test]
+fn timelines_with_history() {
+    let (dir, switch) = two_timelines();
+    let r = verify_directory(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    let t = &r.summary.timelines;
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0].end_lsn, Lsn(switch));
+    assert_eq!((t[1].parent, t[1].forked_at), (Some(1), Some(Lsn(switch))));
+    assert_eq!(t[1].start_lsn, Lsn(3 * u64::from(SEG)));
+    assert_eq!(r.summary.history_files, 1);
+
+    // Switch point moved later: timeline 2's pages before it.
+    let hist = dir.path().join("00000002.history");
+    std::fs::write(&hist, format!("1\t{}\tx\n", Lsn(switch + 3 * 8192))).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    // ...and timeline 1's WAL stops short of the claimed fork point.
+    assert_eq!(
+        kinds(&r),
+        vec![ProblemKind::HistoryMismatch, ProblemKind::MissingSegment],
+        "{:?}",
+        r.problems
+    );
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(2, 3).as_str()));
+    assert_eq!(r.problems[0].lsn, Some(Lsn((switch / 8192 + 1) * 8192)));
+    assert_eq!(r.problems[1].lsn, Some(Lsn(switch)));
+
+    // Moved earlier: timeline 1 has records past its end.
+    std::fs::write(&hist, format!("1\t{}\tx\n", Lsn(switch - 3 * 8192))).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert!(kinds(&r).contains(&ProblemKind::BeyondTimelineEnd), "{:?}", r.problems);
+    let p = r.problems.iter().find(|p| p.kind == ProblemKind::BeyondTimelineEnd).unwrap();
+    assert_eq!(p.file.as_deref(), Some(format!("{}.partial", name(1, 3)).as_str()));
+    assert!(p.lsn.unwrap() >= Lsn(switch - 3 * 8192) && p.lsn.unwrap() < Lsn(switch));
+
+    // Parent timeline wrong.
+    std::fs::write(&hist, format!("3\t{}\tx\n", Lsn(switch))).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidHistory], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some("00000002.history"));
+
+    // Missing history file.
+    std::fs::remove_file(&hist).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::MissingHistory], "{:?}", r.problems);
+}
+
+#[test]
+fn empty_and_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::NoSegments]);
+    assert!(verify_directory(&dir.path().join("nope")).is_err());
+}
+
+#[test]
+fn foreign_first_segment_is_the_odd_one_out() {
+    let (dir, _e) = simple_archive("");
+    let mut other = WalEncoder::new(MAGIC, SEG, SYSID + 7, 1, u64::from(SEG));
+    wal_until(&mut other, 2 * u64::from(SEG));
+    put(dir.path(), other.bytes(), 1, 1, &name(1, 1));
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(r.summary.system_identifier, Some(SYSID), "the majority wins");
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 1).as_str()));
+}
+
+#[test]
+fn record_spanning_segments_is_checked_whole() {
+    let (dir, e) = simple_archive("");
+    let boundary = 3 * u64::from(SEG);
+    // The record that crosses from segment 2 into segment 3; damage its part in segment 3.
+    let rec = *e.records.iter().rev().find(|&&r| r < boundary).unwrap();
+    assert!(e.records.iter().all(|&r| r <= rec || r > boundary + 100));
+    let mut bytes = std::fs::read(dir.path().join(name(1, 3))).unwrap();
+    bytes[100] ^= 1; // past the long page header, inside the continuation
+    std::fs::write(dir.path().join(name(1, 3)), &bytes).unwrap();
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
+    assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
+}
+
+#[test]
+fn a_stale_partial_beside_its_complete_segment_is_checked_on_its_own() {
+    let (dir, e) = simple_archive("");
+    // A leftover .partial of segment 3 holding the first half of it: fine on its own.
+    let off = 2 * SEG as usize;
+    let mut half = e.bytes()[off..off + SEG as usize / 2].to_vec();
+    half.resize(SEG as usize, 0);
+    write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
+    let r = verify_directory(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    assert_eq!(r.summary.timelines[0].records, e.records.len() as u64, "counted once");
+    // A corrupt one is reported.
+    half[5000] ^= 0xFF;
+    write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
+    let r = verify_directory(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file, Some(format!("{}.partial", name(1, 3))));
+}
