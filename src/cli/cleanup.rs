@@ -5,6 +5,7 @@
 use crate::archive::cleanup::cleanup;
 use crate::cli::{Exit, Prog};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Args, Debug, Clone)]
@@ -26,9 +27,11 @@ pub struct CleanupArgs {
 pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
     let files = cleanup(&args.directory, &args.oldest_kept, args.clean_backup_history, args.dry_run)
         .map_err(|e| Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) })?;
+    let mut out = std::io::stdout().lock();
     for f in &files {
         if args.dry_run {
-            println!("{}", f.display());
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(out, "{}", f.display());
         } else {
             tracing::info!("removed \"{}\"", f.display());
         }

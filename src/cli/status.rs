@@ -17,11 +17,13 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs, prog: &Prog) -> Result<(), Exit> {
     let s = status(&args.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
-    if args.json {
-        let text = serde_json::to_string_pretty(&s).map_err(|e| Exit::error(prog, &e.to_string()))?;
-        println!("{text}");
+    let text = if args.json {
+        let json = serde_json::to_string_pretty(&s).map_err(|e| Exit::error(prog, &e.to_string()))?;
+        format!("{json}\n")
     } else {
-        print!("{}", render_text(&s));
-    }
+        render_text(&s)
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     Ok(())
 }
