@@ -107,6 +107,18 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A prefetch worker may still be writing into the spool while the directory is removed (then removal
+    /// fails with "directory not empty"); it exits once the spool is gone, so retry for a while.
+    fn drop(&mut self) {
+        let root = self._tmp.path().to_path_buf();
+        let _ = wait_until(Duration::from_secs(10), || {
+            let _ = fs::remove_dir_all(&root);
+            !root.exists()
+        });
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
