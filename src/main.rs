@@ -77,8 +77,13 @@ fn run() -> Result<(), Exit> {
     }
     let cli = Cli::try_parse().map_err(|e| {
         let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
-        if exit.code != 0 && invoked_subcommand().as_deref() == Some("verify") {
-            exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
+        match invoked_subcommand().as_deref() {
+            Some("verify") if exit.code != 0 => {
+                exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
+            }
+            // For restore, 1 means "not in the archive": a bad restore_command must not look like that.
+            Some("restore") if exit.code != 0 => exit.code = walkeeper::archive::restore::EXIT_USAGE,
+            _ => {}
         }
         exit
     })?;
@@ -86,6 +91,9 @@ fn run() -> Result<(), Exit> {
         Command::Receive { .. } => "receive",
         Command::Check(_) => "check",
         Command::Demo(_) => "demo",
+        Command::Restore(_) => "restore",
+        Command::Status(_) => "status",
+        Command::Cleanup(_) => "cleanup",
         Command::Verify(_) => "verify",
     };
     let prog = Prog::Walkeeper { command: name };
@@ -104,6 +112,9 @@ fn run() -> Result<(), Exit> {
         }
         Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
         Command::Demo(args) => runtime().block_on(cli::demo::run(args, &prog)),
+        Command::Restore(args) => cli::restore::run(args, &prog),
+        Command::Status(args) => cli::status::run(args, &prog),
+        Command::Cleanup(args) => cli::cleanup::run(args, &prog),
         Command::Verify(args) => cli::verify::run(args, &prog),
     }
 }

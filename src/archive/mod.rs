@@ -1,12 +1,16 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
 //! durable rename), compression, and the read side (restore, verify, status, cleanup).
 
+pub mod cleanup;
 pub mod compress;
 pub mod error;
 pub mod fsutil;
 pub mod identity;
 pub mod local;
+pub mod prefetch;
+pub mod restore;
 pub mod scan;
+pub mod status;
 pub mod verify;
 
 pub use error::WalDirError;

@@ -2,10 +2,13 @@
 //! line on stderr (`walkeeper: error: ...`, or `pg_receivewal: error: ...` under that name) and exit 1.
 
 pub mod check;
+pub mod cleanup;
 pub mod compress;
 pub mod demo;
 pub mod logging;
 pub mod receive;
+pub mod restore;
+pub mod status;
 pub mod verify;
 
 use crate::conn::conninfo::{self, Sources};
@@ -162,6 +165,12 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run walkeeper against a throwaway local PostgreSQL and show the archive it makes
     Demo(demo::DemoArgs),
+    /// Serve a file of the archive to PostgreSQL: restore_command = 'walkeeper restore -D DIR %f %p'
+    Restore(restore::RestoreArgs),
+    /// Show what the archive holds: timelines, segments, gaps, the open .partial, age of the newest WAL
+    Status(status::StatusArgs),
+    /// Remove segments older than a given one (pg_archivecleanup semantics)
+    Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),
 }

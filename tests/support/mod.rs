@@ -788,3 +788,55 @@ impl Drop for Cluster {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Recovery from an archive (point-in-time recovery tests)
+// ---------------------------------------------------------------------------------------------------------
+
+/// Makes `cmd` run as the server user (when we are root), as `restore_command` and an archive's owner do.
+pub fn run_as_server_user(cmd: &mut Command) {
+    if let Some((uid, gid)) = server_user() {
+        cmd.uid(uid).gid(gid);
+    }
+}
+
+/// Hands `path` to the server user (no-op when not root): e.g. an archive directory the server reads.
+pub fn chown_to_server(path: &Path) {
+    give_to_server(path);
+}
+
+impl Cluster {
+    /// A base backup of this running cluster (pg_basebackup, fast checkpoint, `-X none`: no WAL in it, so
+    /// recovery needs every segment from an archive) as a new, stopped cluster with the same options. Start
+    /// it with [`Cluster::start_recovery`].
+    pub fn base_backup(&self) -> Cluster {
+        let backup = Cluster::new_dirs(self.install.clone(), self.options.clone());
+        let conninfo = format!("host={} port={} user=postgres", self.socket_dir().display(), self.port);
+        let mut cmd = server_command(pg_tool("pg_basebackup"), backup.dir.path());
+        cmd.arg("-D").arg(backup.data_dir());
+        cmd.args(["-d", &conninfo, "-X", "none", "-c", "fast", "--no-sync"]);
+        let out = run(&mut cmd);
+        if !out.status.success() {
+            self.fail("pg_basebackup failed", &describe(&out));
+        }
+        backup
+    }
+
+    /// Starts a cluster made by [`Cluster::base_backup`] in targeted recovery: writes `recovery.signal`,
+    /// appends `conf` (restore_command, recovery_target_*) to its settings and starts it on a free port.
+    /// pg_ctl returns once the server accepts connections; wait for the end of recovery with
+    /// [`Cluster::wait_promoted`]. Panics with the server log if it does not start (for instance when
+    /// recovery fails before it is consistent).
+    pub fn start_recovery(&mut self, conf: &[&str]) {
+        write_server_file(&self.data_dir().join("recovery.signal"), b"", 0o600);
+        self.options.conf.extend(conf.iter().map(|l| l.to_string()));
+        self.start_on_free_port();
+    }
+
+    /// Waits until recovery has ended and the server accepts writes; panics with the log otherwise.
+    pub fn wait_promoted(&self) {
+        if !wait_until(TIMEOUT, || self.try_psql("SELECT pg_is_in_recovery()").is_ok_and(|r| r == "f")) {
+            self.fail("server did not finish recovery", "");
+        }
+    }
+}

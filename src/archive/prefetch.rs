@@ -1,0 +1,439 @@
+//! Prefetch for `walkeeper restore`: while PostgreSQL replays one segment, a background worker fetches and
+//! decompresses the next ones into a spool directory, so that the next `restore_command` is a rename.
+//!
+//! # The spool
+//!
+//! Default location: `.walkeeper-prefetch` in the directory of `%p` (that is `pg_wal/` of the server being
+//! recovered). That directory is writable by the server's account (restore_command runs as it), needs no
+//! configuration, and lies on the same file system as `%p`, so serving a spooled segment is one `rename`.
+//! PostgreSQL ignores subdirectories of `pg_wal` it does not know, and a base backup does not copy them.
+//! `--spool DIR` puts it elsewhere (then serving copies when it is another file system).
+//!
+//! Files in it:
+//! - `lock`: the worker holds an exclusive `flock` on it for its whole life; a restore that can take the
+//!   lock knows no worker runs and starts one. A second worker that cannot take it exits at once.
+//! - `archive`: the canonical path of the archive the entries come from. A spool of another archive is
+//!   never served from, and a worker starting for another archive empties it first.
+//! - `request`: `NAME SEGMENT_SIZE` of the last segment served, written by restore (temporary file +
+//!   rename); the worker keeps the next `--prefetch N` segments after it.
+//! - `TTTTTTTTXXXXXXXXYYYYYYYY`: a ready entry, keyed by the full segment name (timeline included), written
+//!   under a temporary name, checked (page header, size, page address), fsynced, given the archive file's
+//!   modification time, then renamed into place. Never more than N entries plus one being written.
+//! - `worker.log`: the worker's last errors (it has no terminal).
+//!
+//! # Safety of what is served
+//!
+//! An entry is served only for exactly its name, only if the archive still holds a complete file of that
+//! name with the same modification time, and only after its page header, length and page address are
+//! checked again. Anything else falls back to reading the archive; a spool problem never fails a restore.
+//! Entries before the requested segment, or of timelines recovery is not following, are deleted by the
+//! worker. Concurrent restores are safe: taking an entry is an atomic rename, and a loser of that race
+//! reads the archive.
+//!
+//! # Which segments come next
+//!
+//! As PostgreSQL does with `recovery_target_timeline = latest`: the newest timeline is found by probing
+//! history files after the requested one (`findNewestTimeLine`); for each next segment number the newest
+//! timeline of that history whose begin point is not after the segment and that has the segment in the
+//! archive is chosen (`XLogFileReadAnyTLI`). When PostgreSQL keeps asking for an older timeline past a
+//! switch point, the worker follows that timeline alone.
+//!
+//! # Lifetime
+//!
+//! The worker is a detached child (`walkeeper restore --prefetch-worker`, its own process group, so the
+//! server's shutdown signals to the startup process do not reach it). It exits on its own when no new
+//! segment has been requested for [`IDLE_EXIT`] (recovery finished or paused), removing its entries, or
+//! when the spool directory disappears.
+
+use super::error::WalDirError;
+use super::fsutil;
+use super::restore::{
+    self, check_segment, find_segment, RestoreError, Restored, Source, TempFile, LONG_HEADER,
+};
+use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
+use crate::wal::timeline::parse_history;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Name of the default spool directory, created next to `%p`.
+pub const DEFAULT_SPOOL_NAME: &str = ".walkeeper-prefetch";
+/// Default number of segments kept ahead.
+pub const DEFAULT_DEPTH: usize = 8;
+/// The worker exits when no new segment was requested for this long (default of `--prefetch-idle-ms`).
+pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// How often the worker looks for a new request when it has nothing to fetch.
+const POLL: Duration = Duration::from_millis(20);
+
+const LOCK: &str = "lock";
+const ARCHIVE: &str = "archive";
+const REQUEST: &str = "request";
+const LOG: &str = "worker.log";
+
+/// The spool directory used for `%p` when none is given.
+pub fn default_spool(dest: &Path) -> PathBuf {
+    fsutil::parent_dir(dest).join(DEFAULT_SPOOL_NAME)
+}
+
+/// A spool directory serving one archive.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    archive: PathBuf,
+}
+
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Spool {
+    /// Open (creating it, mode 0700) the spool `dir` for `archive`. Both paths are made absolute.
+    pub fn open(dir: &Path, archive: &Path) -> io::Result<Spool> {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Spool { dir: fs::canonicalize(dir)?, archive: fs::canonicalize(archive)? })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn archive(&self) -> &Path {
+        &self.archive
+    }
+
+    fn archive_matches(&self) -> bool {
+        fs::read(self.dir.join(ARCHIVE))
+            .map(|b| b == format!("{}\n", self.archive.display()).as_bytes())
+            .unwrap_or(false)
+    }
+
+    /// Serve segment `name` into `dest` from the spool if a valid entry is there; `None` otherwise (the
+    /// caller reads the archive).
+    pub fn take(&self, name: &str, dest: &Path) -> Option<Restored> {
+        if !is_segment_name(name) || !self.archive_matches() {
+            return None;
+        }
+        let entry = self.dir.join(name);
+        let entry_mtime = mtime(&entry)?;
+        // The archive must still hold this segment, unchanged since it was spooled.
+        let source = find_segment(&self.archive, name, false).ok()??;
+        if mtime(&source.path)? != entry_mtime {
+            return None;
+        }
+        let file = File::open(&entry).ok()?;
+        let len = file.metadata().ok()?.len();
+        let mut head = [0u8; LONG_HEADER];
+        file.read_exact_at(&mut head, 0).ok()?;
+        let size = check_segment(name, &entry, &head, len).ok()?;
+        drop(file);
+        match fs::rename(&entry, dest) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // A spool on another file system: copy atomically instead.
+                let data = fs::read(&entry).ok()?;
+                restore::write_bytes(dest, &data).ok()?;
+                let _ = fs::remove_file(&entry);
+            }
+            Err(_) => return None, // taken by a concurrent restore, or removed by the worker
+        }
+        fsutil::sync_dir(fsutil::parent_dir(dest)).ok()?;
+        Some(Restored { source: entry, bytes: len, segment_size: Some(size), partial: false })
+    }
+
+    /// Record that `name` (of `segment_size`) was served: the worker keeps the segments after it.
+    pub fn request(&self, name: &str, segment_size: u32) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".request.{}.tmp", std::process::id()));
+        fs::write(&tmp, format!("{name} {segment_size}\n"))?;
+        fs::rename(&tmp, self.dir.join(REQUEST))
+    }
+
+    fn read_request(&self) -> Option<(SegmentId, u32, SystemTime)> {
+        let path = self.dir.join(REQUEST);
+        let text = fs::read_to_string(&path).ok()?;
+        let modified = mtime(&path)?;
+        let (name, size) = text.trim().split_once(' ')?;
+        let size: u32 = size.parse().ok()?;
+        let id = SegmentId::parse_name(name, size)?;
+        Some((id, size, modified))
+    }
+
+    fn open_lock(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.dir.join(LOCK))
+    }
+
+    /// True when a worker holds the lock.
+    pub fn worker_running(&self) -> bool {
+        let Ok(file) = self.open_lock() else { return true };
+        if try_lock(&file) {
+            // Dropping the file releases the lock.
+            return false;
+        }
+        true
+    }
+
+    /// Start a worker unless one runs. The worker is `exe restore --prefetch-worker ...`, detached.
+    pub fn ensure_worker(&self, exe: &Path, depth: usize, idle: Duration) -> io::Result<()> {
+        if self.worker_running() {
+            return Ok(());
+        }
+        std::process::Command::new(exe)
+            .arg("restore")
+            .arg("--prefetch-worker")
+            .arg("-D")
+            .arg(&self.archive)
+            .arg("--spool")
+            .arg(&self.dir)
+            .arg("--prefetch")
+            .arg(depth.to_string())
+            .arg("--prefetch-idle-ms")
+            .arg(idle.as_millis().to_string())
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map(drop)
+    }
+
+    /// Names of the ready entries.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_segment_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Remove entries not in `keep` (and leftover temporary files); returns the entries removed.
+    fn remove_entries_except(&self, keep: &[String]) -> Vec<String> {
+        let mut removed = Vec::new();
+        let Ok(rd) = fs::read_dir(&self.dir) else { return removed };
+        for entry in rd.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale_tmp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".request.");
+            let unwanted = is_segment_name(&name) && !keep.contains(&name);
+            if stale_tmp {
+                let _ = fs::remove_file(entry.path());
+            } else if unwanted && fs::remove_file(entry.path()).is_ok() {
+                removed.push(name);
+            }
+        }
+        removed
+    }
+
+    fn log(&self, msg: &str) {
+        if let Ok(mut f) = OpenOptions::new().append(true).create(true).mode(0o600).open(self.dir.join(LOG)) {
+            let _ = writeln!(f, "{msg}");
+        }
+    }
+}
+
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// The segments to keep after `requested`, in replay order: up to `depth` of them, stopping at the first
+/// that is not in the archive. Follows timeline switches as PostgreSQL does with `latest` (module docs).
+pub fn plan(archive: &Path, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
+    let chain = timeline_chain(archive, requested, segment_size);
+    let mut out = Vec::with_capacity(depth);
+    // Never back to an older timeline than the last file's (XLogFileReadAnyTLI's `tli < curFileTLI`).
+    let mut current = requested.timeline;
+    for number in (requested.number + 1)..=(requested.number.saturating_add(depth as u64)) {
+        let found = chain.iter().filter(|&&(tli, begin)| number >= begin && tli >= current).find_map(
+            |&(timeline, _)| {
+                let name = SegmentId { timeline, number }.file_name(segment_size);
+                matches!(find_segment(archive, &name, false), Ok(Some(_))).then_some((timeline, name))
+            },
+        );
+        match found {
+            Some((timeline, name)) => {
+                current = timeline;
+                out.push(name);
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Timelines recovery may take segments from after `requested`, newest first, each with the first segment
+/// number it may serve.
+fn timeline_chain(archive: &Path, requested: SegmentId, segment_size: u32) -> Vec<(TimeLineId, u64)> {
+    let only_requested = vec![(requested.timeline, 0)];
+    let mut newest = requested.timeline;
+    while newest < u32::MAX && archive.join(history_file_name(newest + 1)).is_file() {
+        newest += 1;
+    }
+    if newest == requested.timeline {
+        return only_requested;
+    }
+    let Ok(text) = fs::read_to_string(archive.join(history_file_name(newest))) else { return only_requested };
+    let Ok(history) = parse_history(&text) else { return only_requested };
+    let mut chain = Vec::new();
+    let mut begin = 0u64;
+    for entry in &history {
+        chain.push((entry.timeline, begin));
+        begin = entry.end.segment_number(segment_size);
+    }
+    chain.push((newest, begin));
+    chain.retain(|(tli, _)| *tli >= requested.timeline);
+    if !chain.iter().any(|(tli, _)| *tli == requested.timeline) {
+        return only_requested;
+    }
+    // Recovery asked for the requested timeline at a segment where a newer one had begun: it is not
+    // following the newest timeline.
+    if chain.iter().any(|&(tli, b)| tli > requested.timeline && requested.number >= b) {
+        return only_requested;
+    }
+    chain.reverse();
+    chain
+}
+
+/// The worker's main loop (see the module docs). Returns when idle or when the spool is gone.
+pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), RestoreError> {
+    let lock = spool.open_lock().map_err(|e| WalDirError::io("open", &spool.dir.join(LOCK), e))?;
+    if !try_lock(&lock) {
+        return Ok(()); // another worker serves this spool
+    }
+    let _ = fs::remove_file(spool.dir.join(LOG));
+    if !spool.archive_matches() {
+        spool.remove_entries_except(&[]);
+        let tmp = spool.dir.join(".archive.tmp");
+        fs::write(&tmp, format!("{}\n", spool.archive.display()))
+            .and_then(|_| fs::rename(&tmp, spool.dir.join(ARCHIVE)))
+            .map_err(|e| WalDirError::io("write", &spool.dir.join(ARCHIVE), e))?;
+    }
+    let started = SystemTime::now();
+    // The request the plan was made for, the plan, and when to look at the archive again.
+    let mut current: Option<(SegmentId, SystemTime)> = None;
+    let mut wanted: Vec<String> = Vec::new();
+    let mut replan_at: Option<Instant> = None;
+    // Entries fetched (or failed, or seen in the spool) and not removed by the worker since: never fetched
+    // again, so an entry a restore has just taken is not fetched back before the worker sees the next
+    // request. Pruned of everything up to the requested segment.
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        if !spool.dir.is_dir() {
+            return Ok(());
+        }
+        let request = spool.read_request();
+        let last_activity = request.map(|r| r.2).unwrap_or(started).max(started);
+        if SystemTime::now().duration_since(last_activity).unwrap_or_default() > idle {
+            spool.remove_entries_except(&[]);
+            let _ = fs::remove_file(spool.dir.join(REQUEST));
+            return Ok(());
+        }
+        let Some((requested, segment_size, stamp)) = request else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let new_request = current != Some((requested, stamp));
+        if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
+            wanted = plan(&spool.archive, requested, segment_size, depth);
+            let removed = spool.remove_entries_except(&wanted);
+            let requested_name = requested.file_name(segment_size);
+            seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
+            current = Some((requested, stamp));
+            // Short of the depth: the end of the archive so far; look again later for new segments.
+            replan_at = (wanted.len() < depth).then(|| Instant::now() + Duration::from_millis(200));
+        }
+        let present = spool.entries();
+        for n in &present {
+            if !seen.contains(n) {
+                seen.push(n.clone());
+            }
+        }
+        let Some(name) = wanted.iter().find(|n| !seen.contains(n)).cloned() else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let started_fetch = Instant::now();
+        if let Err(e) = fetch(spool, &name) {
+            spool.log(&format!("{name}: {e}"));
+        } else {
+            tracing::debug!(segment = %name, elapsed = ?started_fetch.elapsed(), "prefetched");
+        }
+        seen.push(name);
+    }
+}
+
+/// Decompress segment `name` from the archive into the spool entry of that name.
+fn fetch(spool: &Spool, name: &str) -> Result<(), RestoreError> {
+    let source: Source =
+        find_segment(&spool.archive, name, false)?.ok_or_else(|| RestoreError::NotFound(name.to_string()))?;
+    let modified = fs::metadata(&source.path)
+        .and_then(|m| m.modified())
+        .map_err(|e| WalDirError::io("stat", &source.path, e))?;
+    let entry = spool.dir.join(name);
+    let mut tmp = TempFile::create(&entry)?;
+    restore::fill_segment(name, &source, &mut tmp)?;
+    tmp.file().set_modified(modified).map_err(|e| WalDirError::io("set the time of", &entry, e))?;
+    tmp.commit(&entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u32 = 1 << 20;
+
+    fn touch(dir: &Path, tli: u32, numbers: std::ops::RangeInclusive<u64>, suffix: &str) {
+        for number in numbers {
+            fs::write(
+                dir.join(format!("{}{suffix}", SegmentId { timeline: tli, number }.file_name(SEG))),
+                b"",
+            )
+            .unwrap();
+        }
+    }
+
+    fn names(v: &[String]) -> Vec<String> {
+        v.iter().map(|n| format!("{}/{}", &n[7..8], u64::from_str_radix(&n[16..], 16).unwrap())).collect()
+    }
+
+    #[test]
+    fn plan_follows_latest_timeline_and_stops_at_the_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        touch(dir, 1, 1..=9, "");
+        touch(dir, 2, 5..=7, ".zst");
+        touch(dir, 3, 7..=8, ".gz");
+        touch(dir, 1, 10..=10, ".partial"); // never prefetched
+        fs::write(dir.join("00000002.history"), "1\t0/500010\tx\n").unwrap();
+        fs::write(dir.join("00000003.history"), "1\t0/500010\tx\n2\t0/700000\ty\n").unwrap();
+        let at = |tli, number| SegmentId { timeline: tli, number };
+        assert_eq!(names(&plan(dir, at(1, 2), SEG, 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
+        assert_eq!(names(&plan(dir, at(2, 5), SEG, 2)), ["2/6", "3/7"]);
+        // Asked for timeline 1 past the switch: recovery is not following the latest; stay on 1.
+        assert_eq!(names(&plan(dir, at(1, 6), SEG, 8)), ["1/7", "1/8", "1/9"]);
+        // A timeline that is not on the newest history: only itself.
+        touch(dir, 4, 1..=2, "");
+        assert_eq!(names(&plan(dir, at(4, 1), SEG, 8)), ["4/2"]);
+    }
+}

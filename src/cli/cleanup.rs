@@ -1,0 +1,40 @@
+//! `walkeeper cleanup -D DIR [-n] [-b] OLDEST_KEPT`: pg_archivecleanup for a walkeeper archive (see
+//! [`crate::archive::cleanup`]). Exit codes as pg_archivecleanup's: 2 for an invalid file name or a missing
+//! archive, 1 when a removal fails.
+
+use crate::archive::cleanup::cleanup;
+use crate::cli::{Exit, Prog};
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// the walkeeper archive directory
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    pub directory: PathBuf,
+    /// dry run: print the files that would be removed, remove nothing
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// also remove backup history files (as pg_archivecleanup -b)
+    #[arg(short = 'b', long = "clean-backup-history")]
+    pub clean_backup_history: bool,
+    /// oldest WAL file to keep: a segment name (compression/.partial suffix allowed) or a .backup file name
+    #[arg(value_name = "OLDEST_KEPT")]
+    pub oldest_kept: String,
+}
+
+pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
+    let files = cleanup(&args.directory, &args.oldest_kept, args.clean_backup_history, args.dry_run)
+        .map_err(|e| Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) })?;
+    let mut out = std::io::stdout().lock();
+    for f in &files {
+        if args.dry_run {
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(out, "{}", f.display());
+        } else {
+            tracing::info!("removed \"{}\"", f.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Point-in-time recovery end to end: a real primary, `walkeeper receive` streaming into an archive the whole
+//! time, a base backup without WAL (`pg_basebackup -X none`), a workload with recorded times, and a new server
+//! recovered from the base backup with `restore_command = 'walkeeper restore -D ARCHIVE %f %p'`.
+//!
+//! Every recovery must take all of its WAL through walkeeper restore (the backup carries none), and the
+//! recovered rows are compared exactly with what was committed before the target.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{chown_to_server, run_as_server_user, wait_until, Cluster};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn walkeeper() -> &'static str {
+    env!("CARGO_BIN_EXE_walkeeper")
+}
+
+/// A temp dir holding `archive/` (owned by the server user, as an archive written by a `postgres`-run
+/// receiver is) and the receiver's log.
+struct ArchiveDir {
+    root: tempfile::TempDir,
+}
+
+impl ArchiveDir {
+    fn new() -> ArchiveDir {
+        let root = tempfile::Builder::new().prefix("walkeeper-pitr-").tempdir_in("/tmp").unwrap();
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = root.path().join("archive");
+        fs::create_dir(&archive).unwrap();
+        fs::set_permissions(&archive, fs::Permissions::from_mode(0o755)).unwrap();
+        chown_to_server(root.path());
+        chown_to_server(&archive);
+        ArchiveDir { root }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.root.path().join("archive")
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// True when segment `name` is complete in the archive (any compression).
+    fn has_complete(&self, name: &str) -> bool {
+        ["", ".gz", ".lz4", ".zst"].iter().any(|sfx| self.path().join(format!("{name}{sfx}")).is_file())
+    }
+
+    fn restore_command(&self, extra: &str) -> String {
+        format!("restore_command = '{} restore -D {} {extra} %f %p'", walkeeper(), self.path().display())
+    }
+}
+
+/// `walkeeper receive` running as the server user; killed on drop.
+struct Receiver {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+fn receive_command(archive: &ArchiveDir, server: &Cluster, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(walkeeper());
+    cmd.arg("receive").arg("-D").arg(archive.path());
+    cmd.args(["-h", server.host(), "-p", &server.port().to_string(), "-U", "postgres", "-w"]);
+    cmd.args(extra);
+    cmd.current_dir(archive.root.path()).env("HOME", archive.root.path()).stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+            cmd.env_remove(key);
+        }
+    }
+    run_as_server_user(&mut cmd);
+    cmd
+}
+
+impl Receiver {
+    fn start(archive: &ArchiveDir, server: &Cluster, extra: &[&str]) -> Receiver {
+        let log = archive.root.path().join(format!("receive-{}.log", server.port()));
+        let mut cmd = receive_command(archive, server, extra);
+        cmd.arg("-v").stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("start walkeeper receive");
+        let rx = Receiver { child: Some(child), log };
+        // Streaming has begun once the first segment file is there.
+        let started = wait_until(WAIT, || {
+            fs::read_dir(archive.path())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().contains(".partial"))
+        });
+        assert!(started, "walkeeper receive did not start streaming:\n{}", rx.log_text());
+        rx
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_archived(&self, archive: &ArchiveDir, name: &str) {
+        let ok = wait_until(WAIT, || archive.has_complete(name));
+        assert!(
+            ok,
+            "segment {name} did not reach the archive; files: {:?}\n{}",
+            archive.files(),
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn create_slot(archive: &ArchiveDir, server: &Cluster, slot: &str) {
+    let out = receive_command(archive, server, &["--create-slot", "-S", slot]).output().unwrap();
+    assert!(out.status.success(), "create slot: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn status_json(archive: &ArchiveDir) -> serde_json::Value {
+    let out =
+        Command::new(walkeeper()).arg("status").arg("-D").arg(archive.path()).arg("--json").output().unwrap();
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn insert_batch(server: &Cluster, from: u32, to: u32) {
+    server.psql(&format!("INSERT INTO pitr (id) SELECT g FROM generate_series({from}, {to}) g"));
+}
+
+/// A time strictly between the commits before and after this call.
+fn target_time(server: &Cluster) -> String {
+    server.psql("SELECT pg_sleep(0.2)");
+    let t = server.psql("SELECT clock_timestamp()");
+    server.psql("SELECT pg_sleep(0.2)");
+    t
+}
+
+fn rows(server: &Cluster) -> String {
+    server.psql("SELECT count(*) || ' ' || coalesce(min(id), 0) || '..' || coalesce(max(id), 0) FROM pitr")
+}
+
+fn assert_restored_through_walkeeper(server: &Cluster) {
+    let log = server.server_log();
+    assert!(log.contains("restored log file"), "no file restored from the archive:\n{log}");
+}
+
+fn assert_archive_compression(archive: &ArchiveDir, suffix: &str) {
+    let complete: Vec<String> = archive
+        .files()
+        .into_iter()
+        .filter(|f| f.len() > 24 && !f.contains("partial") && !f.contains("history"))
+        .collect();
+    if suffix.is_empty() {
+        assert!(complete.is_empty(), "uncompressed archive has suffixed files: {complete:?}");
+    } else {
+        assert!(!complete.is_empty() && complete.iter().all(|f| f.ends_with(suffix)), "{complete:?}");
+    }
+}
+
+/// Stream, back up, write two batches around a recorded time, recover to that time.
+fn pitr_to_time(receive_extra: &[&str], suffix: &str) {
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "pitr");
+    let mut args = vec!["-S", "pitr"];
+    args.extend_from_slice(receive_extra);
+    let rx = Receiver::start(&archive, &primary, &args);
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let mut backup = primary.base_backup();
+    // Several segments between the backup and the target, so that replay needs many restores.
+    primary.generate_wal(4);
+    insert_batch(&primary, 1, 100);
+    let target = target_time(&primary);
+    insert_batch(&primary, 101, 200);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    assert_archive_compression(&archive, suffix);
+
+    backup.start_recovery(&[
+        &archive.restore_command(""),
+        &format!("recovery_target_time = '{target}'"),
+        "recovery_target_action = 'promote'",
+    ]);
+    backup.wait_promoted();
+    assert_eq!(rows(&backup), "100 1..100", "rows after recovery to {target}");
+    assert_restored_through_walkeeper(&backup);
+    let log = backup.server_log();
+    assert!(log.contains("recovery stopping before commit of transaction"), "{log}");
+    // Prefetch ran in pg_wal of the recovered server.
+    assert!(backup.data_dir().join("pg_wal/.walkeeper-prefetch/lock").exists());
+}
+
+#[test]
+fn pitr_to_a_time_uncompressed() {
+    pitr_to_time(&[], "");
+}
+
+#[test]
+fn pitr_to_a_time_zstd() {
+    pitr_to_time(&["-Z", "zstd"], ".zst");
+}
+
+/// The primary is destroyed; the last transactions exist only in the receiver's `.partial`. Without
+/// `--partial` recovery ends at the last complete segment; with it, it reaches the last received commit.
+#[test]
+fn disaster_recovery_reaches_into_the_partial() {
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "dr");
+    let mut rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let mut without = primary.base_backup();
+    let mut with = primary.base_backup();
+    insert_batch(&primary, 1, 100);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    insert_batch(&primary, 101, 150);
+    let end = primary.current_lsn();
+    let flushed = wait_until(WAIT, || {
+        primary.psql(&format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE flush_lsn >= '{}'::pg_lsn",
+            support::format_lsn(end)
+        )) == "1"
+    });
+    assert!(flushed, "the receiver did not flush up to the end of WAL:\n{}", rx.log_text());
+    // walkeeper status sees the open .partial about where the primary is.
+    let st = status_json(&archive);
+    let tli1 = &st["timelines"][0];
+    assert_eq!(tli1["timeline"], 1);
+    assert_eq!(tli1["last"], last.as_str(), "{st}");
+    let received = support::parse_lsn(tli1["partial"]["received_lsn"].as_str().unwrap());
+    let now = primary.current_lsn();
+    assert!(received + 512 >= end && received <= now, "received {received:X}, end {end:X}, now {now:X}");
+    assert_eq!(st["missing_segments"], 0, "{st}");
+    // The disaster: the primary is stopped (immediate) and its directory deleted.
+    let primary_dir = primary.data_dir();
+    drop(primary);
+    assert!(!primary_dir.exists());
+    rx.stop();
+    assert!(archive.files().iter().any(|f| f.ends_with(".partial")), "{:?}", archive.files());
+
+    without.start_recovery(&[&archive.restore_command("")]);
+    without.wait_promoted();
+    assert_eq!(rows(&without), "100 1..100", "without --partial recovery ends at the last complete segment");
+
+    with.start_recovery(&[&archive.restore_command("--partial")]);
+    with.wait_promoted();
+    assert_eq!(rows(&with), "150 1..150", "with --partial the last received commits are recovered");
+    assert_restored_through_walkeeper(&with);
+}
+
+/// The archive is fed by a standby that gets promoted: it spans timelines 1 and 2. Recovery from a base
+/// backup of the old primary follows the history file to timeline 2 and stops at a time on it.
+#[test]
+fn pitr_across_a_timeline_switch() {
+    let mut primary = Cluster::builder().segment_size_mb(1).start();
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let standby = primary.standby();
+    let archive = ArchiveDir::new();
+    let rx = Receiver::start(&archive, &standby, &[]);
+    let mut backup = primary.base_backup();
+    insert_batch(&primary, 1, 100);
+    primary.switch_wal();
+    standby.wait_for_replay(primary.current_lsn());
+    standby.promote();
+    insert_batch(&standby, 101, 200);
+    let target = target_time(&standby);
+    insert_batch(&standby, 201, 300);
+    let last = standby.switch_wal();
+    assert!(last.starts_with("00000002"), "{last}");
+    rx.wait_archived(&archive, &last);
+    assert!(archive.path().join("00000002.history").is_file(), "{:?}", archive.files());
+    let st = status_json(&archive);
+    assert_eq!(st["timelines"][0]["timeline"], 1, "{st}");
+    assert_eq!(st["timelines"][1]["timeline"], 2, "{st}");
+    assert_eq!(st["timelines"][1]["last"], last.as_str(), "{st}");
+    assert_eq!(st["history_files"][0], "00000002.history", "{st}");
+    assert_eq!(st["missing_segments"], 0, "{st}");
+    drop(primary);
+
+    backup.start_recovery(&[
+        &archive.restore_command(""),
+        &format!("recovery_target_time = '{target}'"),
+        "recovery_target_action = 'promote'",
+        "recovery_target_timeline = 'latest'",
+    ]);
+    backup.wait_promoted();
+    assert_eq!(rows(&backup), "200 1..200", "rows after recovery to {target} across the switch");
+    let log = backup.server_log();
+    assert!(log.contains("restored log file \"00000002.history\""), "{log}");
+    assert!(log.contains("restored log file \"00000002"), "{log}");
+}
