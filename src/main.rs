@@ -9,11 +9,7 @@ use walkeeper::cli::{self, logging, receive, Cli, Command, Exit, Prog};
 #[command(name = "pg_receivewal", disable_help_flag = true, disable_version_flag = true)]
 struct PgReceivewalCli {
     #[command(flatten)]
-    args: receive::ReceiveArgs,
-    #[arg(short = '?', long = "help")]
-    help: bool,
-    #[arg(short = 'V', long = "version")]
-    version: bool,
+    receive: receive::ReceiveCommand,
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
     #[arg(long = "log-format", value_name = "FMT", default_value = "text")]
@@ -45,7 +41,7 @@ fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            print!("{e}");
+            cli::print_stdout(&e.to_string());
             Exit { code: 0, message: String::new() }
         }
         _ => {
@@ -56,24 +52,12 @@ fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
-}
-
 fn run() -> Result<(), Exit> {
     if invoked_as_pg_receivewal() {
         let prog = Prog::PgReceivewal;
         let parsed = PgReceivewalCli::try_parse().map_err(|e| clap_exit(e, &prog))?;
-        if parsed.help {
-            print!("{}", receive::help_text(&prog));
-            return Ok(());
-        }
-        if parsed.version {
-            println!("{}", cli::version_line(&prog));
-            return Ok(());
-        }
         logging::init(prog.log_name(), parsed.log_format, parsed.verbose);
-        return runtime().block_on(receive::run(parsed.args, &prog));
+        return receive::run_command(parsed.receive, &prog);
     }
     let cli = Cli::try_parse().map_err(|e| {
         let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
@@ -88,7 +72,7 @@ fn run() -> Result<(), Exit> {
         exit
     })?;
     let name = match &cli.command {
-        Command::Receive { .. } => "receive",
+        Command::Receive(_) => "receive",
         Command::Check(_) => "check",
         Command::Demo(_) => "demo",
         Command::Restore(_) => "restore",
@@ -99,19 +83,9 @@ fn run() -> Result<(), Exit> {
     let prog = Prog::Walkeeper { command: name };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
     match cli.command {
-        Command::Receive { args, help, version } => {
-            if help {
-                print!("{}", receive::help_text(&prog));
-                return Ok(());
-            }
-            if version {
-                println!("{}", cli::version_line(&prog));
-                return Ok(());
-            }
-            runtime().block_on(receive::run(args, &prog))
-        }
-        Command::Check(args) => runtime().block_on(cli::check::run(args, &prog)),
-        Command::Demo(args) => runtime().block_on(cli::demo::run(args, &prog)),
+        Command::Receive(cmd) => receive::run_command(cmd, &prog),
+        Command::Check(args) => cli::block_on(cli::check::run(args, &prog)),
+        Command::Demo(args) => cli::block_on(cli::demo::run(args, &prog)),
         Command::Restore(args) => cli::restore::run(args, &prog),
         Command::Status(args) => cli::status::run(args, &prog),
         Command::Cleanup(args) => cli::cleanup::run(args, &prog),

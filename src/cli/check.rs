@@ -27,22 +27,22 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
         repl::validate_slot_name(slot).map_err(|e| fail(e.to_string()))?;
     }
     let mut conn = connect(&params, &connect_options(&args.conn)).await.map_err(|e| fail(e.to_string()))?;
-    println!("server:            {}", conn.server());
-    println!("server version:    {}", conn.parameter("server_version").unwrap_or("?"));
-    println!("tls:               {}", if conn.is_tls() { "yes" } else { "no" });
+    crate::outln!("server:            {}", conn.server());
+    crate::outln!("server version:    {}", conn.parameter("server_version").unwrap_or("?"));
+    crate::outln!("tls:               {}", if conn.is_tls() { "yes" } else { "no" });
     // A role without REPLICATION is refused at connection time by the server, so reaching here means it can
     // replicate; IDENTIFY_SYSTEM proves the walsender accepts commands from it.
     let info = identify(&mut conn).await.map_err(|e| fail(e.to_string()))?;
-    println!("replication role:  yes");
-    println!("system identifier: {}", info.identity.system_id);
-    println!("timeline:          {}", info.identity.timeline);
-    println!("current LSN:       {}", info.identity.xlogpos);
-    println!("segment size:      {} MB", info.segment_size >> 20);
+    crate::outln!("replication role:  yes");
+    crate::outln!("system identifier: {}", info.identity.system_id);
+    crate::outln!("timeline:          {}", info.identity.timeline);
+    crate::outln!("current LSN:       {}", info.identity.xlogpos);
+    crate::outln!("segment size:      {} MB", info.segment_size >> 20);
     if let Some(slot) = &args.slot {
         match repl::read_slot(info.major, slot).map_err(|e| fail(e.to_string()))? {
             Some(cmd) => {
                 let not_physical = |slot_type: &str| {
-                    println!("slot:              \"{slot}\" exists but is a {slot_type} slot");
+                    crate::outln!("slot:              \"{slot}\" exists but is a {slot_type} slot");
                     fail(format!("replication slot \"{slot}\" is not a physical slot"))
                 };
                 let rs = match conn.simple_query(&cmd).await {
@@ -61,20 +61,20 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
                     Some(s) if s.slot_type != "physical" => return Err(not_physical(&s.slot_type)),
                     Some(s) => {
                         let restart = s.restart_lsn.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
-                        println!("slot:              \"{slot}\" exists, restart LSN {restart}");
+                        crate::outln!("slot:              \"{slot}\" exists, restart LSN {restart}");
                     }
                     None => {
-                        println!("slot:              \"{slot}\" does not exist");
+                        crate::outln!("slot:              \"{slot}\" does not exist");
                         return Err(fail(format!(
                             "replication slot \"{slot}\" does not exist; create it with `walkeeper receive --slot {slot} --create-slot`"
                         )));
                     }
                 }
             }
-            None => println!("slot:              \"{slot}\" (cannot be inspected before PostgreSQL 15)"),
+            None => crate::outln!("slot:              \"{slot}\" (cannot be inspected before PostgreSQL 15)"),
         }
     }
     conn.close().await;
-    println!("ready to stream:   yes");
+    crate::outln!("ready to stream:   yes");
     Ok(())
 }

@@ -122,7 +122,7 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     }
     let port = free_port().map_err(fail)?;
     let server = Server { bin, data: data.clone(), user };
-    println!("1. starting a temporary PostgreSQL ({}) on port {port}", server.bin.display());
+    crate::outln!("1. starting a temporary PostgreSQL ({}) on port {port}", server.bin.display());
     server
         .run("initdb", &["-D", &data.to_string_lossy(), "-A", "trust", "-U", "postgres", "--no-sync"])
         .map_err(fail)?;
@@ -140,7 +140,7 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     let result = demo_body(&args, port, &sockets, &archive, &data).await;
     server.stop();
     if args.keep {
-        println!("kept {}", root.keep().display());
+        crate::outln!("kept {}", root.keep().display());
     }
     result.map_err(fail)
 }
@@ -179,7 +179,7 @@ async fn demo_body(
     data: &Path,
 ) -> Result<(), String> {
     sql(port, sockets, &["SELECT pg_create_physical_replication_slot('walkeeper_demo', true)"]).await?;
-    println!("2. created replication slot walkeeper_demo; streaming into {}", archive.display());
+    crate::outln!("2. created replication slot walkeeper_demo; streaming into {}", archive.display());
     // About 330 bytes of WAL per row.
     let rows = (u64::from(args.megabytes) * 1024 * 1024 / 330).max(1000);
     let workload = format!(
@@ -197,7 +197,7 @@ async fn demo_body(
     sql(port, sockets, &["SELECT pg_switch_wal()"]).await?;
     let end = lsn(sql(port, sockets, &["SELECT pg_current_wal_lsn()::text"]).await?)?;
     sql(port, sockets, &["INSERT INTO demo VALUES (0, 'past the end position', now())"]).await?;
-    println!(
+    crate::outln!(
         "3. wrote {rows} rows: {} MB of WAL from {begin} to {end}; walkeeper streams up to {end}",
         (end.0 - begin.0) >> 20
     );
@@ -220,7 +220,7 @@ async fn demo_body(
     let started = std::time::Instant::now();
     receive(&cfg, rx).await.map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
-    println!("4. walkeeper received WAL up to {end} in {secs:.2}s; the archive:");
+    crate::outln!("4. walkeeper received WAL up to {end} in {secs:.2}s; the archive:");
     let mut names: Vec<(String, u64)> = std::fs::read_dir(archive)
         .map_err(|e| e.to_string())?
         .flatten()
@@ -234,8 +234,8 @@ async fn demo_body(
             !name.contains('.') && std::fs::read(archive.join(name)).ok() == std::fs::read(&server_copy).ok();
         identical += usize::from(same);
         let note = if same { "identical to the server's pg_wal/".to_string() + name } else { String::new() };
-        println!("   {name:<32} {size:>10} bytes  {note}");
+        crate::outln!("   {name:<32} {size:>10} bytes  {note}");
     }
-    println!("5. {identical} complete segment(s) byte-identical to the server's own; every record CRC-checked on the way in.");
+    crate::outln!("5. {identical} complete segment(s) byte-identical to the server's own; every record CRC-checked on the way in.");
     Ok(())
 }

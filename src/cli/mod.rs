@@ -152,14 +152,7 @@ pub struct Cli {
 pub enum Command {
     /// Stream WAL into a directory: pg_receivewal's job, with its options (see `walkeeper receive -?`)
     #[command(disable_help_flag = true, disable_version_flag = true)]
-    Receive {
-        #[command(flatten)]
-        args: receive::ReceiveArgs,
-        #[arg(short = '?', long = "help")]
-        help: bool,
-        #[arg(short = 'V', long = "version")]
-        version: bool,
-    },
+    Receive(receive::ReceiveCommand),
     /// Connect as a replication client and report whether streaming can start
     #[command(disable_help_flag = true)]
     Check(check::CheckArgs),
@@ -173,6 +166,30 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),
+}
+
+/// Write to stdout, ignoring a closed pipe (`walkeeper --help | head` must not panic).
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// `println!` that ignores a closed pipe.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Run a future on a single-threaded runtime: one replication connection needs no more.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime: the OS refused an epoll instance or a timer")
+        .block_on(future)
 }
 
 /// pg_receivewal's `--version` line; scripts that parse "(PostgreSQL) NN" keep working.

@@ -62,6 +62,33 @@ pub struct ReceiveArgs {
     pub extra: Vec<String>,
 }
 
+/// `walkeeper receive`, or the whole command line of `pg_receivewal`: the receive options plus
+/// pg_receivewal's own `-?` and `-V`.
+#[derive(Args, Debug, Clone)]
+pub struct ReceiveCommand {
+    #[command(flatten)]
+    pub args: ReceiveArgs,
+    /// show this help, then exit
+    #[arg(short = '?', long = "help")]
+    pub help: bool,
+    /// output version information, then exit
+    #[arg(short = 'V', long = "version")]
+    pub version: bool,
+}
+
+/// Print the help or the version when asked for, else stream.
+pub fn run_command(cmd: ReceiveCommand, prog: &Prog) -> Result<(), Exit> {
+    if cmd.help {
+        crate::cli::print_stdout(&help_text(prog));
+        return Ok(());
+    }
+    if cmd.version {
+        crate::cli::print_stdout(&format!("{}\n", crate::cli::version_line(prog)));
+        return Ok(());
+    }
+    crate::cli::block_on(run(cmd.args, prog))
+}
+
 /// The help text, laid out as pg_receivewal's (clap's generated one is used for the other commands).
 pub fn help_text(prog: &Prog) -> String {
     let name = prog.display();

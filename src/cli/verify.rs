@@ -34,7 +34,7 @@ pub fn run(args: VerifyArgs, prog: &Prog) -> Result<(), Exit> {
                     "summary": null,
                     "problems": [],
                 });
-                println!("{doc}");
+                crate::outln!("{doc}");
             }
             return Err(Exit {
                 code: EXIT_CANNOT_VERIFY,
@@ -45,9 +45,9 @@ pub fn run(args: VerifyArgs, prog: &Prog) -> Result<(), Exit> {
     if args.json {
         let doc = serde_json::to_string_pretty(&report)
             .map_err(|e| Exit { code: EXIT_CANNOT_VERIFY, message: format!("walkeeper: error: {e}") })?;
-        println!("{doc}");
+        crate::outln!("{doc}");
     } else {
-        print!("{}", report.to_text());
+        crate::cli::print_stdout(&report.to_text());
     }
     match report.exit_code() {
         0 => Ok(()),
