@@ -6,7 +6,8 @@
 //!   E2E_WAL_MB        backlog size for the catch-up phase (default 1536)
 //!   E2E_ROUNDS        rounds per measurement (default 3)
 //!   E2E_PGBENCH_SECS  duration of each pgbench run (default 20)
-//!   E2E_PHASES        comma list of catchup,sync (default both)
+//!   E2E_PHASES        comma list of catchup,sync,restore (default all three)
+//!   E2E_RESTORE_MB    WAL replayed in the restore phase (default 512)
 //!   E2E_OUT           also write the markdown report to this file
 
 #[path = "../tests/support/mod.rs"]
@@ -263,13 +264,84 @@ fn sync_standby(report: &mut String) {
     ));
 }
 
+/// Make a directory tree readable by the server account (archives written by root with mode 0600).
+fn open_to_all(dir: &Path) {
+    let status = Command::new("chmod").args(["-R", "a+rX"]).arg(dir).status().expect("chmod");
+    assert!(status.success(), "chmod -R a+rX {}", dir.display());
+}
+
+/// Replay of the same archive by a real recovery (base backup + restore_command, no target: replay to the end
+/// of the archive, then promote), with `cp`, and with `walkeeper restore` (prefetch) on plain and zstd copies.
+fn restore(report: &mut String) {
+    let wal_mb = env_u64("E2E_RESTORE_MB", 512);
+    let rounds = env_u64("E2E_ROUNDS", 3);
+    let cluster = Cluster::builder()
+        .conf(&format!("wal_keep_size = '{}MB'", wal_mb * 2))
+        .conf("max_wal_size = '8GB'")
+        .conf("checkpoint_timeout = '1h'")
+        .start();
+    for slot in ["e2e_plain", "e2e_zstd"] {
+        cluster.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
+    }
+    let variants: [(&str, &str); 3] = [
+        ("cp (plain)", "plain"),
+        ("walkeeper restore (plain)", "plain"),
+        ("walkeeper restore (zstd)", "zstd"),
+    ];
+    // One base backup per run, all before the WAL they will replay.
+    let mut backups: Vec<Cluster> =
+        (0..rounds * variants.len() as u64).map(|_| cluster.base_backup()).collect();
+    eprintln!("e2e: writing {wal_mb} MB of WAL to replay");
+    cluster.generate_wal(wal_mb);
+    cluster.switch_wal();
+    let end = support::format_lsn(cluster.current_lsn());
+    cluster.switch_wal();
+    let archives = tempfile::Builder::new().prefix("e2e-archive").tempdir_in("/tmp").expect("tempdir");
+    for (slot, kind, extra) in [("e2e_plain", "plain", &[][..]), ("e2e_zstd", "zstd", &["-Z", "zstd"][..])] {
+        let dir = archives.path().join(kind);
+        std::fs::create_dir(&dir).expect("archive dir");
+        let mut cmd = Tool::Walkeeper.command(&cluster);
+        cmd.args(["-D", &dir.to_string_lossy(), "-S", slot, "-n", "-E", &end]).args(extra);
+        measure(&mut cmd);
+    }
+    open_to_all(archives.path());
+    let walkeeper = walkeeper_bin();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for r in 0..rounds {
+        for (i, (label, kind)) in variants.iter().enumerate() {
+            let dir = archives.path().join(kind);
+            let command = if i == 0 {
+                format!("restore_command = 'cp {}/%f %p'", dir.display())
+            } else {
+                format!("restore_command = '{} restore -D {} %f %p'", walkeeper.display(), dir.display())
+            };
+            let mut backup = backups.pop().expect("one backup per run");
+            let started = Instant::now();
+            backup.start_recovery(&[&command]);
+            backup.wait_promoted();
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!("e2e: replay with {label} round {r}: {secs:.2}s");
+            times[i].push(secs);
+        }
+    }
+    report.push_str(&format!(
+        "\n### Restore: recovery of a base backup replaying {wal_mb} MB of WAL through restore_command, {rounds} rounds\n\n\
+         | restore_command | replay s (median) | ratio to cp |\n|---|---|---|\n"
+    ));
+    let cp = median(times[0].clone());
+    for ((label, _), t) in variants.iter().zip(&times) {
+        let m = median(t.clone());
+        report.push_str(&format!("| {label} | {m:.2} | {:.2} |\n", m / cp));
+    }
+}
+
 fn main() {
     // `cargo test --all-targets` runs benches in test mode with `--bench` absent: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
         println!("e2e: skipped (run with `cargo bench --bench e2e`)");
         return;
     }
-    let phases = std::env::var("E2E_PHASES").unwrap_or_else(|_| "catchup,sync".into());
+    let phases = std::env::var("E2E_PHASES").unwrap_or_else(|_| "catchup,sync,restore".into());
     let mut report = String::from("## walkeeper vs pg_receivewal, end to end\n");
     report.push_str(&format!(
         "\nMachine: {} cores, PostgreSQL 15 (Debian), walkeeper {} release build.\n",
@@ -281,6 +353,9 @@ fn main() {
     }
     if phases.contains("sync") {
         sync_standby(&mut report);
+    }
+    if phases.contains("restore") {
+        restore(&mut report);
     }
     println!("{report}");
     if let Ok(path) = std::env::var("E2E_OUT") {

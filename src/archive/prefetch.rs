@@ -148,7 +148,7 @@ impl Spool {
             }
             Err(_) => return None, // taken by a concurrent restore, or removed by the worker
         }
-        fsutil::sync_dir(fsutil::parent_dir(dest)).ok()?;
+        // No directory fsync: `%p` only needs to be atomic (see `TempFile::commit_for_reading`).
         Some(Restored { source: entry, bytes: len, segment_size: Some(size), partial: false })
     }
 

@@ -371,12 +371,23 @@ impl TempFile {
         self.file.as_mut().expect("open until committed")
     }
 
-    /// fsync, rename over `dest`, fsync the directory.
+    /// fsync, rename over `dest`, fsync the directory: for spool entries, which are trusted later.
     pub(crate) fn commit(mut self, dest: &Path) -> Result<(), RestoreError> {
         let file = self.file.take().expect("open until committed");
         fsutil::sync_file(&file, &self.path)?;
         drop(file);
         fsutil::durable_rename(&self.path, dest)?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+
+    /// Rename over `dest` without fsync: for the file handed to PostgreSQL (`%p`). The rename makes it
+    /// atomic, so PostgreSQL never reads half a file; durability is not needed, because after a crash
+    /// recovery asks restore_command for the segment again and `%p` is written anew (PostgreSQL does not
+    /// fsync restored files either). This saves an fsync of 16 MB per segment of replay.
+    pub(crate) fn commit_for_reading(mut self, dest: &Path) -> Result<(), RestoreError> {
+        drop(self.file.take().expect("open until committed"));
+        fsutil::rename(&self.path, dest)?;
         self.path = PathBuf::new();
         Ok(())
     }
@@ -390,12 +401,12 @@ impl Drop for TempFile {
     }
 }
 
-/// Write `bytes` to `dest` atomically.
+/// Write `bytes` to `dest` atomically, for PostgreSQL to read.
 pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
     let mut tmp = TempFile::create(dest)?;
     let path = tmp.path.clone();
     tmp.file().write_all(bytes).map_err(|e| WalDirError::io("write", &path, e))?;
-    tmp.commit(dest)
+    tmp.commit_for_reading(dest)
 }
 
 /// A writer that remembers the first bytes through it and counts them all.
@@ -425,7 +436,7 @@ impl<W: Write> Write for Capture<W> {
 pub fn serve_segment(name: &str, source: &Source, dest: &Path) -> Result<Restored, RestoreError> {
     let mut tmp = TempFile::create(dest)?;
     let restored = fill_segment(name, source, &mut tmp)?;
-    tmp.commit(dest)?;
+    tmp.commit_for_reading(dest)?;
     Ok(restored)
 }
 
