@@ -943,13 +943,13 @@ async fn hostile_server_messages() {
             "sslmode=disable",
             message(0x01, 4, &[]),
             false,
-            "malformed backend message from server: unexpected message type",
+            "malformed backend message (type '\\u{1}') from server: unexpected message type",
         ),
         (
             "sslmode=disable",
             message(b'R', 8, &5i32.to_be_bytes()),
             false,
-            "malformed authentication message from server: truncated",
+            "malformed authentication message (type 'R') from server: truncated",
         ),
         (
             "sslmode=disable",

@@ -47,9 +47,10 @@ pub enum AuthRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {what} message from server: {reason}")]
+#[error("malformed {what} message (type {tag:?}) from server: {reason}")]
 pub struct MalformedMessage {
     pub what: &'static str,
+    pub tag: char,
     pub reason: &'static str,
 }
 
@@ -89,12 +90,13 @@ impl std::error::Error for ServerError {}
 /// A cursor over a message body with checked reads.
 struct Reader {
     what: &'static str,
+    tag: char,
     buf: Bytes,
 }
 
 impl Reader {
     fn bad(&self, reason: &'static str) -> MalformedMessage {
-        MalformedMessage { what: self.what, reason }
+        MalformedMessage { what: self.what, tag: self.tag, reason }
     }
 
     fn i16(&mut self) -> Result<i16, MalformedMessage> {
@@ -143,7 +145,8 @@ impl Reader {
 /// in the middle of a replication session).
 pub fn decode(frame: Frame) -> Result<Backend, MalformedMessage> {
     let what = message_name(frame.tag);
-    let mut r = Reader { what, buf: frame.body };
+    let tag = char::from(frame.tag);
+    let mut r = Reader { what, tag, buf: frame.body };
     let msg = match frame.tag {
         b'R' => Backend::Authentication(decode_auth(&mut r)?),
         b'S' => Backend::ParameterStatus { name: r.cstr()?, value: r.cstr()? },
@@ -193,7 +196,7 @@ pub fn decode(frame: Frame) -> Result<Backend, MalformedMessage> {
             Backend::NegotiateProtocolVersion { newest_minor, unsupported }
         }
         b'A' => Backend::NotificationResponse,
-        _ => return Err(MalformedMessage { what, reason: "unexpected message type" }),
+        _ => return Err(MalformedMessage { what, tag, reason: "unexpected message type" }),
     };
     Ok(msg)
 }
