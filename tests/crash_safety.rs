@@ -13,9 +13,8 @@ mod support;
 
 use durability::{
     check_archive, check_covers, elapsed, reported_flush, segment_name, slot_restart_lsn, wait_streaming,
-    Comp, Load, Rng, Walkeeper, WALKEEPER,
+    Comp, Load, Rng, Walkeeper,
 };
-use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{format_lsn, Cluster};
 
@@ -29,17 +28,14 @@ fn primary() -> Cluster {
 }
 
 /// `walkeeper receive --create-slot -S slot`.
-fn create_slot(cluster: &Cluster, dir: &std::path::Path, slot: &str) {
-    let out = Command::new(WALKEEPER)
-        .args(["receive", "--create-slot", "-S", slot, "-D"])
-        .arg(dir)
-        .args(["-h", cluster.host(), "-p", &cluster.port().to_string(), "-U", "postgres"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "--create-slot failed: {}", String::from_utf8_lossy(&out.stderr));
-    let exists =
-        cluster.psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"));
-    assert_eq!(exists, "1", "--create-slot did not create slot {slot}");
+/// A physical slot that reserves WAL from now on, so the archive must cover everything from here (on 13/14
+/// walkeeper reads the slot's position over SQL, on 15+ with READ_REPLICATION_SLOT).
+fn create_slot(cluster: &Cluster, slot: &str) {
+    cluster.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
+    let reserved = cluster.psql(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND restart_lsn IS NOT NULL"
+    ));
+    assert_eq!(reserved, "1", "slot {slot} does not reserve WAL");
 }
 
 fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usize) {
@@ -49,7 +45,7 @@ fn kill_restart_cycles(test: &str, comp: Comp, budget: Duration, max_cycles: usi
     let tmp = tempfile::tempdir().unwrap();
     let dir = durability::archive_dir(tmp.path());
     let log = tmp.path().join("walkeeper.log");
-    create_slot(&cluster, &dir, "crash");
+    create_slot(&cluster, "crash");
     let start_lsn = cluster.current_lsn();
     let seg_size = cluster.segment_size();
     let mut load = Load::start(&cluster, 200);
@@ -174,7 +170,7 @@ fn reported_flush_never_beyond_the_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = durability::archive_dir(tmp.path());
     let log = tmp.path().join("walkeeper.log");
-    create_slot(&cluster, &dir, "flush");
+    create_slot(&cluster, "flush");
     let start_lsn = cluster.current_lsn();
     let mut load = Load::start(&cluster, 150);
     let wk = Walkeeper::start(&cluster, &dir, &["-S", "flush", "--synchronous", "-s", "1"], &log);

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{format_lsn, parse_lsn, pg_tool, wait_until, Cluster};
+use walkeeper::wal::decoder::{page_magic_for_major, DecoderConfig, WalDecoder};
+use walkeeper::wal::Lsn;
 
 fn primary(slot: &str, extra_conf: &[&str]) -> Cluster {
     let mut b = Cluster::builder().segment_size_mb(1).conf("wal_keep_size = '4GB'");
@@ -99,26 +101,28 @@ fn reconnects_after_restart_and_outage_without_gap() {
     );
 }
 
-/// Start and total length of the record at `lsn` in the server's pg_wal, from pg_waldump.
+/// End of the record at `lsn` in the server's pg_wal, found by walkeeper's own decoder (pg_waldump 15 cannot
+/// read the WAL of other majors). The server may be down: only its files are read.
 fn record_end(cluster: &Cluster, lsn: u64) -> u64 {
-    let out = Command::new(pg_tool("pg_waldump"))
-        .arg("-p")
-        .arg(cluster.data_dir().join("pg_wal"))
-        .args(["-s", &format_lsn(lsn), "-n", "1"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "rmgr: XLOG        len (rec/tot):    114/   114, tx: ..."
-    let tot: u64 = text
-        .split("len (rec/tot):")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|lens| lens.split('/').nth(1))
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or_else(|| {
-            panic!("cannot read pg_waldump output: {text}{}", String::from_utf8_lossy(&out.stderr))
-        });
-    lsn + tot
+    let seg = cluster.segment_size();
+    let segment_start = lsn - lsn % seg;
+    let name = durability::segment_name(1, segment_start / seg, seg);
+    let bytes = std::fs::read(cluster.data_dir().join("pg_wal").join(&name)).expect("segment of the record");
+    let cfg = DecoderConfig {
+        segment_size: seg as u32,
+        page_magic: page_magic_for_major(cluster.major()).expect("a known major"),
+        system_id: None,
+        timeline: 1,
+    };
+    let mut end = None;
+    let mut decoder = WalDecoder::new(cfg, Lsn(segment_start));
+    // The tail of the segment after the shutdown checkpoint may be unwritten: stop at the first error.
+    let _ = decoder.feed_with(&bytes, |r| {
+        if r.lsn == Lsn(lsn) {
+            end = Some(r.end.0);
+        }
+    });
+    end.unwrap_or_else(|| panic!("no record at {} in {name}", format_lsn(lsn)))
 }
 
 fn latest_checkpoint(cluster: &Cluster) -> u64 {

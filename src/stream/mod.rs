@@ -4,6 +4,7 @@
 pub mod feedback;
 pub mod follow;
 pub mod session;
+pub mod slot;
 
 use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;

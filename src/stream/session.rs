@@ -8,6 +8,7 @@ use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
 use crate::stream::feedback::Positions;
+use crate::stream::slot::{slot_start, SlotStart};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
@@ -185,27 +186,8 @@ async fn start_position(
         return Ok((found.lsn, found.timeline));
     }
     if let Some(slot) = &cfg.slot {
-        let server = conn.server().to_string();
-        let rerr = |error| SessionError::Replication { server: server.clone(), error };
-        if let Some(cmd) = repl::read_slot(info.major, slot).map_err(rerr)? {
-            match repl::parse_read_slot(&conn.simple_query(&cmd).await?).map_err(rerr)? {
-                Some(s) if s.slot_type != "physical" => {
-                    return Err(SessionError::Fatal(format!(
-                        "{server}: replication slot \"{slot}\" is a {} slot, walkeeper needs a physical one",
-                        s.slot_type
-                    )));
-                }
-                Some(s) => {
-                    if let (Some(lsn), Some(tli)) = (s.restart_lsn, s.restart_tli) {
-                        return Ok((lsn, tli));
-                    }
-                }
-                None => {
-                    return Err(SessionError::NotReady(format!(
-                        "replication slot \"{slot}\" does not exist (create it with --create-slot)"
-                    )));
-                }
-            }
+        if let SlotStart::At(lsn, tli) = slot_start(conn, cfg, info, slot).await? {
+            return Ok((lsn, tli));
         }
     }
     Ok((info.identity.xlogpos, info.identity.timeline))
