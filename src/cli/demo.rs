@@ -140,7 +140,9 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
     let result = demo_body(&args, port, &sockets, &archive, &data).await;
     server.stop();
     if args.keep {
-        crate::outln!("kept {}", root.keep().display());
+        crate::outln!("kept {} (server data, archive, server.log)", root.keep().display());
+    } else {
+        crate::outln!("temporary server and archive removed; `walkeeper demo --keep` keeps them to look at");
     }
     result.map_err(fail)
 }
