@@ -5,6 +5,7 @@ use crate::cli::{connect_options, resolve_conn, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
 use crate::protocol::replication as repl;
 use crate::stream::session::identify;
+use crate::stream::slot::read_slot_via_sql;
 use clap::Args;
 
 #[derive(Args, Debug, Clone)]
@@ -39,12 +40,18 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
     crate::outln!("current LSN:       {}", info.identity.xlogpos);
     crate::outln!("segment size:      {} MB", info.segment_size >> 20);
     if let Some(slot) = &args.slot {
+        let not_physical = |slot_type: &str| {
+            crate::outln!("slot:              \"{slot}\" exists but is a {slot_type} slot");
+            fail(format!("replication slot \"{slot}\" is not a physical slot"))
+        };
+        let missing = || {
+            crate::outln!("slot:              \"{slot}\" does not exist");
+            fail(format!(
+                "replication slot \"{slot}\" does not exist; create it with `walkeeper receive --slot {slot} --create-slot`"
+            ))
+        };
         match repl::read_slot(info.major, slot).map_err(|e| fail(e.to_string()))? {
             Some(cmd) => {
-                let not_physical = |slot_type: &str| {
-                    crate::outln!("slot:              \"{slot}\" exists but is a {slot_type} slot");
-                    fail(format!("replication slot \"{slot}\" is not a physical slot"))
-                };
                 let rs = match conn.simple_query(&cmd).await {
                     Ok(rs) => rs,
                     // The server refuses READ_REPLICATION_SLOT on a logical slot (feature_not_supported).
@@ -63,15 +70,22 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
                         let restart = s.restart_lsn.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
                         crate::outln!("slot:              \"{slot}\" exists, restart LSN {restart}");
                     }
-                    None => {
-                        crate::outln!("slot:              \"{slot}\" does not exist");
-                        return Err(fail(format!(
-                            "replication slot \"{slot}\" does not exist; create it with `walkeeper receive --slot {slot} --create-slot`"
-                        )));
-                    }
+                    None => return Err(missing()),
                 }
             }
-            None => crate::outln!("slot:              \"{slot}\" (cannot be inspected before PostgreSQL 15)"),
+            // 13 and 14 have no READ_REPLICATION_SLOT: ask pg_replication_slots, as `receive` does.
+            None => match read_slot_via_sql(&params, &connect_options(&args.conn), slot).await {
+                Ok(Some((slot_type, _))) if slot_type != "physical" => return Err(not_physical(&slot_type)),
+                Ok(Some((_, restart))) => {
+                    let restart = restart.map(|l| l.to_string()).unwrap_or_else(|| "none".into());
+                    crate::outln!("slot:              \"{slot}\" exists, restart LSN {restart}");
+                }
+                Ok(None) => return Err(missing()),
+                Err(why) => crate::outln!(
+                    "slot:              \"{slot}\" (not inspected: PostgreSQL {} has no READ_REPLICATION_SLOT and a normal session failed: {why})",
+                    info.major
+                ),
+            },
         }
     }
     conn.close().await;

@@ -5,7 +5,7 @@
 //! password; database `postgres` unless the connection string names one), and falls back to pg_receivewal's
 //! behaviour, with a warning, only when that session is refused.
 
-use crate::conn::{connect, ConnectOptions, PasswordPrompt};
+use crate::conn::{connect, ConnParams, ConnectOptions, PasswordPrompt};
 use crate::protocol::replication::{self as repl, ResultSet};
 use crate::stream::session::{ServerInfo, SessionError};
 use crate::stream::ReceiveConfig;
@@ -33,7 +33,7 @@ pub async fn slot_start(
             Some(s) => (s.slot_type, s.restart_lsn, s.restart_tli),
             None => return Err(missing(slot)),
         },
-        None => match read_slot_via_sql(cfg, slot).await {
+        None => match read_slot_via_sql(&cfg.conn, &cfg.connect, slot).await {
             Ok(Some((slot_type, lsn))) => (slot_type, lsn, None),
             Ok(None) => return Err(missing(slot)),
             Err(why) => {
@@ -65,15 +65,20 @@ fn missing(slot: &str) -> SessionError {
     ))
 }
 
-/// `(slot_type, restart_lsn)` from `pg_replication_slots`, None when there is no such slot; Err(reason) when
-/// the SQL session cannot be had.
-async fn read_slot_via_sql(cfg: &ReceiveConfig, slot: &str) -> Result<Option<(String, Option<Lsn>)>, String> {
+/// `(slot_type, restart_lsn)` from `pg_replication_slots` over a normal session with the same settings (database
+/// `postgres` unless they name one); None when there is no such slot; Err(reason) when the session cannot be had.
+pub async fn read_slot_via_sql(
+    conn: &ConnParams,
+    connect_options: &ConnectOptions,
+    slot: &str,
+) -> Result<Option<(String, Option<Lsn>)>, String> {
     repl::validate_slot_name(slot).map_err(|e| e.to_string())?;
-    let mut params = cfg.conn.clone();
+    let mut params = conn.clone();
     if params.dbname.as_deref().is_none_or(|d| d == "replication") {
         params.dbname = Some("postgres".into());
     }
-    let opts = ConnectOptions { replication: false, prompt: PasswordPrompt::Never, ..cfg.connect.clone() };
+    let opts =
+        ConnectOptions { replication: false, prompt: PasswordPrompt::Never, ..connect_options.clone() };
     let mut sql = connect(&params, &opts).await.map_err(|e| e.to_string())?;
     let query = format!(
         "SELECT slot_type, restart_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = '{slot}'"
