@@ -6,9 +6,9 @@ use crate::wal::segment::{SegmentId, WalFileName};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Offset of `xlp_sysid` in the long page header, and the header's size.
+/// Offset of `xlp_sysid` in the long page header.
 const SYSID_OFFSET: usize = 24;
-const LONG_HEADER: usize = 40;
+use crate::wal::decoder::SIZE_OF_LONG_PHD as LONG_HEADER;
 
 /// The system identifier recorded in the newest segment of `dir`, and that file; None for an empty
 /// directory or when the newest segment has no header yet (a fresh `.partial`).

@@ -46,9 +46,9 @@ pub const EXIT_USAGE: i32 = 3;
 /// Exit code for errors with `--fatal-errors`: above 125, which PostgreSQL treats as fatal.
 pub const EXIT_FATAL: i32 = 126;
 
-/// Size of the long page header at the start of every segment, and the offsets read from it.
-pub const LONG_HEADER: usize = 40;
-const XLP_LONG_HEADER: u16 = 0x0002;
+/// Size of the long page header at the start of every segment.
+pub use crate::wal::decoder::SIZE_OF_LONG_PHD as LONG_HEADER;
+use crate::wal::decoder::XLP_LONG_HEADER;
 
 /// Compressed forms of a complete segment, in the order they are looked for.
 const COMPLETE_FORMS: [Compression; 4] =
