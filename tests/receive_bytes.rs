@@ -6,12 +6,11 @@
 mod support;
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{format_lsn, parse_lsn, pg_tool, Cluster};
+use support::{format_lsn, names, parse_lsn, pg_tool, wal_bytes, Cluster};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,29 +55,6 @@ fn receiver(real: bool, c: &Cluster, dir: &Path, slot: &str, endpos: u64, compre
         cmd.args(["-Z", method]);
     }
     cmd
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
-}
-
-/// The WAL bytes of a segment file, decompressed according to its name.
-fn wal_bytes(path: &Path) -> Vec<u8> {
-    let name = path.file_name().unwrap().to_str().unwrap().trim_end_matches(".partial").to_string();
-    let raw = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut out = Vec::new();
-    if name.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else if name.ends_with(".lz4") {
-        lz4_flex::frame::FrameDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else {
-        return raw;
-    }
-    .unwrap_or_else(|e| panic!("decompress {}: {e}", path.display()));
-    out
 }
 
 fn segno_of(name: &str, seg: u64) -> u64 {

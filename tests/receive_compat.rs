@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{format_lsn, parse_lsn, pg_tool, wait_until, Cluster, PgInstall};
+use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, PgInstall};
 
 /// How long one run of a receiver may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -210,36 +210,8 @@ fn wal_name(tli: u32, lsn: u64, seg: u64) -> String {
     format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
-/// Sorted file names in `dir`.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
     names(dir).into_iter().filter(|n| n.ends_with(suffix)).collect()
-}
-
-/// A segment file's WAL bytes, decompressed according to its name.
-fn wal_bytes(path: &Path) -> Vec<u8> {
-    let name = path.file_name().unwrap().to_str().unwrap().trim_end_matches(".partial").to_string();
-    let raw = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut out = Vec::new();
-    if name.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else if name.ends_with(".lz4") {
-        lz4_flex::frame::FrameDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else if name.ends_with(".zst") {
-        zstd::stream::read::Decoder::new(&raw[..]).unwrap().read_to_end(&mut out)
-    } else {
-        return raw;
-    }
-    .unwrap_or_else(|e| panic!("decompress {}: {e}", path.display()));
-    out
 }
 
 /// The segment name a file holds (`000000010000000000000003` for `000000010000000000000003.gz.partial`).

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{format_lsn, parse_lsn, pg_tool, Cluster};
+use support::{format_lsn, names, parse_lsn, pg_tool, Cluster};
 
 const SEG: u64 = 1 << 20;
 const BLCKSZ: u64 = 8192;
@@ -24,13 +24,6 @@ fn wal_name(tli: u32, lsn: u64) -> String {
     let segno = lsn / SEG;
     let per_id = 0x1_0000_0000 / SEG;
     format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    v.sort();
-    v
 }
 
 fn wait_child(mut child: Child, what: &str) -> std::process::Output {

@@ -840,3 +840,34 @@ impl Cluster {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Reading an archive directory (independently of walkeeper's own code, as a cross-check)
+// ---------------------------------------------------------------------------------------------------------
+
+/// The file names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A segment file's WAL bytes, decompressed according to its name (`.gz`, `.lz4`, `.zst`, any `.partial`).
+pub fn wal_bytes(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let name = path.file_name().unwrap().to_str().unwrap().trim_end_matches(".partial").to_string();
+    let raw = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut out = Vec::new();
+    if name.ends_with(".gz") {
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)
+    } else if name.ends_with(".lz4") {
+        lz4_flex::frame::FrameDecoder::new(&raw[..]).read_to_end(&mut out)
+    } else if name.ends_with(".zst") {
+        zstd::stream::read::Decoder::new(&raw[..]).unwrap().read_to_end(&mut out)
+    } else {
+        return raw;
+    }
+    .unwrap_or_else(|e| panic!("decompress {}: {e}", path.display()));
+    out
+}
