@@ -185,6 +185,83 @@ fn pgbench_numbers(out: &str) -> (f64, f64) {
     (find("tps = "), find("latency average = "))
 }
 
+/// The receiver of one synchronous-standby run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncReceiver {
+    None,
+    Tool(Tool),
+    /// A replication client (walkeeper's protocol library, in this process) that acknowledges every byte
+    /// as flushed the moment it arrives, writing nothing: unsafe, and the ceiling any receiver can reach.
+    AckOnly,
+}
+
+impl SyncReceiver {
+    fn application_name(self) -> &'static str {
+        match self {
+            SyncReceiver::None => "",
+            SyncReceiver::Tool(t) => t.name(),
+            SyncReceiver::AckOnly => "ack_only",
+        }
+    }
+}
+
+/// The ack-only receiver: streams from the server's current position and reports write = flush = received
+/// after each batch, until `stop` fires.
+fn ack_only_receiver(port: u16, stop: tokio::sync::oneshot::Receiver<()>) -> std::thread::JoinHandle<()> {
+    use walkeeper::conn::{connect, ConnParams, ConnectOptions, Endpoint, PasswordPrompt};
+    use walkeeper::protocol::messages::Backend;
+    use walkeeper::protocol::replication::{self as repl, StreamMessage};
+    use walkeeper::wal::Lsn;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let params = ConnParams {
+                endpoints: vec![Endpoint::Tcp { host: "127.0.0.1".into(), hostaddr: None, port }],
+                user: "postgres".into(),
+                application_name: Some("ack_only".into()),
+                ..ConnParams::default()
+            };
+            let opts = ConnectOptions {
+                prompt: PasswordPrompt::Never,
+                replication: true,
+                ..ConnectOptions::default()
+            };
+            let mut conn = connect(&params, &opts).await.expect("ack-only receiver connects");
+            let id = repl::parse_identify_system(&conn.simple_query(repl::identify_system()).await.unwrap())
+                .expect("IDENTIFY_SYSTEM");
+            let start = Lsn(id.xlogpos.0 - id.xlogpos.0 % (16 << 20));
+            conn.start_copy_both(&repl::start_replication(None, start, id.timeline).unwrap()).await.unwrap();
+            let mut received = start;
+            let mut stop = stop;
+            loop {
+                let msg = tokio::select! {
+                    _ = &mut stop => break,
+                    m = conn.recv() => m.expect("streaming"),
+                };
+                let mut reply = false;
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    if let Backend::CopyData(data) = msg {
+                        match repl::parse_stream_message(data).expect("stream message") {
+                            StreamMessage::XLogData { start, data, .. } => {
+                                received = Lsn(start.0 + data.len() as u64);
+                                reply = true;
+                            }
+                            StreamMessage::Keepalive { reply_requested, .. } => reply |= reply_requested,
+                        }
+                    }
+                    next = futures_util::FutureExt::now_or_never(conn.recv()).map(|m| m.expect("streaming"));
+                }
+                if reply {
+                    let status =
+                        repl::standby_status_update(received, received, Lsn(0), repl::now_unix_us(), false);
+                    conn.send_copy_data(status).await.expect("status update");
+                }
+            }
+        })
+    })
+}
+
 fn sync_standby(report: &mut String) {
     let secs = env_u64("E2E_PGBENCH_SECS", 20);
     let rounds = env_u64("E2E_ROUNDS", 3);
@@ -195,22 +272,34 @@ fn sync_standby(report: &mut String) {
         .output()
         .expect("pgbench -i");
     assert!(status.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&status.stderr));
-    let variants: [(&str, Option<Tool>); 3] = [
-        ("no standby", None),
-        ("pg_receivewal --synchronous", Some(Tool::PgReceivewal)),
-        ("walkeeper --synchronous", Some(Tool::Walkeeper)),
+    let variants: [(&str, SyncReceiver); 4] = [
+        ("no standby", SyncReceiver::None),
+        ("pg_receivewal --synchronous", SyncReceiver::Tool(Tool::PgReceivewal)),
+        ("walkeeper --synchronous", SyncReceiver::Tool(Tool::Walkeeper)),
+        ("ack-only receiver (writes nothing; the ceiling)", SyncReceiver::AckOnly),
     ];
     let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
-        for (i, (label, tool)) in variants.iter().enumerate() {
+        for (i, (label, receiver)) in variants.iter().enumerate() {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut receiver = tool.map(|t| {
-                cluster.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '{}'", t.name()));
-                cluster.psql("SELECT pg_reload_conf()");
-                let mut cmd = t.command(&cluster);
-                cmd.args(["-D", &dir.path().to_string_lossy(), "--synchronous"]);
-                let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("receiver");
-                let name = t.name();
+            let name = receiver.application_name();
+            cluster.psql(&format!("ALTER SYSTEM SET synchronous_standby_names = '{name}'"));
+            cluster.psql("SELECT pg_reload_conf()");
+            let mut child = None;
+            let mut ack_only = None;
+            match receiver {
+                SyncReceiver::None => {}
+                SyncReceiver::Tool(t) => {
+                    let mut cmd = t.command(&cluster);
+                    cmd.args(["-D", &dir.path().to_string_lossy(), "--synchronous"]);
+                    child = Some(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("receiver"));
+                }
+                SyncReceiver::AckOnly => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    ack_only = Some((tx, ack_only_receiver(cluster.port(), rx)));
+                }
+            }
+            if *receiver != SyncReceiver::None {
                 assert!(
                     support::wait_until(Duration::from_secs(30), || {
                         cluster
@@ -222,11 +311,6 @@ fn sync_standby(report: &mut String) {
                     }),
                     "{name} never became the synchronous standby"
                 );
-                child
-            });
-            if tool.is_none() {
-                cluster.psql("ALTER SYSTEM RESET synchronous_standby_names");
-                cluster.psql("SELECT pg_reload_conf()");
             }
             let out = Command::new(pg_tool("pgbench"))
                 .args(["-n", "-N", "-c", "8", "-j", "2", "-T", &secs.to_string()])
@@ -237,10 +321,14 @@ fn sync_standby(report: &mut String) {
             let numbers = pgbench_numbers(&text);
             eprintln!("e2e: {label} round {r}: {:.0} tps, {:.2} ms", numbers.0, numbers.1);
             results[i].push(numbers);
-            if let Some(child) = receiver.as_mut() {
+            if let Some(child) = child.as_mut() {
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
                 let _ = child.wait();
+            }
+            if let Some((tx, thread)) = ack_only {
+                let _ = tx.send(());
+                thread.join().expect("ack-only receiver");
             }
             cluster.psql("ALTER SYSTEM RESET synchronous_standby_names");
             cluster.psql("SELECT pg_reload_conf()");
@@ -248,19 +336,21 @@ fn sync_standby(report: &mut String) {
     }
     report.push_str(&format!(
         "\n### Synchronous standby: `pgbench -N -c 8 -j 2 -T {secs}` (scale 10, primary fsync on), {rounds} rounds\n\n\
-         | receiver | tps (median) | latency ms (median) |\n|---|---|---|\n"
+         | receiver | tps (median) | latency ms (median) | tps / no standby |\n|---|---|---|---|\n"
     ));
     let med: Vec<(f64, f64)> = results
         .iter()
         .map(|v| (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect())))
         .collect();
     for ((label, _), (tps, lat)) in variants.iter().zip(&med) {
-        report.push_str(&format!("| {label} | {tps:.0} | {lat:.2} |\n"));
+        report.push_str(&format!("| {label} | {tps:.0} | {lat:.2} | {:.2} |\n", tps / med[0].0));
     }
     report.push_str(&format!(
-        "\nwalkeeper/pg_receivewal tps ratio: **{:.2}**; walkeeper/no-standby tps ratio: **{:.2}**\n",
+        "\nwalkeeper / pg_receivewal tps: **{:.2}**; walkeeper / no standby: **{:.2}**; ack-only ceiling / \
+         pg_receivewal: {:.2}\n",
         med[2].0 / med[1].0,
-        med[2].0 / med[0].0
+        med[2].0 / med[0].0,
+        med[3].0 / med[1].0
     ));
 }
 
@@ -270,8 +360,21 @@ fn open_to_all(dir: &Path) {
     assert!(status.success(), "chmod -R a+rX {}", dir.display());
 }
 
+/// How a restore variant fetches a segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// `cp ARCHIVE/%f %p`: what most setups run.
+    Cp,
+    /// `walkeeper restore` with prefetch (the default).
+    Walkeeper,
+    /// `mv STAGED/%f %p` from a copy of the archive staged on the same file system before the run: a
+    /// restore_command that costs almost nothing, i.e. the floor any restore_command can reach.
+    MvFloor,
+}
+
 /// Replay of the same archive by a real recovery (base backup + restore_command, no target: replay to the end
-/// of the archive, then promote), with `cp`, and with `walkeeper restore` (prefetch) on plain and zstd copies.
+/// of the archive, then promote), with `cp`, with `walkeeper restore` (prefetch) on plain and zstd copies,
+/// and with the `mv` floor; with the recovering server at `fsync = on` (production) and `fsync = off`.
 fn restore(report: &mut String) {
     let wal_mb = env_u64("E2E_RESTORE_MB", 512);
     let rounds = env_u64("E2E_ROUNDS", 3);
@@ -283,14 +386,16 @@ fn restore(report: &mut String) {
     for slot in ["e2e_plain", "e2e_zstd"] {
         cluster.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
     }
-    let variants: [(&str, &str); 3] = [
-        ("cp (plain)", "plain"),
-        ("walkeeper restore (plain)", "plain"),
-        ("walkeeper restore (zstd)", "zstd"),
+    let variants: [(&str, &str, Fetch); 4] = [
+        ("cp (plain)", "plain", Fetch::Cp),
+        ("walkeeper restore (plain)", "plain", Fetch::Walkeeper),
+        ("walkeeper restore (zstd)", "zstd", Fetch::Walkeeper),
+        ("mv of a staged copy (floor)", "plain", Fetch::MvFloor),
     ];
+    let fsync_modes = ["on", "off"];
     // One base backup per run, all before the WAL they will replay.
-    let mut backups: Vec<Cluster> =
-        (0..rounds * variants.len() as u64).map(|_| cluster.base_backup()).collect();
+    let runs = rounds as usize * variants.len() * fsync_modes.len();
+    let mut backups: Vec<Cluster> = (0..runs).map(|_| cluster.base_backup()).collect();
     eprintln!("e2e: writing {wal_mb} MB of WAL to replay");
     cluster.generate_wal(wal_mb);
     cluster.switch_wal();
@@ -306,32 +411,62 @@ fn restore(report: &mut String) {
     }
     open_to_all(archives.path());
     let walkeeper = walkeeper_bin();
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let staged = archives.path().join("staged");
+    // times[fsync mode][variant]
+    let mut times: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); variants.len()]; fsync_modes.len()];
     for r in 0..rounds {
-        for (i, (label, kind)) in variants.iter().enumerate() {
-            let dir = archives.path().join(kind);
-            let command = if i == 0 {
-                format!("restore_command = 'cp {}/%f %p'", dir.display())
-            } else {
-                format!("restore_command = '{} restore -D {} %f %p'", walkeeper.display(), dir.display())
-            };
-            let mut backup = backups.pop().expect("one backup per run");
-            let started = Instant::now();
-            backup.start_recovery(&[&command]);
-            backup.wait_promoted();
-            let secs = started.elapsed().as_secs_f64();
-            eprintln!("e2e: replay with {label} round {r}: {secs:.2}s");
-            times[i].push(secs);
+        for (m, fsync) in fsync_modes.iter().enumerate() {
+            for (i, (label, kind, fetch)) in variants.iter().enumerate() {
+                let dir = archives.path().join(kind);
+                let command = match fetch {
+                    Fetch::Cp => format!("restore_command = 'cp {}/%f %p'", dir.display()),
+                    Fetch::Walkeeper => format!(
+                        "restore_command = '{} restore -D {} %f %p'",
+                        walkeeper.display(),
+                        dir.display()
+                    ),
+                    Fetch::MvFloor => {
+                        let _ = std::fs::remove_dir_all(&staged);
+                        let status =
+                            Command::new("cp").arg("-a").arg(&dir).arg(&staged).status().expect("cp -a");
+                        assert!(status.success(), "staging a copy of the archive");
+                        // Owned by the server account (mv needs to unlink), and on disk like the archive.
+                        let status = Command::new("chown")
+                            .args(["-R", "postgres"])
+                            .arg(&staged)
+                            .status()
+                            .expect("chown");
+                        assert!(status.success(), "chown the staged archive");
+                        Command::new("sync").status().expect("sync");
+                        format!("restore_command = 'mv {}/%f %p'", staged.display())
+                    }
+                };
+                let mut backup = backups.pop().expect("one backup per run");
+                let fsync_line = format!("fsync = {fsync}");
+                let started = Instant::now();
+                backup.start_recovery(&[&command, &fsync_line]);
+                backup.wait_promoted();
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!("e2e: replay with {label}, fsync {fsync}, round {r}: {secs:.2}s");
+                times[m][i].push(secs);
+            }
         }
     }
     report.push_str(&format!(
         "\n### Restore: recovery of a base backup replaying {wal_mb} MB of WAL through restore_command, {rounds} rounds\n\n\
-         | restore_command | replay s (median) | ratio to cp |\n|---|---|---|\n"
+         Time from starting the recovering server to the end of recovery (promoted).\n\n\
+         | restore_command | fsync = on: replay s | ratio to cp | fsync = off: replay s | ratio to cp |\n\
+         |---|---|---|---|---|\n"
     ));
-    let cp = median(times[0].clone());
-    for ((label, _), t) in variants.iter().zip(&times) {
-        let m = median(t.clone());
-        report.push_str(&format!("| {label} | {m:.2} | {:.2} |\n", m / cp));
+    let medians: Vec<Vec<f64>> =
+        times.iter().map(|per_mode| per_mode.iter().map(|t| median(t.clone())).collect()).collect();
+    for (i, (label, _, _)) in variants.iter().enumerate() {
+        let (on, off) = (medians[0][i], medians[1][i]);
+        report.push_str(&format!(
+            "| {label} | {on:.2} | {:.2} | {off:.2} | {:.2} |\n",
+            on / medians[0][0],
+            off / medians[1][0]
+        ));
     }
 }
 

@@ -52,6 +52,9 @@ fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     }
 }
 
+/// Subcommand names, for "Try \"walkeeper receive --help\"" hints after a usage error.
+const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
+
 fn run() -> Result<(), Exit> {
     if invoked_as_pg_receivewal() {
         let prog = Prog::PgReceivewal;
@@ -60,8 +63,10 @@ fn run() -> Result<(), Exit> {
         return receive::run_command(parsed.receive, &prog);
     }
     let cli = Cli::try_parse().map_err(|e| {
-        let mut exit = clap_exit(e, &Prog::Walkeeper { command: "" });
-        match invoked_subcommand().as_deref() {
+        let invoked = invoked_subcommand();
+        let command = SUBCOMMANDS.iter().find(|c| invoked.as_deref() == Some(**c)).copied().unwrap_or("");
+        let mut exit = clap_exit(e, &Prog::Walkeeper { command });
+        match invoked.as_deref() {
             Some("verify") if exit.code != 0 => {
                 exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
             }

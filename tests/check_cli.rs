@@ -240,3 +240,23 @@ fn check_on_older_and_newer_majors() {
         assert!(r.error_line().ends_with(why), "{}", r.stderr);
     }
 }
+
+/// A usage error names the subcommand whose --help to read, with the exit code each subcommand documents.
+#[test]
+fn usage_errors_point_to_the_subcommand_help() {
+    for (sub, code) in [("receive", 1), ("check", 1), ("restore", 3), ("verify", 2), ("status", 1)] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_walkeeper")).args([sub, "--no-such-option"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{sub}: {stderr}");
+        assert!(
+            stderr.ends_with(&format!(
+                "walkeeper: hint: Try \"walkeeper {sub} --help\" for more information.\n"
+            )),
+            "{sub}: {stderr}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_walkeeper")).arg("--no-such-option").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.ends_with("hint: Try \"walkeeper --help\" for more information.\n"), "{stderr}");
+}

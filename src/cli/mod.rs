@@ -26,6 +26,7 @@ impl Prog {
     /// The name used in messages and help.
     pub fn display(&self) -> String {
         match self {
+            Prog::Walkeeper { command: "" } => "walkeeper".into(),
             Prog::Walkeeper { command } => format!("walkeeper {command}"),
             Prog::PgReceivewal => "pg_receivewal".into(),
         }
