@@ -410,13 +410,18 @@ fn restore(report: &mut String) {
         measure(&mut cmd);
     }
     open_to_all(archives.path());
+    // Let the writeback of the WAL just written finish, so that it does not slow down the first run only.
+    Command::new("sync").status().expect("sync");
     let walkeeper = walkeeper_bin();
     let staged = archives.path().join("staged");
     // times[fsync mode][variant]
     let mut times: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); variants.len()]; fsync_modes.len()];
     for r in 0..rounds {
         for (m, fsync) in fsync_modes.iter().enumerate() {
-            for (i, (label, kind, fetch)) in variants.iter().enumerate() {
+            // Rotate the order every round: no variant always runs first (or right after another).
+            for k in 0..variants.len() {
+                let i = (k + r as usize) % variants.len();
+                let (label, kind, fetch) = &variants[i];
                 let dir = archives.path().join(kind);
                 let command = match fetch {
                     Fetch::Cp => format!("restore_command = 'cp {}/%f %p'", dir.display()),
