@@ -227,9 +227,8 @@ fn ack_only_receiver(port: u16, stop: tokio::sync::oneshot::Receiver<()>) -> std
                 ..ConnectOptions::default()
             };
             let mut conn = connect(&params, &opts).await.expect("ack-only receiver connects");
-            let id = repl::parse_identify_system(&conn.simple_query(repl::identify_system()).await.unwrap())
-                .expect("IDENTIFY_SYSTEM");
-            let start = Lsn(id.xlogpos.0 - id.xlogpos.0 % (16 << 20));
+            let info = walkeeper::stream::session::identify(&mut conn).await.expect("IDENTIFY_SYSTEM");
+            let (id, start) = (&info.identity, info.identity.xlogpos.segment_start(info.segment_size));
             conn.start_copy_both(&repl::start_replication(None, start, id.timeline).unwrap()).await.unwrap();
             let mut received = start;
             let mut stop = stop;

@@ -52,9 +52,6 @@ fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     }
 }
 
-/// Subcommand names, for "Try \"walkeeper receive --help\"" hints after a usage error.
-const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
-
 fn run() -> Result<(), Exit> {
     if invoked_as_pg_receivewal() {
         let prog = Prog::PgReceivewal;
@@ -64,7 +61,8 @@ fn run() -> Result<(), Exit> {
     }
     let cli = Cli::try_parse().map_err(|e| {
         let invoked = invoked_subcommand();
-        let command = SUBCOMMANDS.iter().find(|c| invoked.as_deref() == Some(**c)).copied().unwrap_or("");
+        let command =
+            cli::SUBCOMMANDS.iter().find(|c| invoked.as_deref() == Some(**c)).copied().unwrap_or("");
         let mut exit = clap_exit(e, &Prog::Walkeeper { command });
         match invoked.as_deref() {
             Some("verify") if exit.code != 0 => {
@@ -76,16 +74,7 @@ fn run() -> Result<(), Exit> {
         }
         exit
     })?;
-    let name = match &cli.command {
-        Command::Receive(_) => "receive",
-        Command::Check(_) => "check",
-        Command::Demo(_) => "demo",
-        Command::Restore(_) => "restore",
-        Command::Status(_) => "status",
-        Command::Cleanup(_) => "cleanup",
-        Command::Verify(_) => "verify",
-    };
-    let prog = Prog::Walkeeper { command: name };
+    let prog = Prog::Walkeeper { command: cli.command.name() };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
     match cli.command {
         Command::Receive(cmd) => receive::run_command(cmd, &prog),

@@ -157,24 +157,21 @@ pub struct RestoreOptions {
 
 /// Fail unless `archive` is a directory.
 pub fn check_archive(archive: &Path) -> Result<(), RestoreError> {
-    match fs::metadata(archive) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(RestoreError::NoArchive(archive.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
-            Err(RestoreError::NoArchive(archive.to_path_buf()))
-        }
-        Err(e) => Err(WalDirError::io("stat", archive, e).into()),
-    }
+    require_dir(archive, RestoreError::NoArchive)
 }
 
 /// Fail unless the directory `dest` goes into exists.
 pub fn check_destination(dest: &Path) -> Result<(), RestoreError> {
-    let dir = fsutil::parent_dir(dest);
+    require_dir(fsutil::parent_dir(dest), RestoreError::NoDestinationDir)
+}
+
+/// `missing(dir)` unless `dir` is a directory; other stat failures are I/O errors.
+fn require_dir(dir: &Path, missing: fn(PathBuf) -> RestoreError) -> Result<(), RestoreError> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(RestoreError::NoDestinationDir(dir.to_path_buf())),
+        Ok(_) => Err(missing(dir.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => {
-            Err(RestoreError::NoDestinationDir(dir.to_path_buf()))
+            Err(missing(dir.to_path_buf()))
         }
         Err(e) => Err(WalDirError::io("stat", dir, e).into()),
     }
@@ -598,6 +595,22 @@ mod tests {
             let err = parse_request(bad).unwrap_err();
             assert_eq!(err.exit_code(), EXIT_USAGE, "{bad}");
         }
+    }
+
+    #[test]
+    fn archive_and_destination_must_be_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        assert!(check_archive(tmp.path()).is_ok());
+        for bad in [file.clone(), file.join("below"), tmp.path().join("missing")] {
+            let e = check_archive(&bad).unwrap_err();
+            assert!(matches!(&e, RestoreError::NoArchive(p) if *p == bad), "{e}");
+            assert_eq!(e.exit_code(), EXIT_ERROR);
+        }
+        assert!(check_destination(&tmp.path().join("RECOVERYXLOG")).is_ok());
+        let e = check_destination(&file.join("RECOVERYXLOG")).unwrap_err();
+        assert!(matches!(&e, RestoreError::NoDestinationDir(p) if *p == file), "{e}");
     }
 
     #[test]

@@ -169,6 +169,24 @@ pub enum Command {
     Verify(verify::VerifyArgs),
 }
 
+/// The subcommand names, for `Prog` before a command line has parsed (usage-error hints).
+pub const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
+
+impl Command {
+    /// The name it is invoked by.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Receive(_) => "receive",
+            Command::Check(_) => "check",
+            Command::Demo(_) => "demo",
+            Command::Restore(_) => "restore",
+            Command::Status(_) => "status",
+            Command::Cleanup(_) => "cleanup",
+            Command::Verify(_) => "verify",
+        }
+    }
+}
+
 /// Write to stdout, ignoring a closed pipe (`walkeeper --help | head` must not panic).
 pub fn print_stdout(text: &str) {
     use std::io::Write;
@@ -201,4 +219,17 @@ pub fn version_line(prog: &Prog) -> String {
         crate::protocol::replication::NEWEST_MAJOR,
         env!("CARGO_PKG_VERSION")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn subcommand_names_are_clap_s() {
+        let clap_names: Vec<String> =
+            Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+        assert_eq!(clap_names, SUBCOMMANDS);
+    }
 }

@@ -68,7 +68,9 @@ pub enum TargetSessionAttrs {
 }
 
 /// Everything needed to open a connection, after conninfo, options, environment and defaults are merged.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// `ConnParams::default()` has libpq's defaults where libpq has one without looking at the environment
+/// (sslmode prefer, channel_binding prefer, keepalives on); endpoints and user are empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnParams {
     /// Tried in order (libpq's multi-host behaviour); never empty.
     pub endpoints: Vec<Endpoint>,
@@ -99,4 +101,46 @@ pub struct ConnParams {
     pub keepalives_count: Option<u32>,
     /// `tcp_user_timeout` (TCP_USER_TIMEOUT, milliseconds in the connection string).
     pub tcp_user_timeout: Option<Duration>,
+}
+
+impl Default for ConnParams {
+    fn default() -> Self {
+        ConnParams {
+            endpoints: Vec::new(),
+            user: String::new(),
+            dbname: None,
+            password: None,
+            passfile: None,
+            application_name: None,
+            fallback_application_name: None,
+            options: None,
+            sslmode: SslMode::default(),
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            sslpassword: None,
+            connect_timeout: None,
+            channel_binding: ChannelBinding::default(),
+            target_session_attrs: TargetSessionAttrs::default(),
+            keepalives: true,
+            keepalives_idle: None,
+            keepalives_interval: None,
+            keepalives_count: None,
+            tcp_user_timeout: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_libpq_s_where_libpq_has_one() {
+        let d = ConnParams::default();
+        assert_eq!(d.sslmode, SslMode::Prefer);
+        assert_eq!(d.channel_binding, ChannelBinding::Prefer);
+        assert_eq!(d.target_session_attrs, TargetSessionAttrs::Any);
+        assert!(d.keepalives, "libpq's keepalives defaults to 1");
+    }
 }

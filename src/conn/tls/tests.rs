@@ -15,8 +15,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::conn::params::{ChannelBinding, TargetSessionAttrs};
-
 const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
 
 /// A temp dir of certificates: `ca` (trusted), `other-ca` (untrusted), `server` (SAN localhost, 127.0.0.1;
@@ -90,22 +88,8 @@ fn params(mode: SslMode) -> ConnParams {
     ConnParams {
         endpoints: vec![Endpoint::Tcp { host: "localhost".into(), hostaddr: None, port: 5432 }],
         user: "replicator".into(),
-        dbname: None,
-        password: None,
-        passfile: None,
-        application_name: None,
-        fallback_application_name: None,
-        options: None,
         sslmode: mode,
-        sslrootcert: None,
-        sslcert: None,
-        sslkey: None,
-        sslpassword: None,
-        connect_timeout: None,
-        channel_binding: ChannelBinding::Prefer,
-        target_session_attrs: TargetSessionAttrs::Any,
-        keepalives: true,
-        ..Default::default()
+        ..ConnParams::default()
     }
 }
 
