@@ -406,10 +406,11 @@ impl<'a> CopyLoop<'a> {
     async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
         match msg {
             Backend::CopyData(data) => {
-                let server = self.conn.server().to_string();
-                match repl::parse_stream_message(data)
-                    .map_err(|error| SessionError::Replication { server, error })?
-                {
+                let parsed = repl::parse_stream_message(data);
+                match parsed.map_err(|error| SessionError::Replication {
+                    server: self.conn.server().to_string(),
+                    error,
+                })? {
                     StreamMessage::XLogData { start, data, wal_end, .. } => {
                         self.server_end = self.server_end.max(wal_end);
                         self.receive_wal(start, &data)?
