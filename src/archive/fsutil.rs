@@ -8,9 +8,12 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Size of one zero write while preallocating: a 16 MiB segment takes 16 system calls (pg_receivewal
-/// writes 8 kB blocks: 2048 calls). One static buffer, so no allocation or page faults per segment.
+/// writes 8 kB blocks: 2048 calls). One static buffer, so no allocation or page faults per segment;
+/// block-aligned, so it can be written with `O_DIRECT`.
 const ZERO_CHUNK: usize = 1 << 20;
-static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+#[repr(C, align(4096))]
+struct Zeros([u8; ZERO_CHUNK]);
+static ZEROS: Zeros = Zeros([0; ZERO_CHUNK]);
 
 /// How a new uncompressed segment file reaches its full size before WAL is written into it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -35,9 +38,10 @@ pub struct OpenedFile {
 
 /// Open `path` for writing, creating it if needed. A created file gets exactly `mode` (set with
 /// fchmod after creation, so the process umask cannot narrow or widen it); an existing file keeps
-/// its mode. With `truncate`, an existing file is emptied.
+/// its mode. With `truncate`, an existing file is emptied. Opened for reading too (a rewrite of an old
+/// `.partial` with direct I/O reads back the blocks it only partly overwrites).
 pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFile> {
-    match OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
+    match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path) {
         Ok(file) => {
             file.set_permissions(Permissions::from_mode(mode))
                 .map_err(|e| WalDirError::io("set permissions of", path, e))?;
@@ -45,6 +49,7 @@ pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFi
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let file = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .truncate(truncate)
                 .open(path)
@@ -58,12 +63,13 @@ pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFi
 /// Fill `file` with `len` zero bytes from offset 0, so that later writes never allocate blocks
 /// (and a full disk shows up now, not in the middle of a segment). Real zero writes, as
 /// pg_receivewal does, rather than `fallocate`: the blocks are really written on every file system.
-/// Kept on its own so other strategies can be benchmarked against it.
+/// Kept on its own so other strategies can be benchmarked against it. Works the same on a file opened
+/// with `O_DIRECT` (then the zeros never enter the page cache) where `len` is a multiple of 4 kB.
 pub fn preallocate_zeros(file: &File, path: &Path, len: u64) -> Result<()> {
     let mut offset = 0u64;
     while offset < len {
         let n = usize::try_from(len - offset).map_or(ZERO_CHUNK, |rest| rest.min(ZERO_CHUNK));
-        file.write_all_at(&ZEROS[..n], offset).map_err(|e| WalDirError::io("pad", path, e))?;
+        file.write_all_at(&ZEROS.0[..n], offset).map_err(|e| WalDirError::io("pad", path, e))?;
         offset += n as u64;
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod compress;
+pub mod direct;
 pub mod error;
 pub mod fsutil;
 pub mod identity;

@@ -50,6 +50,8 @@ impl ReceiveConfig {
             file_mode,
             // Frequent fdatasyncs stay data-only on zero-filled files; otherwise reserve (half the writes).
             preallocation: if self.synchronous { Preallocation::ZeroFill } else { Preallocation::Reserve },
+            // With fsync on, WAL goes to the device anyway: skip the page cache. With --no-sync, leave it there.
+            direct_io: self.fsync,
         }
     }
 }

@@ -521,6 +521,10 @@ impl<'a> CopyLoop<'a> {
     }
 
     async fn send_status(&mut self, reply: bool) -> Result<(), SessionError> {
+        // The write position claims the received bytes are in the file: write out any staged ones.
+        for w in self.pending.iter_mut().chain(self.current.as_mut()) {
+            w.write_out_staged()?;
+        }
         let r = self.positions.report();
         let msg = repl::standby_status_update(r.write, r.flush, r.apply, repl::now_unix_us(), reply);
         self.conn.send_copy_data(msg).await?;
