@@ -12,8 +12,8 @@ mod durability;
 mod support;
 
 use durability::{
-    check_archive, check_covers, elapsed, reported_flush, segment_name, slot_restart_lsn, wait_streaming,
-    Comp, Load, Rng, Walkeeper,
+    check_archive, check_covers, elapsed, reported_flush, reported_write, segment_name, slot_restart_lsn,
+    wait_streaming, Comp, Load, Rng, Walkeeper,
 };
 use std::time::{Duration, Instant};
 use support::{format_lsn, Cluster};
@@ -161,20 +161,57 @@ fn kill9_under_load_zstd() {
 }
 
 /// While streaming with `--synchronous` and a slot under load, the flush LSN the server holds for
-/// walkeeper (pg_stat_replication.flush_lsn) and the slot's restart_lsn never exceed what is in the
-/// directory: every byte before them is there, equal to the server's WAL.
+/// walkeeper (pg_stat_replication.flush_lsn), its write LSN and the slot's restart_lsn never exceed what
+/// is in the directory: every byte before them is there, equal to the server's WAL.
 #[test]
 fn reported_flush_never_beyond_the_directory() {
-    let started = Instant::now();
     let cluster = primary();
+    create_slot(&cluster, "flush");
+    reported_positions_never_beyond_the_directory(&cluster, Some("flush"), &["--synchronous", "-s", "1"], 2);
+}
+
+/// Without a slot, `--synchronous` or status interval, walkeeper only answers the server's keepalive
+/// requests (every second here), with a write position and no sync: the bytes it claims may still sit
+/// in the direct-I/O staging buffer unless it writes them out first.
+#[test]
+fn reported_write_never_beyond_the_directory() {
+    let cluster = Cluster::builder()
+        .segment_size_mb(1)
+        .conf("wal_keep_size = '8GB'")
+        .conf("max_wal_size = '256MB'")
+        .conf("wal_sender_timeout = '2s'")
+        .start();
+    reported_positions_never_beyond_the_directory(&cluster, None, &["-s", "0"], 1);
+}
+
+/// Sample the positions the server holds for walkeeper for 20 s under load and check the directory
+/// covers each; `moving` is the column (1 write, 2 flush) that must have moved at least 10 times.
+fn reported_positions_never_beyond_the_directory(
+    cluster: &Cluster,
+    slot: Option<&str>,
+    args: &[&str],
+    moving: usize,
+) {
+    let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let dir = durability::archive_dir(tmp.path());
     let log = tmp.path().join("walkeeper.log");
-    create_slot(&cluster, "flush");
-    let start_lsn = cluster.current_lsn();
-    let mut load = Load::start(&cluster, 150);
-    let wk = Walkeeper::start(&cluster, &dir, &["-S", "flush", "--synchronous", "-s", "1"], &log);
-    wait_streaming(&cluster, &wk, Duration::from_secs(30));
+    let slot_start = cluster.current_lsn();
+    let mut load = Load::start(cluster, 150);
+    let mut wk_args: Vec<&str> = slot.map(|s| vec!["-S", s]).unwrap_or_default();
+    wk_args.extend(args);
+    let wk = Walkeeper::start(cluster, &dir, &wk_args, &log);
+    wait_streaming(cluster, &wk, Duration::from_secs(30));
+    // With a slot, streaming starts where it reserved WAL; without one, at the start of the server's
+    // segment of the moment, the first file in the directory.
+    let start_lsn = match slot {
+        Some(_) => slot_start,
+        None => {
+            let first =
+                durability::list_archive(&dir, cluster.segment_size(), Comp::None).first().map(|f| f.segno);
+            first.expect("no segment in the directory after streaming started") * cluster.segment_size()
+        }
+    };
     let mut samples = 0;
     let mut highest = 0u64;
     let mut distinct = std::collections::BTreeSet::new();
@@ -182,39 +219,40 @@ fn reported_flush_never_beyond_the_directory() {
     while Instant::now() < deadline {
         load.assert_running();
         // Read the server's view first: files only grow, so they must already hold what it reports.
-        let flush = reported_flush(&cluster);
-        let restart = slot_restart_lsn(&cluster, "flush");
-        for (what, lsn) in [("flush_lsn", flush), ("restart_lsn", restart)] {
+        let write = reported_write(cluster);
+        let flush = reported_flush(cluster);
+        let restart = slot.and_then(|slot| slot_restart_lsn(cluster, slot));
+        for (what, lsn) in [("write_lsn", write), ("flush_lsn", flush), ("restart_lsn", restart)] {
             let Some(lsn) = lsn else { continue };
             if lsn <= start_lsn {
                 continue;
             }
-            check_covers(&cluster, &dir, Comp::None, start_lsn, lsn).unwrap_or_else(|e| {
+            check_covers(cluster, &dir, Comp::None, start_lsn, lsn).unwrap_or_else(|e| {
                 panic!(
-                    "the server holds {what} {} for walkeeper, but {e}\n{}",
+                    "the server holds {what} {} for walkeeper ({args:?}), but {e}\n{}",
                     format_lsn(lsn),
                     wk.log_tail(30)
                 )
             });
         }
-        if let Some(f) = flush {
-            highest = highest.max(f);
-            distinct.insert(f);
+        if let Some(lsn) = if moving == 1 { write } else { flush } {
+            highest = highest.max(lsn);
+            distinct.insert(lsn);
         }
         samples += 1;
     }
     load.stop();
     assert!(
         distinct.len() >= 10,
-        "the reported flush position moved only {} times in 20 s under load: nothing was proven",
+        "the reported position moved only {} times in 20 s under load: nothing was proven",
         distinct.len()
     );
     // The directory as a whole is consistent too.
-    let c = check_archive(&cluster, &dir, Comp::None, true).unwrap_or_else(|e| panic!("{e}"));
+    let c = check_archive(cluster, &dir, Comp::None, true).unwrap_or_else(|e| panic!("{e}"));
     drop(wk);
     println!(
-        "flush never beyond disk: {samples} samples, {} distinct flush positions, up to {} ({} MiB after the \
-         start), archive {} complete + {} partial; {}",
+        "{args:?}: positions never beyond disk: {samples} samples, {} distinct positions, up to {} ({} MiB \
+         after the start), archive {} complete + {} partial; {}",
         distinct.len(),
         format_lsn(highest),
         (highest - start_lsn) >> 20,

@@ -31,8 +31,7 @@ impl AlignedBuf {
     pub fn zeroed(len: usize) -> AlignedBuf {
         let len = len.max(1).next_multiple_of(BLOCK);
         let storage = vec![0u8; len + BLOCK];
-        let start = storage.as_ptr().align_offset(BLOCK);
-        assert!(start < BLOCK, "alignment offset out of range");
+        let start = (BLOCK - storage.as_ptr() as usize % BLOCK) % BLOCK;
         AlignedBuf { storage, start, len }
     }
 }
@@ -173,6 +172,10 @@ impl StagedWriter {
                 Ok(0) => break, // past the end of the file: zeros
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A short direct read leaves an unaligned rest: that, too, is read through the cache.
+                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.fall_back(file, &e)?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -199,7 +202,7 @@ impl StagedWriter {
                 Ok(n) => {
                     // A short direct write still ends on a block boundary; if it somehow did not,
                     // rewrite from the last whole block.
-                    let step = if n == to - done { n } else { n - n % BLOCK };
+                    let step = if n == to - done || !self.direct { n } else { n - n % BLOCK };
                     if step == 0 {
                         return Err(io::Error::new(io::ErrorKind::WriteZero, "write made no progress"));
                     }
@@ -207,16 +210,38 @@ impl StagedWriter {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    // O_DIRECT accepted at open, refused at this alignment: use the page cache.
-                    set_direct(file, false)?;
-                    self.direct = false;
-                    tracing::warn!("direct I/O refused ({e}); writing through the page cache");
+                    self.fall_back(file, &e)?
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(())
     }
+
+    /// `O_DIRECT` was accepted when set but a transfer was refused (`EINVAL`: the device needs a larger
+    /// alignment): go on through the page cache, with the same staged bytes.
+    fn fall_back(&mut self, file: &File, refused: &io::Error) -> io::Result<()> {
+        set_direct(file, false)?;
+        self.direct = false;
+        tracing::warn!("direct I/O refused ({refused}); writing through the page cache");
+        Ok(())
+    }
+}
+
+/// Whether the file system under `dir` takes O_DIRECT, asked with open(2) itself (for tests).
+#[cfg(test)]
+pub(crate) fn supports_o_direct(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("o_direct_probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(probe);
+    ok
 }
 
 #[cfg(test)]
@@ -276,15 +301,29 @@ mod tests {
         assert_eq!(on_disk.len(), 64 * 1024, "the file keeps its preallocated size");
     }
 
-    #[test]
-    fn direct_io_is_used_where_the_file_system_has_it() {
-        // The project's file systems (ext4, and tmpfs on Linux ≥ 6.6) support O_DIRECT.
-        let dir = tempfile::tempdir().unwrap();
-        let (file, _) = file_in(&dir, 8192);
-        let w = StagedWriter::new(&file, 4096, false);
+    fn has_o_direct(file: &File) -> bool {
         // SAFETY: F_GETFL on our own descriptor.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-        assert_eq!(w.is_direct(), flags & libc::O_DIRECT != 0);
+        flags & libc::O_DIRECT != 0
+    }
+
+    #[test]
+    fn direct_io_is_turned_on_where_the_file_system_has_it_and_off_on_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, path) = file_in(&dir, 64 * 1024);
+        assert!(!has_o_direct(&file));
+        let mut w = StagedWriter::new(&file, 8192, false);
+        let supported = supports_o_direct(dir.path());
+        assert_eq!(w.is_direct(), supported);
+        assert_eq!(has_o_direct(&file), supported);
+        // A refusal at transfer time switches the same writer to the page cache, staged bytes intact.
+        let bytes = pattern(10_000, 4);
+        w.append(&file, &bytes).unwrap();
+        w.fall_back(&file, &io::Error::from_raw_os_error(libc::EINVAL)).unwrap();
+        assert!(!w.is_direct());
+        assert!(!has_o_direct(&file));
+        w.flush(&file).unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[..10_000], &bytes[..]);
     }
 
     #[test]

@@ -38,10 +38,9 @@ pub struct OpenedFile {
 
 /// Open `path` for writing, creating it if needed. A created file gets exactly `mode` (set with
 /// fchmod after creation, so the process umask cannot narrow or widen it); an existing file keeps
-/// its mode. With `truncate`, an existing file is emptied. Opened for reading too (a rewrite of an old
-/// `.partial` with direct I/O reads back the blocks it only partly overwrites).
+/// its mode. With `truncate`, an existing file is emptied.
 pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFile> {
-    match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path) {
+    match OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
         Ok(file) => {
             file.set_permissions(Permissions::from_mode(mode))
                 .map_err(|e| WalDirError::io("set permissions of", path, e))?;
@@ -49,7 +48,6 @@ pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFi
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let file = OpenOptions::new()
-                .read(true)
                 .write(true)
                 .truncate(truncate)
                 .open(path)

@@ -10,7 +10,8 @@
 //!
 //! With sync on, uncompressed segments are written with `O_DIRECT` through a staging buffer
 //! ([`super::direct`]): the archive never fills the page cache, and an fsync has no dirty pages left to
-//! write back, only the device cache to flush.
+//! write back (only the device cache to flush, plus a journal commit for blocks reserved with
+//! `fallocate`).
 
 use super::compress::Compressor;
 use super::direct::StagedWriter;
@@ -153,7 +154,14 @@ impl LocalWalDir {
         let expected = u64::from(self.options.segment_size);
         match fs::metadata(path) {
             Ok(meta) if meta.len() == expected => {
-                return Ok((fsutil::open_for_write(path, self.options.file_mode, false)?.file, true));
+                // Readable too: a direct-I/O rewrite reads back the old bytes of blocks it only partly
+                // overwrites.
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| WalDirError::io("open", path, e))?;
+                return Ok((file, true));
             }
             Ok(meta) if meta.len() != 0 => {
                 return Err(WalDirError::PartialSize {
@@ -277,6 +285,11 @@ impl SegmentWriter {
     /// The `.partial` file being written.
     pub fn path(&self) -> &Path {
         &self.partial_path
+    }
+
+    /// True when uncompressed WAL goes to the file with `O_DIRECT` (see [`super::direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.staged.as_ref().is_some_and(StagedWriter::is_direct)
     }
 
     /// LSN of the segment's first byte.
@@ -581,6 +594,54 @@ mod tests {
         assert_eq!(&on_disk[3..], &old[3..]);
         // An existing file keeps its mode.
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn direct_io_follows_the_option_and_the_file_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        let supported = crate::archive::direct::supports_o_direct(tmp.path());
+        for (direct_io, compression, expected) in [
+            (true, Compression::None, supported),
+            (false, Compression::None, false),
+            (true, Compression::Zstd, false),
+        ] {
+            let dir =
+                LocalWalDir::open(tmp.path(), WalDirOptions { direct_io, ..options(compression) }).unwrap();
+            let w = dir.open_segment(seg(5)).unwrap();
+            assert_eq!(w.is_direct(), expected, "direct_io {direct_io}, {compression}");
+            // SAFETY: F_GETFL on the writer's own descriptor.
+            let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w.file), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_DIRECT != 0, expected, "direct_io {direct_io}, {compression}");
+            fs::remove_file(w.path()).unwrap();
+        }
+    }
+
+    /// Rewriting an old `.partial` (a restart) in pieces, with a sync after each: at every sync the file
+    /// holds the new bytes up to the written position and still the old bytes after it, across blocks and
+    /// past the 1 MiB staging buffer. Acknowledged WAL is never replaced by padding.
+    #[test]
+    fn rewritten_partial_keeps_old_bytes_past_every_sync() {
+        const BIG: u32 = 4 << 20;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = LocalWalDir::open(tmp.path(), WalDirOptions::new(BIG)).unwrap();
+        let old = data(BIG as usize, 11);
+        let new = data(BIG as usize, 12);
+        let path = tmp.path().join("000000010000000000000001.partial");
+        fs::write(&path, &old).unwrap();
+        let mut w = dir.open_segment(SegmentId { timeline: 1, number: 1 }).unwrap();
+        let mut at = 0usize;
+        for step in [100usize, 5000, 3, 4093, 70_000, 1 << 20, 300_001, 2_000_000] {
+            w.write_at(at as u64, &new[at..at + step]).unwrap();
+            at += step;
+            w.sync().unwrap();
+            let on_disk = fs::read(&path).unwrap();
+            assert!(on_disk[..at] == new[..at], "new bytes up to {at}");
+            assert!(on_disk[at..] == old[at..], "old bytes after {at}");
+        }
+        w.write_at(at as u64, &new[at..]).unwrap();
+        let closed = w.close().unwrap();
+        assert!(closed.complete);
+        assert!(fs::read(&closed.path).unwrap() == new);
     }
 
     #[test]

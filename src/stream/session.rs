@@ -521,7 +521,8 @@ impl<'a> CopyLoop<'a> {
     }
 
     async fn send_status(&mut self, reply: bool) -> Result<(), SessionError> {
-        // The write position claims the received bytes are in the file: write out any staged ones.
+        // The write position claims the received bytes are in the file: write out any staged ones (a
+        // compressor may still hold some, as pg_receivewal's does).
         for w in self.pending.iter_mut().chain(self.current.as_mut()) {
             w.write_out_staged()?;
         }

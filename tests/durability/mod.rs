@@ -149,6 +149,12 @@ pub fn replication_row(cluster: &Cluster) -> Option<Vec<String>> {
     Some(line.split('|').map(str::to_string).collect())
 }
 
+/// The write LSN the server holds for walkeeper, if it is connected and has reported one.
+pub fn reported_write(cluster: &Cluster) -> Option<u64> {
+    let row = replication_row(cluster)?;
+    (!row[1].is_empty()).then(|| parse_lsn(&row[1]))
+}
+
 /// The flush LSN the server holds for walkeeper, if it is connected and has reported one.
 pub fn reported_flush(cluster: &Cluster) -> Option<u64> {
     let row = replication_row(cluster)?;
