@@ -69,13 +69,14 @@ pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
 /// Stages sequential writes to one file and writes them in whole aligned blocks.
 ///
 /// Invariant: `base` is a multiple of [`BLOCK`]; `buf[..len]` holds the file's bytes from `base` on as
-/// they must end up; `buf[..clean]` (`clean ≤ len`) is already in the file. Bytes of the file past
-/// `base + len` are never changed, except to zeros in a file that was all zeros there.
+/// they must end up (only the first block of it can already be in the file: the partial block kept by
+/// the last flush); `dirty` says some of it is not. Bytes of the file past `base + len` are never
+/// changed, except to zeros in a file that was all zeros there.
 pub struct StagedWriter {
     buf: AlignedBuf,
     base: u64,
     len: usize,
-    clean: usize,
+    dirty: bool,
     direct: bool,
     /// The file had contents before (an old `.partial` being rewritten): the padding of a partial block
     /// is read from the file, so that old bytes past the new data stay as they were until overwritten.
@@ -95,7 +96,7 @@ impl StagedWriter {
             buf: AlignedBuf::zeroed(capacity),
             base: 0,
             len: 0,
-            clean: 0,
+            dirty: false,
             direct,
             preserve_tail,
             padding_known: 0,
@@ -107,17 +108,12 @@ impl StagedWriter {
         self.direct
     }
 
-    /// Offset just past the last staged byte.
-    pub fn end(&self) -> u64 {
-        self.base + self.len as u64
-    }
-
     /// True when every staged byte is in the file.
     pub fn is_clean(&self) -> bool {
-        self.clean == self.len
+        !self.dirty
     }
 
-    /// Append `data` at [`StagedWriter::end`]. Writes to the file only when the buffer is full. On
+    /// Append `data` after the bytes staged so far. Writes to the file only when the buffer is full. On
     /// error returns how many bytes of `data` were staged before it; the rest can be appended again.
     pub fn append(&mut self, file: &File, mut data: &[u8]) -> Result<(), (usize, io::Error)> {
         let mut taken = 0;
@@ -128,6 +124,7 @@ impl StagedWriter {
             let n = (self.buf.len() - self.len).min(data.len());
             self.buf[self.len..self.len + n].copy_from_slice(&data[..n]);
             self.len += n;
+            self.dirty |= n > 0;
             taken += n;
             data = &data[n..];
         }
@@ -143,13 +140,13 @@ impl StagedWriter {
         }
         let padded = self.len.next_multiple_of(BLOCK);
         self.pad_last_block(file, padded)?;
-        self.write_blocks(file, self.clean - self.clean % BLOCK, padded)?;
+        self.write_blocks(file, padded)?;
         // Keep the partial block, with its padding, at the front.
         let keep_from = self.len - self.len % BLOCK;
         self.buf.copy_within(keep_from..padded, 0);
         self.base += keep_from as u64;
         self.len -= keep_from;
-        self.clean = self.len;
+        self.dirty = false;
         self.padding_known = padded - keep_from;
         Ok(())
     }
@@ -163,21 +160,18 @@ impl StagedWriter {
             self.buf[self.len..padded].fill(0);
             return Ok(());
         }
-        // Read the whole block (direct reads need alignment too) and take its tail.
+        // Read the whole block (direct reads need alignment too) and take its tail. The file is as long
+        // as the segment, so the block is all there.
         let block_start = padded - BLOCK;
+        let at = self.base + block_start as u64;
         let mut block = AlignedBuf::zeroed(BLOCK);
-        let mut got = 0;
-        while got < BLOCK {
-            match file.read_at(&mut block[got..], self.base + (block_start + got) as u64) {
-                Ok(0) => break, // past the end of the file: zeros
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // A short direct read leaves an unaligned rest: that, too, is read through the cache.
-                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.fall_back(file, &e)?
-                }
-                Err(e) => return Err(e),
+        if let Err(e) = file.read_exact_at(&mut block, at) {
+            // Refused, or a short direct read left an unaligned rest: read it through the cache.
+            if !(self.direct && e.raw_os_error() == Some(libc::EINVAL)) {
+                return Err(e);
             }
+            self.fall_back(file, &e)?;
+            file.read_exact_at(&mut block, at)?;
         }
         let from = self.len - block_start;
         self.buf[self.len..padded].copy_from_slice(&block[from..]);
@@ -186,17 +180,18 @@ impl StagedWriter {
 
     /// The buffer is full (a whole number of blocks): write it and start over empty right after it.
     fn write_full_buffer(&mut self, file: &File) -> io::Result<()> {
-        self.write_blocks(file, self.clean - self.clean % BLOCK, self.len)?;
+        self.write_blocks(file, self.len)?;
         self.base += self.len as u64;
         self.len = 0;
-        self.clean = 0;
+        self.dirty = false;
         self.padding_known = 0;
         Ok(())
     }
 
-    /// Write `buf[from..to]` (both block multiples) at its place in the file, retrying short writes.
-    fn write_blocks(&mut self, file: &File, from: usize, to: usize) -> io::Result<()> {
-        let mut done = from;
+    /// Write `buf[..to]` (`to` a block multiple) at its place in the file, retrying short writes. The
+    /// first block is rewritten even when it is already there: it is the partial block of the last flush.
+    fn write_blocks(&mut self, file: &File, to: usize) -> io::Result<()> {
+        let mut done = 0;
         while done < to {
             match file.write_at(&self.buf[done..to], self.base + done as u64) {
                 Ok(n) => {
@@ -293,7 +288,6 @@ mod tests {
         assert!(on_disk[100..].iter().all(|&b| b == 0));
         w.flush(&file).unwrap(); // nothing new: no write
         w.append(&file, &bytes[100..]).unwrap();
-        assert_eq!(w.end(), 20_000);
         w.flush(&file).unwrap();
         let on_disk = std::fs::read(&path).unwrap();
         assert_eq!(&on_disk[..20_000], &bytes[..]);
@@ -373,7 +367,7 @@ mod tests {
                 }
             }
             w.flush(&file).unwrap();
-            prop_assert_eq!(w.end(), total as u64);
+            prop_assert!(w.is_clean());
             let on_disk = std::fs::read(&path).unwrap();
             prop_assert_eq!(&on_disk[..total], &bytes[..]);
             prop_assert_eq!(&on_disk[total..], &old[total..]);
