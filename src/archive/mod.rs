@@ -12,6 +12,7 @@ pub mod prefetch;
 pub mod restore;
 pub mod scan;
 pub mod status;
+pub mod store;
 pub mod verify;
 
 pub use error::WalDirError;

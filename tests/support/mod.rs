@@ -138,6 +138,16 @@ pub fn pg_tool(name: &str) -> PathBuf {
 // Small helpers
 // ---------------------------------------------------------------------------------------------------------
 
+/// Call when a test cannot run here (a missing major, no privilege to mount a tmpfs, no `weed` binary): it
+/// says so loudly on stderr and returns, so the caller can `return`; under CI (`WALKEEPER_CI=1`, set by
+/// `.ci/run`) it fails the test instead, so a suite that could not run never passes silently.
+pub fn cannot_run(reason: &str) {
+    if std::env::var_os("WALKEEPER_CI").is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("this test could not run, and WALKEEPER_CI is set: {reason}");
+    }
+    eprintln!("SKIPPED (set WALKEEPER_CI=1 to make this a failure): {reason}");
+}
+
 /// Polls `cond` (10 ms, backing off to 100 ms) until it is true or `timeout` passes; returns its last value.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

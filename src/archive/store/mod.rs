@@ -1,0 +1,118 @@
+//! The archive's storage seam: every read of an archive (catalog listing, restore, verify, status, cleanup,
+//! identity) and every upload goes through [`Store`], so the same code serves a local directory
+//! ([`LocalStore`]) and an S3-compatible bucket (`S3Store`, see the object-storage issue).
+//!
+//! The trait is synchronous: the read commands are synchronous programs, and an object store's async client
+//! is driven from inside its implementation. It is deliberately small — list, stat, ranged and streaming
+//! reads, create-only and replacing writes, delete — and says nothing about WAL: the catalog
+//! (`archive::catalog`) gives names their meaning.
+//!
+//! Errors keep "absent" apart from "could not tell" (DESIGN.md invariant 8): only [`StoreError::NotFound`]
+//! may ever become restore's "not in the archive".
+
+pub mod local;
+
+pub use local::LocalStore;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// One file of a directory or one object of a bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Name inside the store (no directory part, no prefix).
+    pub name: String,
+    /// Size in bytes.
+    pub len: u64,
+    /// Last modification, when the store knows it.
+    pub modified: Option<SystemTime>,
+    /// False for a directory, symlink, device or anything else that is not a plain file. Objects are
+    /// always regular. Nothing that is not regular is ever read as WAL.
+    pub regular: bool,
+}
+
+/// What [`Store::put_new`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The name did not exist; it now holds the data.
+    Created,
+    /// The name already held exactly this data (a re-upload after a crash): nothing was written.
+    AlreadyThere,
+}
+
+/// A store operation that failed. Every variant names the file or object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or object does not exist.
+    #[error("\"{location}\" does not exist")]
+    NotFound { location: String },
+    /// A create-only write found the name taken by different contents (invariant 2: never overwritten).
+    #[error("\"{location}\" already exists with different contents: {detail}")]
+    Conflict { location: String, detail: String },
+    /// The store could not be read or written (I/O error, network, permissions, a store outage).
+    #[error("could not {op} \"{location}\": {source}")]
+    Io {
+        op: &'static str,
+        location: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// True only when the store said "no such file or object".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// A directory or a bucket prefix holding archive files.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages: a directory path, or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    /// Where one name of the store is, for messages.
+    fn location_of(&self, name: &str) -> String;
+
+    /// Every entry, in no particular order. A store that cannot be listed is an error, never an empty list.
+    fn list(&self) -> Result<Vec<Entry>, StoreError>;
+
+    /// One entry; `None` when it does not exist.
+    fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// A reader over the whole contents (streaming: segments are read in chunks, never whole in memory).
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Up to `len` bytes from `offset`; shorter only at the end of the file.
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError>;
+
+    /// The whole contents, for small files (history files, headers of small test segments).
+    fn read_all(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.open(name)?.read_to_end(&mut out).map_err(|e| StoreError::Io {
+            op: "read",
+            location: self.location_of(name),
+            source: e.into(),
+        })?;
+        Ok(out)
+    }
+
+    /// Create `name` holding `data`, atomically and durably, only if it does not exist. An existing entry with
+    /// the same contents is [`Put::AlreadyThere`]; with other contents, [`StoreError::Conflict`] and nothing is
+    /// changed.
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<Put, StoreError>;
+
+    /// Create or replace `name` with `data`, atomically. Only for the `.partial` of the open segment, which
+    /// grows in place; final names go through [`Store::put_new`].
+    fn put_replace(&self, name: &str, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Remove `name`; removing what is already gone is not an error.
+    fn delete(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The directory behind a local store (the writer's durable first stage, the lock file); `None` for
+    /// object storage.
+    fn local_dir(&self) -> Option<&Path> {
+        None
+    }
+}
