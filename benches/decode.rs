@@ -1,4 +1,4 @@
-//! Throughput of `WalDecoder::feed` in 64 KiB chunks, as a receiver calls it.
+//! Throughput of `WalDecoder::feed_with` in 64 KiB chunks, as a receiver calls it.
 //!
 //! Real WAL: the PostgreSQL segments saved by `cargo test --test wal_decoder` under
 //! `$CARGO_TARGET_TMPDIR/wal-samples/<magic>/` (run that test first); a synthetic stream of small records
@@ -68,12 +68,32 @@ fn synthetic_small_records() -> Sample {
     Sample { name: "synthetic_small_records".into(), cfg, start: Lsn(u64::from(seg)), bytes: e.into_bytes() }
 }
 
+/// An OLTP-like stream: a commit record after every two small heap records, so the per-record cost of
+/// capturing commit times shows.
+fn synthetic_commits() -> Sample {
+    let seg = 16 << 20;
+    let mut e = WalEncoder::new(0xD110, seg, 42, 1, u64::from(seg));
+    let body: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
+    let mut commit = 0x0002_9A1B_C3D4_E5F6u64.to_le_bytes().to_vec(); // xact_time
+    commit.extend_from_slice(&[0; 8]);
+    let mut i = 0u32;
+    while e.pos() < 2 * u64::from(seg) - 1024 {
+        e.record(10, 0, i, &body[..36 + (i as usize * 37) % 160]);
+        e.record(10, 0, i, &body[..60]);
+        e.main_data_record(1, 0, i, &commit); // RM_XACT_ID, XLOG_XACT_COMMIT
+        i += 1;
+    }
+    let cfg = DecoderConfig { segment_size: seg, page_magic: 0xD110, system_id: Some(42), timeline: 1 };
+    Sample { name: "synthetic_commits".into(), cfg, start: Lsn(u64::from(seg)), bytes: e.into_bytes() }
+}
+
 fn bench(c: &mut Criterion) {
     let mut samples = real_samples();
     if samples.is_empty() {
         eprintln!("no real WAL samples: run `cargo test --test wal_decoder` first");
     }
     samples.push(synthetic_small_records());
+    samples.push(synthetic_commits());
     let mut g = c.benchmark_group("decode");
     for s in &samples {
         // Sanity: the sample decodes cleanly.
@@ -84,7 +104,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let mut d = WalDecoder::new(s.cfg, s.start);
                 for chunk in s.bytes.chunks(CHUNK) {
-                    d.feed(black_box(chunk)).unwrap();
+                    // The callback looks at every record, as the receive loop's does.
+                    d.feed_with(black_box(chunk), |r| {
+                        black_box(r);
+                    })
+                    .unwrap();
                 }
                 black_box(d.validated_up_to())
             })
