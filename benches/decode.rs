@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use walkeeper::wal::decoder::{DecoderConfig, WalDecoder};
 use walkeeper::wal::encoder::WalEncoder;
 use walkeeper::wal::Lsn;
@@ -87,35 +87,56 @@ fn synthetic_commits() -> Sample {
     Sample { name: "synthetic_commits".into(), cfg, start: Lsn(u64::from(seg)), bytes: e.into_bytes() }
 }
 
-fn bench(c: &mut Criterion) {
+fn samples() -> Vec<Sample> {
     let mut samples = real_samples();
     if samples.is_empty() {
         eprintln!("no real WAL samples: run `cargo test --test wal_decoder` first");
     }
     samples.push(synthetic_small_records());
     samples.push(synthetic_commits());
+    samples
+}
+
+/// One pass over a sample, as a receiver feeds it.
+fn decode(s: &Sample) -> Lsn {
+    let mut d = WalDecoder::new(s.cfg, s.start);
+    for chunk in s.bytes.chunks(CHUNK) {
+        // The callback looks at every record, as the receive loop's does.
+        d.feed_with(black_box(chunk), |r| {
+            black_box(r);
+        })
+        .unwrap();
+    }
+    black_box(d.validated_up_to())
+}
+
+fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
-    for s in &samples {
+    for s in &samples() {
         // Sanity: the sample decodes cleanly.
         let mut d = WalDecoder::new(s.cfg, s.start);
         d.feed(&s.bytes).unwrap();
         g.throughput(Throughput::Bytes(s.bytes.len() as u64));
-        g.bench_function(&s.name, |b| {
-            b.iter(|| {
-                let mut d = WalDecoder::new(s.cfg, s.start);
-                for chunk in s.bytes.chunks(CHUNK) {
-                    // The callback looks at every record, as the receive loop's does.
-                    d.feed_with(black_box(chunk), |r| {
-                        black_box(r);
-                    })
-                    .unwrap();
-                }
-                black_box(d.validated_up_to())
-            })
-        });
+        g.bench_function(&s.name, |b| b.iter(|| decode(s)));
     }
     g.finish();
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `DECODE_PASSES=N DECODE_SAMPLE=name`: decode that sample N times and exit, without criterion — a fixed
+/// amount of work whose instruction count (`valgrind --tool=cachegrind`, N and 0 passes) compares two
+/// builds on a machine too busy for timings to mean much.
+fn main() {
+    if let (Ok(n), Ok(name)) = (std::env::var("DECODE_PASSES"), std::env::var("DECODE_SAMPLE")) {
+        let n: u32 = n.parse().expect("DECODE_PASSES: a number");
+        let all = samples();
+        let s = all.iter().find(|s| s.name == name).expect("DECODE_SAMPLE: a sample name");
+        for _ in 0..n {
+            decode(s);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -22,7 +22,7 @@
 //! (commit time, backup start, redo pointer; parsed by [`crate::wal::records`]), once its CRC has matched.
 
 use crate::wal::records::{
-    wants_data, RecordKind, CAPTURE_LEN, RM_XLOG_ID, XLOG_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
+    is_read, RecordKind, CAPTURE_LEN, RM_XLOG_ID, XLOG_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
 };
 use crate::wal::segment::valid_segment_size;
 use crate::wal::Lsn;
@@ -282,7 +282,8 @@ pub struct WalDecoder {
     rec_tot_len: u32,
     crc: u32,
     overwrite: Overwrite,
-    /// The current record is of a type whose first data bytes go to `capture` ([`wants_data`]).
+    /// The current record is of a type [`RecordKind::of`] reads ([`is_read`]): its first data bytes go to
+    /// `capture`.
     capturing: bool,
     capture: [u8; CAPTURE_LEN],
     capture_len: usize,
@@ -496,9 +497,7 @@ impl WalDecoder {
                     let chunk = &data[..n];
                     self.crc = crc32c::crc32c_append(self.crc, chunk);
                     if self.capturing {
-                        let k = (CAPTURE_LEN - self.capture_len).min(n);
-                        self.capture[self.capture_len..self.capture_len + k].copy_from_slice(&chunk[..k]);
-                        self.capture_len += k;
+                        self.capture(chunk);
                     }
                     let remaining = remaining - n as u32;
                     self.pos += n as u64;
@@ -609,7 +608,7 @@ impl WalDecoder {
                 return Err(WalError::OverwriteRecord { at, rmid, info });
             }
         }
-        self.capturing = wants_data(rmid, info);
+        self.capturing = is_read(rmid, info);
         self.capture_len = 0;
         self.crc = 0;
         let remaining = self.rec_tot_len - SIZE_OF_XLOG_RECORD;
@@ -618,6 +617,23 @@ impl WalDecoder {
             self.complete_record(on_record)?;
         }
         Ok(n)
+    }
+
+    /// Keep the first bytes of the current record's data. Out of line and cold: most records are not read,
+    /// and the loop that feeds their bytes stays as tight as before.
+    #[cold]
+    #[inline(never)]
+    fn capture(&mut self, chunk: &[u8]) {
+        let k = (CAPTURE_LEN - self.capture_len).min(chunk.len());
+        self.capture[self.capture_len..self.capture_len + k].copy_from_slice(&chunk[..k]);
+        self.capture_len += k;
+    }
+
+    /// What the current record (complete, of a type [`is_read`] accepts) says.
+    #[cold]
+    #[inline(never)]
+    fn captured_kind(&self) -> RecordKind {
+        RecordKind::of(self.rec_hdr[17], self.rec_hdr[16], &self.capture[..self.capture_len])
     }
 
     /// All of the record's bytes have passed: ValidXLogRecord, then move past it.
@@ -629,9 +645,21 @@ impl WalDecoder {
         if crc != stored {
             return Err(WalError::Crc { at, expected: crc, found: stored });
         }
-        let kind = RecordKind::of(h[17], h[16], &self.capture[..self.capture_len]);
+        let mut rec = RecordInfo {
+            lsn: at,
+            end: Lsn(self.pos),
+            tot_len: self.rec_tot_len,
+            xid: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+            prev: Lsn(u64::from_le_bytes(h[8..16].try_into().unwrap_or([0; 8]))),
+            info: h[16],
+            rmid: h[17],
+            kind: RecordKind::Other,
+        };
+        if self.capturing {
+            rec.kind = self.captured_kind();
+        }
         if let Overwrite::Expect { aborted } = self.overwrite {
-            let found = match kind {
+            let found = match rec.kind {
                 RecordKind::OverwriteContrecord { overwritten, .. } => Some(overwritten),
                 _ => None,
             };
@@ -642,16 +670,6 @@ impl WalDecoder {
             }
             self.overwrite = Overwrite::None;
         }
-        let rec = RecordInfo {
-            lsn: at,
-            end: Lsn(self.pos),
-            tot_len: self.rec_tot_len,
-            xid: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
-            prev: Lsn(u64::from_le_bytes(h[8..16].try_into().unwrap_or([0; 8]))),
-            info: h[16],
-            rmid: h[17],
-            kind,
-        };
         self.records += 1;
         self.trusted = true;
         self.prev = Some(self.rec_start);

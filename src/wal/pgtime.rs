@@ -2,6 +2,7 @@
 //! 2000-01-01 00:00:00 UTC, in commit and abort records) and `pg_time_t` (seconds since the Unix epoch, in
 //! checkpoint records), held as one type and shown in RFC 3339 (UTC).
 
+use crate::calendar::civil_from_days;
 use std::fmt;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
@@ -47,19 +48,6 @@ impl fmt::Display for PgTimestamp {
             in_day % US_PER_SEC
         )
     }
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What a few WAL record types say, read from the first bytes of their data, which the decoder captures as
-//! they pass ([`CAPTURE_LEN`] at most, only for the types [`wants_data`] names): transaction commits and
+//! they pass ([`CAPTURE_LEN`] at most, only for the types [`is_read`] accepts): transaction commits and
 //! aborts (their time), the end of a base backup (its start LSN), checkpoints (redo pointer, timeline,
 //! time) and XLOG_OVERWRITE_CONTRECORD (the record it abandons). Pure: no I/O, never panics.
 //!
@@ -12,14 +12,15 @@
 //! `XLogRegisterData` alone, never `XLogRegisterBuffer`/`XLogRegisterBlock` — commit and abort in
 //! `XactLogCommitRecord`/`XactLogAbortRecord` (xact.c, which may add the origin, and for a subtransaction's
 //! abort under `wal_level = logical` the top-level XID), the backup end in `do_pg_backup_stop`
-//! (`pg_stop_backup` in 13/14), checkpoints in `CreateCheckPoint`, the overwrite record in
+//! (`do_pg_stop_backup` in 13/14), checkpoints in `CreateCheckPoint`, the overwrite record in
 //! `CreateOverwriteContrecordRecord` (xlog.c). So their main data starts right after the origin/XID and
 //! main-data headers, within the captured bytes, and its first bytes are the structs read below. A record of
 //! these types that does not look like that (a block header, a short main data) is [`RecordKind::Unreadable`]
 //! rather than guessed at. The struct layouts did not change from 13 to 18 where they are read: `xact_time`
 //! leads `xl_xact_commit` and `xl_xact_abort`; `CheckPoint` has `redo` at 0, `ThisTimeLineID` at 8 and
-//! `time` (a `pg_time_t`, seconds since 1970) at 64 (17 put `wal_level` into the padding after
-//! `fullPageWrites`, moving nothing); `xl_overwrite_contrecord` is `overwritten_lsn`, `overwrite_time`.
+//! `time` (a `pg_time_t`, seconds since 1970) at 64 (the `wal_level` field recent majors added sits in the
+//! padding after `fullPageWrites` and moves nothing); `xl_overwrite_contrecord` is `overwritten_lsn`,
+//! `overwrite_time`. tests/wal_records.rs checks them on real WAL of every major.
 
 use crate::wal::pgtime::PgTimestamp;
 use crate::wal::Lsn;
@@ -59,21 +60,34 @@ const CHECKPOINT_READ_LEN: usize = 72;
 /// prefix read (a checkpoint's 72), rounded up.
 pub const CAPTURE_LEN: usize = 96;
 
-/// Whether the decoder should capture the first bytes of a record of this resource manager and `xl_info`.
-/// Checked once per record: false for the common types at the cost of one comparison.
+/// Whether [`RecordKind::of`] tells records of this resource manager and `xl_info` apart: the decoder then
+/// keeps their first data bytes and classifies them. Every other record is `RecordKind::Other`, at the cost
+/// of this one check per record.
 #[inline]
-pub fn wants_data(rmid: u8, info: u8) -> bool {
-    match rmid {
-        RM_XLOG_ID => matches!(
-            info & XLR_RMGR_INFO_MASK,
-            XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE | XLOG_BACKUP_END | XLOG_OVERWRITE_CONTRECORD
-        ),
-        RM_XACT_ID => matches!(
-            info & XLOG_XACT_OPMASK,
-            XLOG_XACT_COMMIT | XLOG_XACT_ABORT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED
-        ),
-        _ => false,
+pub fn is_read(rmid: u8, info: u8) -> bool {
+    // Bit n set: the type whose info is n << 4 is read. Most records are neither RM_XLOG_ID nor RM_XACT_ID
+    // and cost one comparison.
+    const fn bits(ops: &[u8]) -> u16 {
+        let mut b = 0u16;
+        let mut i = 0;
+        while i < ops.len() {
+            b |= 1 << (ops[i] >> 4);
+            i += 1;
+        }
+        b
     }
+    const XLOG: u16 = bits(&[
+        XLOG_CHECKPOINT_SHUTDOWN,
+        XLOG_CHECKPOINT_ONLINE,
+        XLOG_SWITCH,
+        XLOG_BACKUP_END,
+        XLOG_OVERWRITE_CONTRECORD,
+    ]);
+    // The xact operation is info & XLOG_XACT_OPMASK: with and without the XLOG_XACT_HAS_INFO bit.
+    const XACT_OPS: u16 =
+        bits(&[XLOG_XACT_COMMIT, XLOG_XACT_ABORT, XLOG_XACT_COMMIT_PREPARED, XLOG_XACT_ABORT_PREPARED]);
+    const READ: [u16; 2] = [XLOG, XACT_OPS | XACT_OPS << 8];
+    rmid <= RM_XACT_ID && READ[usize::from(rmid)] >> (info >> 4) & 1 == 1
 }
 
 /// What a record is, for the types walkeeper reads; every other record is `Other`.
@@ -118,17 +132,17 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Classify a record from its header fields and the first bytes of its data (what the decoder captured:
-    /// up to [`CAPTURE_LEN`] bytes for the types [`wants_data`] names, nothing for the others).
+    /// up to [`CAPTURE_LEN`] bytes for the types [`is_read`] accepts, nothing for the others).
     pub fn of(rmid: u8, info: u8, data: &[u8]) -> RecordKind {
         let unreadable = RecordKind::Unreadable { rmid, info };
         match rmid {
             RM_XLOG_ID => {
                 let op = info & XLR_RMGR_INFO_MASK;
+                if !is_read(rmid, info) {
+                    return RecordKind::Other;
+                }
                 if op == XLOG_SWITCH {
                     return RecordKind::Switch;
-                }
-                if !wants_data(rmid, info) {
-                    return RecordKind::Other;
                 }
                 let Some(main) = main_data(data) else { return unreadable };
                 let parsed = match op {
@@ -140,7 +154,7 @@ impl RecordKind {
                 };
                 parsed.unwrap_or(unreadable)
             }
-            RM_XACT_ID if wants_data(rmid, info) => {
+            RM_XACT_ID if is_read(rmid, info) => {
                 let op = info & XLOG_XACT_OPMASK;
                 let prepared = matches!(op, XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT_PREPARED);
                 let commit = matches!(op, XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED);
@@ -246,7 +260,7 @@ mod tests {
         assert_eq!(of(1, 0xC0, &body), RecordKind::Abort { time: t, prepared: true });
         // PREPARE, ASSIGNMENT and INVALIDATIONS records are not read.
         for info in [0x10, 0x50, 0x60] {
-            assert!(!wants_data(1, info));
+            assert!(!is_read(1, info));
             assert_eq!(of(1, info, &body), RecordKind::Other);
         }
         // With an origin and a top-level XID ahead of the main data, and a long main-data header.
@@ -283,6 +297,21 @@ mod tests {
         assert_eq!(of(0, XLOG_SWITCH | 0x01, &[]), RecordKind::Switch); // an XLR_* flag bit
         assert_eq!(of(0, 0x20, &body), RecordKind::Other); // XLOG_NOOP
         assert_eq!(of(10, 0x00, &body), RecordKind::Other); // heap insert
+    }
+
+    #[test]
+    fn is_read_accepts_exactly_the_types_read() {
+        for rmid in 0..=255u8 {
+            for info in 0..=255u8 {
+                let reference = match rmid {
+                    RM_XLOG_ID => matches!(info & 0xF0, 0x00 | 0x10 | 0x40 | 0x50 | 0xD0),
+                    RM_XACT_ID => matches!(info & 0x70, 0x00 | 0x20 | 0x30 | 0x40),
+                    _ => false,
+                };
+                assert_eq!(is_read(rmid, info), reference, "rmid {rmid}, info {info:02X}");
+                assert_eq!(RecordKind::of(rmid, info, &[]) == RecordKind::Other, !reference);
+            }
+        }
     }
 
     #[test]
