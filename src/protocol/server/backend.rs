@@ -26,9 +26,11 @@ const AUTH_SASL_FINAL: i32 = 12;
 /// Cancel keys: exactly 4 bytes in protocol 3.0, 4 to 256 bytes from 3.2 on.
 pub const MAX_CANCEL_KEY_LEN: usize = 256;
 
-/// Type OIDs and lengths of the columns replication results use (pg_type.dat).
-pub const TEXT_OID: u32 = 25;
+/// Type OIDs of the columns replication results use (pg_type.dat).
+pub const BYTEA_OID: u32 = 17;
 pub const INT8_OID: u32 = 20;
+pub const INT4_OID: u32 = 23;
+pub const TEXT_OID: u32 = 25;
 
 /// A column of a text-format result set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,15 +39,29 @@ pub struct Column<'a> {
     pub type_oid: u32,
     /// `pg_type.typlen`: -1 for varlena types such as text, 8 for int8.
     pub type_len: i16,
+    /// -1 (none), as PostgreSQL describes built-in columns; some older replies were written by hand with 0.
+    pub type_mod: i32,
 }
 
 impl<'a> Column<'a> {
     pub const fn text(name: &'a str) -> Column<'a> {
-        Column { name, type_oid: TEXT_OID, type_len: -1 }
+        Column { name, type_oid: TEXT_OID, type_len: -1, type_mod: -1 }
+    }
+
+    pub const fn bytea(name: &'a str) -> Column<'a> {
+        Column { name, type_oid: BYTEA_OID, type_len: -1, type_mod: -1 }
     }
 
     pub const fn int8(name: &'a str) -> Column<'a> {
-        Column { name, type_oid: INT8_OID, type_len: 8 }
+        Column { name, type_oid: INT8_OID, type_len: 8, type_mod: -1 }
+    }
+
+    pub const fn int4(name: &'a str) -> Column<'a> {
+        Column { name, type_oid: INT4_OID, type_len: 4, type_mod: -1 }
+    }
+
+    pub const fn with_type_mod(self, type_mod: i32) -> Column<'a> {
+        Column { type_mod, ..self }
     }
 }
 
@@ -205,8 +221,8 @@ pub fn notice_response(report: &ServerError, buf: &mut BytesMut) -> Result<(), E
     fields(report, b'N', "NoticeResponse", buf)
 }
 
-/// RowDescription for a text-format result (table OID 0, column number 0, typmod -1, format 0: as a
-/// walsender describes its results).
+/// RowDescription for a text-format result (table OID 0, column number 0, format 0: as a walsender
+/// describes its results).
 pub fn row_description(columns: &[Column<'_>], buf: &mut BytesMut) -> Result<(), EncodeError> {
     const WHAT: &str = "RowDescription";
     let n =
@@ -219,7 +235,7 @@ pub fn row_description(columns: &[Column<'_>], buf: &mut BytesMut) -> Result<(),
             b.put_i16(0); // column number
             b.put_u32(c.type_oid);
             b.put_i16(c.type_len);
-            b.put_i32(-1); // typmod
+            b.put_i32(c.type_mod);
             b.put_i16(0); // text format
         }
         Ok(())

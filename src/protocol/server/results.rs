@@ -5,14 +5,17 @@
 //!
 //! | command                 | columns (type)                                                        |
 //! |-------------------------|-----------------------------------------------------------------------|
-//! | IDENTIFY_SYSTEM         | systemid (text), timeline (int8), xlogpos (text), dbname (text)         |
-//! | TIMELINE_HISTORY        | filename (text), content (text: the history file's bytes as they are)   |
+//! | IDENTIFY_SYSTEM         | systemid (text), timeline (int8; int4 up to 15), xlogpos (text),        |
+//! |                         | dbname (text)                                                         |
+//! | TIMELINE_HISTORY        | filename (text), content (text; bytea in 13: the file's bytes as is)    |
 //! | READ_REPLICATION_SLOT   | slot_type (text), restart_lsn (text), restart_tli (int8)               |
 //! | SHOW name               | one text column named after the setting                               |
 //! | CREATE_REPLICATION_SLOT | slot_name, consistent_point, snapshot_name, output_plugin (all text)   |
 //! | end of a timeline       | next_tli (int8), next_tli_startpos (text)                              |
 //!
-//! LSNs are written `%X/%X` (see [`super::lsn_text`]).
+//! LSNs are written `%X/%X` (see [`super::lsn_text`]). Where a shape changed between majors, the
+//! function takes the major whose walsender to imitate (the archive's): checked against PostgreSQL 13–18
+//! byte for byte by tests/serve_protocol.rs.
 
 use super::backend::{self, Column, EncodeError};
 use super::lsn_text;
@@ -38,31 +41,38 @@ fn one_row(
 }
 
 /// IDENTIFY_SYSTEM: the system identifier, the current timeline, the flush position, and the database
-/// (NULL on a physical replication connection).
+/// (NULL on a physical replication connection). The timeline is an int8 from PostgreSQL 16 on.
 pub fn identify_system(
+    server_major: u32,
     system_id: u64,
     timeline: TimeLineId,
     xlogpos: Lsn,
     dbname: Option<&str>,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let columns =
-        [Column::text("systemid"), Column::int8("timeline"), Column::text("xlogpos"), Column::text("dbname")];
+    let tli_column = if server_major >= 16 { Column::int8("timeline") } else { Column::int4("timeline") };
+    let columns = [Column::text("systemid"), tli_column, Column::text("xlogpos"), Column::text("dbname")];
     let (sysid, tli, pos) = (system_id.to_string(), timeline.to_string(), lsn_text(xlogpos));
     let values =
         [Some(sysid.as_bytes()), Some(tli.as_bytes()), Some(pos.as_bytes()), dbname.map(str::as_bytes)];
     one_row(&columns, &values, "IDENTIFY_SYSTEM", buf)
 }
 
-/// TIMELINE_HISTORY: the history file's name (`0000000N.history`) and its bytes, sent as they are.
-pub fn timeline_history(timeline: TimeLineId, content: &[u8], buf: &mut BytesMut) -> Result<(), EncodeError> {
+/// TIMELINE_HISTORY: the history file's name (`0000000N.history`) and its bytes, sent as they are. Up to
+/// PostgreSQL 15 the columns were described by hand (typmod 0), and in 13 the content was a bytea.
+pub fn timeline_history(
+    server_major: u32,
+    timeline: TimeLineId,
+    content: &[u8],
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let name = history_file_name(timeline);
-    one_row(
-        &[Column::text("filename"), Column::text("content")],
-        &[Some(name.as_bytes()), Some(content)],
-        "TIMELINE_HISTORY",
-        buf,
-    )
+    let columns = match server_major {
+        ..=13 => [Column::text("filename").with_type_mod(0), Column::bytea("content").with_type_mod(0)],
+        14..=15 => [Column::text("filename").with_type_mod(0), Column::text("content").with_type_mod(0)],
+        _ => [Column::text("filename"), Column::text("content")],
+    };
+    one_row(&columns, &[Some(name.as_bytes()), Some(content)], "TIMELINE_HISTORY", buf)
 }
 
 /// What READ_REPLICATION_SLOT reports of an existing physical slot.
@@ -162,7 +172,7 @@ mod tests {
     #[test]
     fn identify_system_reads_back() {
         let mut b = BytesMut::new();
-        identify_system(7312345678901234567, 2, Lsn(0x3000148), None, &mut b).unwrap();
+        identify_system(18, 7312345678901234567, 2, Lsn(0x3000148), None, &mut b).unwrap();
         let (rs, tags) = client_view(b);
         assert_eq!(rs.columns, ["systemid", "timeline", "xlogpos", "dbname"]);
         assert_eq!(rs.rows[0][2].as_deref(), Some(&b"0/3000148"[..]));
@@ -178,7 +188,7 @@ mod tests {
     fn other_results_read_back() {
         let history = b"1\t0/3000148\tno recovery target specified\n";
         let mut b = BytesMut::new();
-        timeline_history(2, history, &mut b).unwrap();
+        timeline_history(18, 2, history, &mut b).unwrap();
         let (rs, _) = client_view(b);
         assert_eq!(
             replication::parse_timeline_history(&rs).unwrap(),
@@ -229,6 +239,32 @@ mod tests {
             vec![Some(Bytes::from_static(b"pg_walreceiver_9")), Some(Bytes::from_static(b"0/0")), None, None]
         );
         assert_eq!(tags, ["CREATE_REPLICATION_SLOT", "DROP_REPLICATION_SLOT"]);
+    }
+
+    #[test]
+    fn shapes_of_older_majors() {
+        let description = |b: BytesMut| {
+            let mut b = b;
+            BackendCodec::default().decode(&mut b).unwrap().unwrap().body
+        };
+        let mut old = BytesMut::new();
+        identify_system(15, 1, 1, Lsn(1), None, &mut old).unwrap();
+        let mut new = BytesMut::new();
+        identify_system(16, 1, 1, Lsn(1), None, &mut new).unwrap();
+        let (old, new) = (description(old), description(new));
+        // "timeline\0", table OID, column number, then the type OID: int4 (23) before 16, int8 (20) after.
+        let at = |d: &Bytes| {
+            let i = d.windows(9).position(|w| w == b"timeline\0").unwrap() + 9 + 6;
+            (d[i + 3], d[i + 5])
+        };
+        assert_eq!((at(&old), at(&new)), ((23, 4), (20, 8)));
+        let mut b13 = BytesMut::new();
+        timeline_history(13, 2, b"x", &mut b13).unwrap();
+        let d = description(b13);
+        assert!(
+            d.ends_with(&[0, 0, 0, 17, 0xff, 0xff, 0, 0, 0, 0, 0, 0]),
+            "content is a bytea with typmod 0"
+        );
     }
 
     #[test]
