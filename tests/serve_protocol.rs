@@ -32,7 +32,7 @@ use walkeeper::protocol::codec::{BackendCodec, Frame};
 use walkeeper::protocol::messages::{self, Backend};
 use walkeeper::protocol::replication as repl;
 use walkeeper::protocol::scram_server::{ScramServer, Step, Verifier};
-use walkeeper::protocol::server::backend::{self, TransactionStatus};
+use walkeeper::protocol::server::backend;
 use walkeeper::protocol::server::command::{self, Command as ReplCommand, Statement};
 use walkeeper::protocol::server::frontend::{self as fe, Frontend, FrontendCodec};
 use walkeeper::protocol::server::startup::{self, ProtocolVersion, ReplicationMode, StartupPacket};
@@ -249,7 +249,7 @@ async fn serve_connection(
         backend::parameter_status(name, value, &mut out).unwrap();
     }
     backend::backend_key_data(4242, &vec![7; startup.cancel_key_len()], &mut out).unwrap();
-    backend::ready_for_query(TransactionStatus::Idle, &mut out);
+    backend::ready_for_query(&mut out);
     sock.write_all(&out.split()).await.map_err(|e| e.to_string())?;
 
     let facts = test_facts();
@@ -263,7 +263,7 @@ async fn serve_connection(
         match msg {
             Frontend::Query(q) if !skip_to_sync => {
                 out.extend_from_slice(&answer(&q, &facts, &mut slots));
-                backend::ready_for_query(TransactionStatus::Idle, &mut out);
+                backend::ready_for_query(&mut out);
             }
             Frontend::ExtendedQuery(_) | Frontend::FunctionCall if !skip_to_sync => {
                 fatal(&errors::extended_query_not_supported(), &mut out);
@@ -271,7 +271,7 @@ async fn serve_connection(
             }
             Frontend::Sync => {
                 skip_to_sync = false;
-                backend::ready_for_query(TransactionStatus::Idle, &mut out);
+                backend::ready_for_query(&mut out);
             }
             Frontend::Terminate => return Ok(()),
             _ if skip_to_sync => {}

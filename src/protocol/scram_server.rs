@@ -487,15 +487,7 @@ impl<'a> Cursor<'a> {
                 sanitize_char(self.peek())
             )));
         }
-        self.pos += 1;
-        if self.peek() != Some(b'=') {
-            return Err(malformed(format!(
-                "Expected character \"=\" for attribute \"{}\".",
-                char::from(attr)
-            )));
-        }
-        self.pos += 1;
-        Ok(self.value())
+        self.rest_of_attr(attr)
     }
 
     fn any_attr(&mut self) -> Result<(u8, &'a [u8]), ScramError> {
@@ -509,6 +501,11 @@ impl<'a> Cursor<'a> {
                 )))
             }
         };
+        Ok((attr, self.rest_of_attr(attr)?))
+    }
+
+    /// Past the attribute letter under the cursor: the `=` and the value.
+    fn rest_of_attr(&mut self, attr: u8) -> Result<&'a [u8], ScramError> {
         self.pos += 1;
         if self.peek() != Some(b'=') {
             return Err(malformed(format!(
@@ -517,7 +514,7 @@ impl<'a> Cursor<'a> {
             )));
         }
         self.pos += 1;
-        Ok((attr, self.value()))
+        Ok(self.value())
     }
 }
 

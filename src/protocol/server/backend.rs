@@ -65,14 +65,6 @@ impl<'a> Column<'a> {
     }
 }
 
-/// The transaction status a ReadyForQuery reports. A walsender is always idle between commands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransactionStatus {
-    Idle,
-    InTransaction,
-    Failed,
-}
-
 /// Writes one message: type byte, length placeholder, body, then the real length. On error the buffer is
 /// truncated back to where it was.
 fn message(
@@ -181,13 +173,9 @@ pub fn backend_key_data(process_id: i32, secret_key: &[u8], buf: &mut BytesMut) 
     })
 }
 
-pub fn ready_for_query(status: TransactionStatus, buf: &mut BytesMut) {
-    let s = match status {
-        TransactionStatus::Idle => b'I',
-        TransactionStatus::InTransaction => b'T',
-        TransactionStatus::Failed => b'E',
-    };
-    fixed(buf, b'Z', &[s]);
+/// ReadyForQuery, transaction status idle: a walsender runs no SQL, so it is never in a transaction block.
+pub fn ready_for_query(buf: &mut BytesMut) {
+    fixed(buf, b'Z', b"I");
 }
 
 fn fields(report: &ServerError, tag: u8, what: &'static str, buf: &mut BytesMut) -> Result<(), EncodeError> {
@@ -361,7 +349,7 @@ mod tests {
         let mut b = BytesMut::new();
         parameter_status("server_version", "17.4", &mut b).unwrap();
         backend_key_data(4242, &[1, 2, 3, 4], &mut b).unwrap();
-        ready_for_query(TransactionStatus::Idle, &mut b);
+        ready_for_query(&mut b);
         let report = ServerError {
             severity: "FATAL".into(),
             code: "28P01".into(),
@@ -424,7 +412,7 @@ mod tests {
         assert_eq!(&b[..], &want[..]);
         let mut b = BytesMut::new();
         copy_both_response(&mut b);
-        ready_for_query(TransactionStatus::Idle, &mut b);
+        ready_for_query(&mut b);
         assert_eq!(&b[..], b"W\0\0\0\x07\0\0\0Z\0\0\0\x05I");
     }
 

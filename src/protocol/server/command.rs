@@ -7,9 +7,11 @@
 //! - `'strings'` double `''` for a quote; `X/Y` is an LSN; unsigned integers as C's strtoul reads them;
 //! - one command, optionally followed by one `;`; whitespace anywhere between tokens;
 //! - whether a query is a replication command at all is decided by its first token alone: anything else
-//!   is SQL, which a physical walsender refuses (`SELECT pg_catalog.set_config('search_path', '', false);`,
-//!   which logical walreceivers and PostgreSQL 17+'s slot sync send, is recognised on its own; physical
-//!   walreceivers of 13–18 send no SQL).
+//!   is SQL, which a physical walsender refuses ([`errors::sql_not_supported`]), even an empty query.
+//!   `SELECT pg_catalog.set_config('search_path', '', false);` is recognised on its own: logical
+//!   walreceivers, PostgreSQL 17+'s slot sync worker and pg_recvlogical send it first, but physical
+//!   walreceivers of 13–18 (libpqwalreceiver.c) and pg_receivewal do not, and PostgreSQL refuses it on a
+//!   physical connection like any SQL.
 //!
 //! `CREATE_REPLICATION_SLOT` takes both the 13/14 options (`RESERVE_WAL`) and the 15+ list
 //! (`(RESERVE_WAL true, …)`), checked as parseCreateReplSlotOptions checks them. BASE_BACKUP, UPLOAD_MANIFEST
@@ -120,7 +122,8 @@ impl Command {
             Command::CreateLogicalSlot { .. } | Command::StartLogicalReplication { .. } => {
                 Some(errors::logical_decoding_requires_database())
             }
-            // ALTER_REPLICATION_SLOT applies to logical slots only; walkeeper has none to alter.
+            // ALTER_REPLICATION_SLOT changes logical slots' options; walkeeper has no such slot.
+            // (PostgreSQL refuses it for an existing physical slot with another message.)
             Command::AlterReplicationSlot { slot } => Some(errors::slot_does_not_exist(slot)),
             Command::BaseBackup | Command::UploadManifest => Some(errors::not_served(self.tag())),
             _ => None,
@@ -162,9 +165,7 @@ pub fn parse(query: &[u8]) -> Result<Parsed, ServerError> {
         _ => return Ok(Parsed { statement: Statement::Sql(Sql::Other), notices: Vec::new() }),
     };
     // firstcmd: command opt_semicolon, then the end of the query.
-    if p.peek()? == &Token::Char(b';') {
-        p.next()?;
-    }
+    p.eat(Token::Char(b';'))?;
     if p.next()? != Token::End {
         return Err(syntax());
     }
@@ -396,12 +397,17 @@ impl Parser<'_> {
         Ok(self.peeked.as_ref().unwrap_or(&Token::End))
     }
 
-    fn eat_kw(&mut self, kw: Kw) -> Result<bool, ServerError> {
-        if self.peek()? == &Token::Kw(kw) {
+    /// Consumes the next token if it is `t`.
+    fn eat(&mut self, t: Token) -> Result<bool, ServerError> {
+        let found = *self.peek()? == t;
+        if found {
             self.next()?;
-            return Ok(true);
         }
-        Ok(false)
+        Ok(found)
+    }
+
+    fn eat_kw(&mut self, kw: Kw) -> Result<bool, ServerError> {
+        self.eat(Token::Kw(kw))
     }
 
     fn expect_char(&mut self, c: u8) -> Result<(), ServerError> {
@@ -421,8 +427,7 @@ impl Parser<'_> {
     /// var_name: IDENT ('.' IDENT)*
     fn var_name(&mut self) -> Result<String, ServerError> {
         let mut name = self.ident()?;
-        while self.peek()? == &Token::Char(b'.') {
-            self.next()?;
+        while self.eat(Token::Char(b'.'))? {
             name.push('.');
             name.push_str(&self.ident()?);
         }
@@ -450,8 +455,7 @@ impl Parser<'_> {
         if let Some(slot) = &slot {
             if self.eat_kw(Kw::Logical)? {
                 self.recptr()?;
-                if self.peek()? == &Token::Char(b'(') {
-                    self.next()?;
+                if self.eat(Token::Char(b'('))? {
                     self.plugin_options()?;
                 }
                 return Ok(Command::StartLogicalReplication { slot: slot.clone() });
@@ -520,12 +524,8 @@ impl Parser<'_> {
             }
             _ => return Err(syntax()),
         };
-        let options = if self.peek()? == &Token::Char(b'(') {
-            self.next()?;
-            self.generic_options()?
-        } else {
-            self.legacy_slot_options()?
-        };
+        let options =
+            if self.eat(Token::Char(b'('))? { self.generic_options()? } else { self.legacy_slot_options()? };
         let reserve_wal = slot_options(&options, logical)?;
         if logical {
             return Ok(Command::CreateLogicalSlot { slot });

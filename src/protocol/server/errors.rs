@@ -24,8 +24,6 @@ pub const NAME_TOO_LONG: &str = "42622";
 pub const UNDEFINED_OBJECT: &str = "42704";
 pub const DUPLICATE_OBJECT: &str = "42710";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
-pub const OBJECT_IN_USE: &str = "55006";
-pub const QUERY_CANCELED: &str = "57014";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const UNDEFINED_FILE: &str = "58P01";
 pub const INTERNAL_ERROR: &str = "XX000";
@@ -178,7 +176,9 @@ pub fn timeline_not_in_history(timeline: TimeLineId) -> ServerError {
     error(INTERNAL_ERROR, format!("requested timeline {timeline} is not in this server's history"))
 }
 
-/// TIMELINE_HISTORY for a timeline whose history file does not exist (PostgreSQL reports the failed open).
+/// TIMELINE_HISTORY for a timeline whose history file does not exist (PostgreSQL reports the failed open;
+/// it has already sent the RowDescription by then, which clients ignore before an error: sending the error
+/// alone reads the same).
 pub fn timeline_history_missing(timeline: TimeLineId) -> ServerError {
     error(
         UNDEFINED_FILE,
@@ -197,10 +197,6 @@ pub fn slot_does_not_exist(slot: &str) -> ServerError {
 
 pub fn slot_already_exists(slot: &str) -> ServerError {
     error(DUPLICATE_OBJECT, format!("replication slot \"{slot}\" already exists"))
-}
-
-pub fn slot_active(slot: &str, pid: i32) -> ServerError {
-    error(OBJECT_IN_USE, format!("replication slot \"{slot}\" is active for PID {pid}"))
 }
 
 /// A slot name PostgreSQL's ReplicationSlotValidateName refuses (checked by CREATE_REPLICATION_SLOT).
@@ -262,6 +258,8 @@ mod tests {
             timeline_history_missing(10).message,
             "could not open file \"pg_wal/0000000A.history\": No such file or directory"
         );
+        let bye = admin_shutdown();
+        assert_eq!((bye.severity.as_str(), bye.code.as_str()), ("FATAL", "57P01"));
         let auth = password_authentication_failed("standby");
         assert_eq!((auth.severity.as_str(), auth.code.as_str()), ("FATAL", "28P01"));
         assert!(auth.is_auth_failure());

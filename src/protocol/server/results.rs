@@ -104,7 +104,8 @@ pub fn show(canonical_name: &str, value: &str, buf: &mut BytesMut) -> Result<(),
 }
 
 /// CREATE_REPLICATION_SLOT of a physical slot: its name and `0/0` as the consistent point (a physical slot
-/// has none), no snapshot, no plugin.
+/// has none), no snapshot, no plugin. (A walsender drops a session's temporary slots when any of its
+/// commands fails, as PostgreSQL does: a later DROP of one then finds no such slot.)
 pub fn create_physical_slot(slot: &str, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let columns = [
         Column::text("slot_name"),
