@@ -10,7 +10,7 @@ pub const OLDEST_MAJOR: u32 = 13;
 pub const NEWEST_MAJOR: u32 = 18;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicationError {
