@@ -5,6 +5,7 @@ use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
 use crate::protocol::replication as repl;
+use crate::protocol::sqlstate;
 use crate::stream::feedback::ApplyReport;
 use crate::stream::follow::receive;
 use crate::stream::session::identify;
@@ -260,7 +261,9 @@ async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> R
     let cmd = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL");
     match conn.simple_query(&cmd).await {
         Ok(_) => Ok(()),
-        Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {
+        Err(e)
+            if if_not_exists && e.server_error().is_some_and(|s| s.has_code(sqlstate::DUPLICATE_OBJECT)) =>
+        {
             tracing::info!("replication slot \"{slot}\" already exists");
             Ok(())
         }

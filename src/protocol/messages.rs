@@ -2,6 +2,7 @@
 //! reports as a typed `ServerError` (severity, SQLSTATE, message, detail, hint).
 
 use crate::protocol::codec::Frame;
+use crate::protocol::sqlstate;
 use bytes::{Buf, Bytes};
 use std::fmt;
 
@@ -66,9 +67,14 @@ pub struct ServerError {
 }
 
 impl ServerError {
-    /// SQLSTATE 28P01 invalid_password, 28000 invalid_authorization_specification.
+    /// SQLSTATE class 28: invalid_password, invalid_authorization_specification.
     pub fn is_auth_failure(&self) -> bool {
-        self.code.starts_with("28")
+        self.code.starts_with(sqlstate::CLASS_INVALID_AUTHORIZATION)
+    }
+
+    /// The error carries this SQLSTATE (one of [`sqlstate`]'s constants).
+    pub fn has_code(&self, code: &str) -> bool {
+        self.code == code
     }
 }
 

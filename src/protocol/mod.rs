@@ -5,5 +5,6 @@
 pub mod codec;
 pub mod messages;
 pub mod replication;
+pub mod sqlstate;
 
 pub use messages::ServerError;

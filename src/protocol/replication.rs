@@ -315,11 +315,6 @@ pub fn now_unix_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// A server timestamp (microseconds since 2000-01-01) as microseconds since the Unix epoch.
-pub fn pg_time_to_unix_us(t: i64) -> i64 {
-    t.saturating_add(PG_EPOCH_OFFSET_US)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

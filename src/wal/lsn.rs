@@ -28,10 +28,6 @@ impl Lsn {
     pub fn checked_add(self, n: u64) -> Option<Lsn> {
         self.0.checked_add(n).map(Lsn)
     }
-
-    pub fn is_valid(self) -> bool {
-        self.0 != 0
-    }
 }
 
 impl fmt::Display for Lsn {
