@@ -943,7 +943,7 @@ async fn hostile_server_messages() {
             "sslmode=disable",
             message(0x01, 4, &[]),
             false,
-            "malformed backend message (type '\\u{1}') from server: unexpected message type",
+            "malformed backend message (type 0x01) from server: unexpected message type",
         ),
         (
             "sslmode=disable",

@@ -8,6 +8,7 @@ use crate::protocol::replication as repl;
 use crate::protocol::sqlstate;
 use crate::stream::feedback::ApplyReport;
 use crate::stream::follow::receive;
+use crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT;
 use crate::stream::session::identify;
 use crate::stream::ReceiveConfig;
 use crate::wal::Lsn;
@@ -56,6 +57,9 @@ pub struct ReceiveArgs {
     /// report the flush position as the apply position too, so remote_apply commits return (walkeeper)
     #[arg(long = "report-apply")]
     pub report_apply: bool,
+    /// drop a connection on which the server stayed silent this long, and reconnect (default: 60, 0: never)
+    #[arg(long = "receive-timeout", value_name = "SECS", allow_negative_numbers = true)]
+    pub receive_timeout: Option<String>,
     #[command(flatten)]
     pub conn: ConnectionArgs,
     /// too many command-line arguments
@@ -118,6 +122,8 @@ Options:
 walkeeper options:
       --no-validate      do not check page headers and record CRCs on the way in
       --report-apply     report the flush position as applied (for remote_apply)
+      --receive-timeout=SECS
+                         reconnect when the server stays silent this long (default: 60, 0 disables)
       --log-format=FMT   text (default) or json
 
 Connection options:
@@ -159,6 +165,14 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
             Ok(0) => None,
             Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n as u64)),
             _ => return Err(Exit::error(prog, "-s/--status-interval must be in range 0..2147483")),
+        },
+    };
+    let receive_timeout = match &args.receive_timeout {
+        None => Some(DEFAULT_RECEIVE_TIMEOUT),
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(0) => None,
+            Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n.unsigned_abs())),
+            _ => return Err(Exit::error(prog, "--receive-timeout must be in range 0..2147483")),
         },
     };
     let endpos = match &args.endpos {
@@ -207,6 +221,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         slot: args.slot.clone(),
         endpos,
         status_interval,
+        receive_timeout,
         synchronous: args.synchronous,
         fsync: !args.no_sync,
         compression: compress.method,
@@ -254,6 +269,7 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
 async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> Result<(), Exit> {
     let slot = cfg.slot.as_deref().unwrap_or_default();
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    conn.set_reply_timeout(cfg.receive_timeout);
     identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("creating replication slot \"{slot}\"");
     // As pg_receivewal: no RESERVE_WAL, so the new slot's restart_lsn stays NULL until streaming starts.
@@ -274,6 +290,7 @@ async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> R
 async fn drop_slot(cfg: &ReceiveConfig, prog: &Prog) -> Result<(), Exit> {
     let slot = cfg.slot.as_deref().unwrap_or_default();
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    conn.set_reply_timeout(cfg.receive_timeout);
     identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("dropping replication slot \"{slot}\"");
     let cmd = repl::drop_slot(slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;

@@ -9,8 +9,9 @@ use crate::conn::pgpass;
 use crate::conn::stream::Socket;
 use crate::conn::tcp::{self, os_error, TcpError};
 use crate::conn::tls;
+use crate::protocol::codec::type_byte;
 use crate::protocol::codec::DEFAULT_MAX_MESSAGE;
-use crate::protocol::messages::Backend;
+use crate::protocol::messages::{quoted, Backend};
 use crate::protocol::replication::{parse_server_version, parse_show};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -408,8 +409,8 @@ async fn handshake_and_startup(
             b'N' => return Err(Failure::fatal("server does not support SSL, but SSL was required")),
             other => {
                 return Err(Failure::plain(format!(
-                    "received invalid response to SSL negotiation: {:?}",
-                    char::from(other)
+                    "received invalid response to SSL negotiation: {}",
+                    type_byte(other)
                 )))
             }
         };
@@ -484,8 +485,8 @@ async fn startup(
     }
     let version = conn.parameter("server_version").and_then(parse_server_version).ok_or_else(|| {
         Failure::fatal(format!(
-            "server reported an unusable server_version {:?}",
-            conn.parameter("server_version").unwrap_or("")
+            "server reported an unusable server_version {}",
+            quoted(conn.parameter("server_version").unwrap_or(""))
         ))
     })?;
     conn.set_version_num(version);

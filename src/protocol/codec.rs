@@ -16,12 +16,21 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// A message type byte as messages show it: `'R'`, or `0x01` when it is not a printable character.
+pub fn type_byte(tag: u8) -> String {
+    if tag.is_ascii_graphic() {
+        format!("'{}'", char::from(tag))
+    } else {
+        format!("{tag:#04x}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("server sent a message of {len} bytes (type {tag:?}), more than the limit of {max} bytes")]
-    TooLarge { tag: char, len: u64, max: usize },
-    #[error("server sent a message with an invalid length {len} (type {tag:?})")]
-    BadLength { tag: char, len: i32 },
+    #[error("server sent a message of {len} bytes (type {}), more than the limit of {max} bytes", type_byte(*tag))]
+    TooLarge { tag: u8, len: u64, max: usize },
+    #[error("server sent a message with an invalid length {len} (type {})", type_byte(*tag))]
+    BadLength { tag: u8, len: i32 },
     #[error("connection closed by the server in the middle of a message")]
     Truncated,
     #[error(transparent)]
@@ -57,16 +66,12 @@ impl Decoder for BackendCodec {
         let tag = src[0];
         let len = i32::from_be_bytes([src[1], src[2], src[3], src[4]]);
         if len < 4 {
-            return Err(FrameError::BadLength { tag: char::from(tag), len });
+            return Err(FrameError::BadLength { tag, len });
         }
         // len ≥ 4 here, so the cast is lossless.
         let body_len = len as usize - 4;
         if body_len > self.max_message {
-            return Err(FrameError::TooLarge {
-                tag: char::from(tag),
-                len: len as u64,
-                max: self.max_message,
-            });
+            return Err(FrameError::TooLarge { tag, len: len as u64, max: self.max_message });
         }
         let total = 5 + body_len;
         if src.len() < total {

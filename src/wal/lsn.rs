@@ -44,7 +44,7 @@ impl fmt::Debug for Lsn {
 
 /// The text was not an LSN of the form `X/X` (hexadecimal, each half at most 8 digits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid LSN {0:?}: expected two hexadecimal numbers separated by '/', like 0/16B3740")]
+#[error("invalid LSN \"{}\": expected two hexadecimal numbers separated by '/', like 0/16B3740", .0.escape_debug())]
 pub struct ParseLsnError(pub String);
 
 impl FromStr for Lsn {
