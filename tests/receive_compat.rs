@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, PgInstall};
+use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, PgInstall, WALKEEPER};
 
 /// How long one run of a receiver may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -39,10 +39,10 @@ fn pg_named_binary() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("as-pg-receivewal");
     fs::create_dir_all(&dir).unwrap();
     let link = dir.join("pg_receivewal");
-    if fs::read_link(&link).ok().as_deref() != Some(Path::new(env!("CARGO_BIN_EXE_walkeeper"))) {
+    if fs::read_link(&link).ok().as_deref() != Some(Path::new(WALKEEPER)) {
         let tmp = dir.join(format!("link.{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_walkeeper"), &tmp).unwrap();
+        std::os::unix::fs::symlink(WALKEEPER, &tmp).unwrap();
         fs::rename(&tmp, &link).unwrap();
     }
     link
@@ -64,7 +64,7 @@ fn command_at(program: &Path, tool: Tool) -> Command {
 
 fn command(tool: Tool) -> Command {
     let program = match tool {
-        Tool::Walkeeper => PathBuf::from(env!("CARGO_BIN_EXE_walkeeper")),
+        Tool::Walkeeper => PathBuf::from(WALKEEPER),
         Tool::AsPgReceivewal => pg_named_binary(),
         Tool::PgReceivewal => pg_tool("pg_receivewal"),
     };
@@ -331,7 +331,7 @@ fn option_refusals_match_pg_receivewal() {
 fn same_interface_under_the_pg_receivewal_name() {
     let bin = tempdir();
     let link = bin.path().join("pg_receivewal");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_walkeeper"), &link).unwrap();
+    std::os::unix::fs::symlink(WALKEEPER, &link).unwrap();
     let go = |args: &[&str]| {
         let mut cmd = command_at(&link, Tool::AsPgReceivewal);
         cmd.args(args);

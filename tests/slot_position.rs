@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
-use support::{format_lsn, parse_lsn, wait_until, Cluster, PgInstall};
+use support::{format_lsn, parse_lsn, wait_until, walkeeper, Cluster, PgInstall};
 
 /// `walkeeper receive -n -E end` into a fresh directory; returns (exit code, stderr).
 fn receive(c: &Cluster, slot: &str, end: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
+    let out = walkeeper()
         .args(["receive", "-v", "-n", "-S", slot, "-E", end, "-D"])
         .arg(dir.path())
         .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
@@ -54,7 +53,7 @@ fn slot_position_is_used_on_13_and_14() {
         let current = c.current_lsn();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
+        let mut child = walkeeper()
             .args(["receive", "-v", "-n", "-S", "kept", "-D"])
             .arg(dir.path())
             .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])

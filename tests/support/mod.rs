@@ -20,8 +20,11 @@
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+mod bin;
 mod tls;
 
+#[allow(unused_imports)] // each test binary uses some of them
+pub use bin::{run_walkeeper, walkeeper, Run, WALKEEPER};
 pub use tls::TestPki;
 
 use std::ffi::CString;
