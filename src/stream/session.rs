@@ -285,9 +285,9 @@ struct CopyLoop<'a> {
     pending: Vec<SegmentWriter>,
     decoder: Option<WalDecoder>,
     last_status: Option<Instant>,
-    /// When `-v` last printed a progress line (kept apart from status updates, which `--synchronous` and
-    /// keepalive replies send far more often).
-    last_progress: Option<Instant>,
+    /// When `-v` prints the next progress line (a clock apart from status updates, which `--synchronous`
+    /// and keepalive replies send far more often).
+    next_progress: Instant,
     /// Whether the server is still there (`--receive-timeout`).
     liveness: Liveness,
     copy_done_sent: bool,
@@ -328,7 +328,7 @@ impl<'a> CopyLoop<'a> {
             pending: Vec::new(),
             decoder,
             last_status: None,
-            last_progress: None,
+            next_progress: Instant::now(),
             liveness: Liveness::new(cfg.receive_timeout, Instant::now()),
             copy_done_sent: false,
             server_end: None,
@@ -345,7 +345,7 @@ impl<'a> CopyLoop<'a> {
             }
             let deadline = self.next_status_deadline();
             let grace_end = self.endpos_passed_at.map(|t| t + ENDPOS_VALIDATION_GRACE);
-            let progress_at = Some(self.next_progress());
+            let progress_at = Some(self.next_progress);
             let alive_until = self.liveness.deadline();
             let msg = tokio::select! {
                 biased;
@@ -449,21 +449,14 @@ impl<'a> CopyLoop<'a> {
         self.send_status(false).await
     }
 
-    fn next_progress(&self) -> Instant {
-        match self.last_progress {
-            Some(t) => t + self.cfg.status_interval.unwrap_or(PROGRESS_INTERVAL),
-            None => Instant::now(),
-        }
-    }
-
     /// The `-v` progress line, once per status interval (or [`PROGRESS_INTERVAL`] with `-s 0`), however
     /// often status updates go out. The lag is shown only once the server has said where its WAL ends.
     fn progress_due(&mut self) {
         let now = Instant::now();
-        if now < self.next_progress() {
+        if now < self.next_progress {
             return;
         }
-        self.last_progress = Some(now);
+        self.next_progress = now + self.cfg.status_interval.unwrap_or(PROGRESS_INTERVAL);
         let (received, safe, tli) = (self.positions.received(), self.positions.safe(), self.timeline);
         match self.server_end {
             Some(end) => {
