@@ -6,7 +6,7 @@ mod support;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 
-use support::{format_lsn, parse_lsn, walkeeper, Cluster, PasswordEncryption, PgInstall, Run};
+use support::{format_lsn, parse_lsn, walkeeper, Cluster, PasswordEncryption, Run};
 
 /// Runs `walkeeper check ARGS` with a clean libpq environment plus `env`.
 fn check(args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -168,10 +168,7 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
 #[test]
 fn check_on_older_and_newer_majors() {
     for major in [13, 18] {
-        let Some(install) = PgInstall::for_major(major) else {
-            eprintln!("skipped PostgreSQL {major}: not available (run scripts/fetch-postgres.sh)");
-            continue;
-        };
+        let Some(install) = support::require_major(major) else { continue };
         let c = Cluster::builder().install(&install).start();
         c.psql("SELECT pg_create_physical_replication_slot('wk_slot', true)");
         let r =

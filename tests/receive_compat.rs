@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, PgInstall, WALKEEPER};
+use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, WALKEEPER};
 
 /// How long one run of a receiver may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -1152,7 +1152,7 @@ fn unusable_directories() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipping the read-only file system case: cannot mount a tmpfs here");
+        support::cannot_run("the read-only file system case needs to mount a tmpfs, which failed here");
         return;
     }
     struct Unmount<'a>(&'a Path);
@@ -1178,14 +1178,8 @@ fn unusable_directories() {
 /// server's files and exactly one `.partial` remains.
 #[test]
 fn every_major_streams_with_endpos() {
-    let installs = PgInstall::all_available();
+    let installs = support::require_majors(13..=18);
     assert!(!installs.is_empty());
-    if installs.len() < 6 {
-        eprintln!(
-            "only majors {:?} available (run scripts/fetch-postgres.sh)",
-            installs.iter().map(|i| i.major).collect::<Vec<_>>()
-        );
-    }
     let threads: Vec<_> = installs
         .into_iter()
         .map(|install| {

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::{self, File};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Path of the walkeeper binary cargo built for these tests.
 pub const WALKEEPER: &str = env!("CARGO_BIN_EXE_walkeeper");
@@ -46,6 +48,30 @@ impl Run {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
+    }
+
+    /// Runs `cmd` to completion, or kills it and panics (with its output) after `timeout`: for commands
+    /// whose failure would be to hang.
+    pub fn within(cmd: &mut Command, timeout: Duration) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let mut child = cmd
+            .stdout(File::create(&out).unwrap())
+            .stderr(File::create(&err).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let mut status = None;
+        super::wait_until(timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let read = |p: &std::path::Path| String::from_utf8_lossy(&fs::read(p).unwrap()).into_owned();
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {timeout:?}: {cmd:?}\n{}\n{}", read(&out), read(&err));
+        };
+        Run { code: status.code(), stdout: read(&out), stderr: read(&err) }
     }
 
     /// The single line on stderr (panics when there are more or none): errors are one line.
