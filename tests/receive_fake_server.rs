@@ -159,6 +159,59 @@ fn progress_lines_never_guess_the_lag_and_keep_coming_under_load() {
     );
 }
 
+/// The keepalive timer of walkeeper's connection to `port`, in seconds, as `ss` shows it (None: no
+/// keepalive timer right now, e.g. while a status update waits for its ACK).
+fn keepalive_timer(port: u16) -> Option<u64> {
+    let out = Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output();
+    let text = String::from_utf8_lossy(&out.ok()?.stdout).into_owned();
+    // timer:(keepalive,1min16sec,0)
+    let t = text.split("timer:(keepalive,").nth(1)?.split(',').next()?.to_string();
+    let (min, rest) = t.split_once("min").unwrap_or(("0", &t));
+    let sec = rest.split("sec").next().filter(|s| !s.is_empty()).unwrap_or("0");
+    let sec = sec.split('.').next()?;
+    Some(min.parse::<u64>().ok()? * 60 + sec.parse::<u64>().ok()?)
+}
+
+/// The connection of the real binary carries libpq's keepalive settings (read back from the kernel with
+/// `ss`): by default SO_KEEPALIVE with the system's idle time, with keepalives_idle that idle time.
+#[test]
+fn keepalive_settings_reach_the_connection() {
+    if Command::new("ss").arg("-V").output().is_err() {
+        support::cannot_run("`ss` (iproute2) is not installed");
+        return;
+    }
+    let (server, replies) = silent_server();
+    let dir = tempfile::tempdir().unwrap();
+    let system: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_keepalive_time")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(7200);
+    for (extra, bound) in [("", system), ("keepalives_idle=77 keepalives_interval=5 keepalives_count=3", 77)]
+    {
+        let log = dir.path().join("log");
+        let conninfo = format!("{} {extra}", server.conninfo());
+        let child = spawn(receive(dir.path(), &conninfo, &["--receive-timeout", "0"]), &log);
+        // Streaming (the first status update came): the connection is set up, and so is SIGTERM's handling.
+        let updates = replies.lock().unwrap().len();
+        assert!(wait_until(HANG, || replies.lock().unwrap().len() > updates), "never streamed");
+        let mut seen = None;
+        let ok = wait_until(HANG, || {
+            seen = keepalive_timer(server.port());
+            seen.is_some()
+        });
+        let text = stop(child, &log);
+        assert!(ok, "no keepalive timer on the connection ({extra}):\n{text}");
+        let left = seen.unwrap();
+        assert!(
+            left <= bound && left + 60 >= bound,
+            "{extra}: keepalive timer at {left} s, idle time {bound} s"
+        );
+    }
+}
+
 /// A server that accepts the connection and never says a word: connect_timeout (libpq's) ends the attempt.
 #[test]
 fn a_server_silent_from_the_start_hits_connect_timeout() {

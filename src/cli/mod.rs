@@ -134,18 +134,21 @@ pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {
     ConnectOptions { prompt, ..ConnectOptions::default() }
 }
 
-/// Turn SIGINT/SIGTERM into `true` on the channel.
-pub async fn forward_signals(tx: tokio::sync::watch::Sender<bool>) {
+/// Turn SIGINT/SIGTERM into `true` on the channel. The handlers are installed at the call, not when the
+/// returned future first runs: a signal right after start (before the first connection) stops cleanly too.
+pub fn forward_signals(tx: tokio::sync::watch::Sender<bool>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
     }
-    let _ = tx.send(true);
 }
 
 #[derive(Parser, Debug)]

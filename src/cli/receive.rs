@@ -4,6 +4,7 @@
 use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
+use crate::protocol::codec::os_error;
 use crate::protocol::replication as repl;
 use crate::protocol::sqlstate;
 use crate::stream::feedback::ApplyReport;
@@ -239,14 +240,9 @@ fn check_directory(dir: &std::path::Path, prog: &Prog) -> Result<(), Exit> {
         Ok(_) => Ok(()),
         Err(e) => Err(Exit::error(
             prog,
-            &format!("could not open directory \"{}\": {}", dir.display(), os_text(&e)),
+            &format!("could not open directory \"{}\": {}", dir.display(), os_error(&e)),
         )),
     }
-}
-
-fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
 
 pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {

@@ -2,7 +2,7 @@
 //! queries (replication commands) and enter CopyBoth mode. Every error names the server it came from.
 
 use crate::conn::stream::Socket;
-use crate::protocol::codec::{BackendCodec, FrameError};
+use crate::protocol::codec::{os_error, BackendCodec, FrameError};
 use crate::protocol::messages::{self, Backend, MalformedMessage, ServerError};
 use crate::protocol::replication::{major_of, ResultSet};
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,8 @@ pub enum ConnError {
     Unexpected { server: String, got: String, context: &'static str },
     #[error("{server}: server closed the connection unexpectedly")]
     Closed { server: String },
+    #[error("{server}: could not receive data from server: {}", os_error(error))]
+    Receive { server: String, error: std::io::Error },
     #[error("{server}: could not send data to server: {error}")]
     Send { server: String, error: FrameError },
     #[error("{server}: no reply from the server within {} seconds {context}", waited.as_secs())]
@@ -109,6 +111,9 @@ impl Connection {
         loop {
             let frame = match self.framed.next().await {
                 Some(Ok(f)) => f,
+                Some(Err(FrameError::Io(error))) => {
+                    return Err(ConnError::Receive { server: self.server.clone(), error })
+                }
                 Some(Err(error)) => return Err(ConnError::Frame { server: self.server.clone(), error }),
                 None => return Err(ConnError::Closed { server: self.server.clone() }),
             };

@@ -6,6 +6,7 @@
 //! libpq's `setsockopt(TCP_KEEPIDLE) failed: …`, and Unix-domain sockets get none of this.
 
 use crate::conn::params::ConnParams;
+use crate::protocol::codec::os_error;
 use socket2::{SockRef, TcpKeepalive};
 use std::fmt;
 use std::io;
@@ -33,15 +34,6 @@ impl fmt::Display for TcpError {
             TcpError::Option { name, error } => write!(f, "setsockopt({name}) failed: {}", os_error(error)),
             TcpError::Connect(e) => f.write_str(&os_error(e)),
         }
-    }
-}
-
-/// The OS error text without Rust's " (os error N)" suffix, as libpq prints it.
-pub(crate) fn os_error(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
     }
 }
 

@@ -33,8 +33,17 @@ pub enum FrameError {
     BadLength { tag: u8, len: i32 },
     #[error("connection closed by the server in the middle of a message")]
     Truncated,
-    #[error(transparent)]
+    #[error("{}", os_error(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix, as libpq and PostgreSQL's tools print it.
+pub fn os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// tokio-util codec for backend frames.
