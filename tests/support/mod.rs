@@ -16,6 +16,10 @@
 //! standby.wait_for_replay(end);
 //! ```
 //!
+//! Run the binary with [`walkeeper`] or [`run_walkeeper`] (`bin.rs`: a clean environment, a [`Run`] with the
+//! exit code, both outputs and the one error line); play a misbehaving server with [`fake_walsender`]. A test
+//! that cannot run here calls [`cannot_run`] or [`require_major`], which fail under CI.
+//!
 //! The whole suite runs against another major with `WALKEEPER_PG_BIN=$PWD/.pg/17/package/native/bin cargo
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
