@@ -4,6 +4,7 @@
 use crate::cli::{connect_options, resolve_conn, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
 use crate::protocol::replication as repl;
+use crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT;
 use crate::stream::session::identify;
 use crate::stream::slot::{inspect, SlotState};
 use clap::Args;
@@ -28,6 +29,8 @@ pub async fn run(args: CheckArgs, prog: &Prog) -> Result<(), Exit> {
         repl::validate_slot_name(slot).map_err(|e| fail(e.to_string()))?;
     }
     let mut conn = connect(&params, &connect_options(&args.conn)).await.map_err(|e| fail(e.to_string()))?;
+    // A server that stops answering commands is reported, not waited for forever.
+    conn.set_reply_timeout(Some(DEFAULT_RECEIVE_TIMEOUT));
     crate::outln!("server:            {}", conn.server());
     crate::outln!("server version:    {}", conn.parameter("server_version").unwrap_or("?"));
     crate::outln!("tls:               {}", if conn.is_tls() { "yes" } else { "no" });
