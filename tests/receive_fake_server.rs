@@ -239,9 +239,15 @@ fn a_server_silent_from_the_start_hits_connect_timeout() {
 /// A walsender that is shut down (or switched over) ends the command with CommandComplete and no CopyDone.
 #[test]
 fn a_server_ending_the_stream_is_information_not_an_error() {
-    let server = FakeWalsender::start(|mut w| {
+    // The first session ends that way; the next ones stay open (so that SIGTERM finds a live server).
+    let sessions = std::sync::atomic::AtomicUsize::new(0);
+    let server = FakeWalsender::start(move |mut w| {
         if w.serve_until_streaming(&Identity::default()).is_some() {
-            w.send_command_complete("COPY 0");
+            if sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                w.send_command_complete("COPY 0");
+            } else {
+                w.drain();
+            }
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +260,11 @@ fn a_server_ending_the_stream_is_information_not_an_error() {
     assert!(text.lines().any(|l| l == ended), "{text}");
     assert!(!text.contains("error:"), "{text}");
     // -n exits 1 on a lost connection, as pg_receivewal does.
+    let server = FakeWalsender::start(|mut w| {
+        if w.serve_until_streaming(&Identity::default()).is_some() {
+            w.send_command_complete("COPY 0");
+        }
+    });
     assert_fails_with(
         dir.path(),
         &server.conninfo(),

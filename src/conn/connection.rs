@@ -111,7 +111,8 @@ impl Connection {
         loop {
             let frame = match self.framed.next().await {
                 Some(Ok(f)) => f,
-                Some(Err(FrameError::Io(error))) => {
+                // An OS error, in libpq's words; a TLS error (an alert, say) reads as itself.
+                Some(Err(FrameError::Io(error))) if error.raw_os_error().is_some() => {
                     return Err(ConnError::Receive { server: self.server.clone(), error })
                 }
                 Some(Err(error)) => return Err(ConnError::Frame { server: self.server.clone(), error }),
