@@ -8,5 +8,6 @@ pub mod messages;
 pub mod replication;
 pub mod scram_server;
 pub mod server;
+pub mod sqlstate;
 
 pub use messages::ServerError;

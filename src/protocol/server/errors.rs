@@ -11,22 +11,13 @@ use crate::protocol::ServerError;
 use crate::wal::segment::{history_file_name, TimeLineId};
 use crate::wal::Lsn;
 
-// SQLSTATEs (PostgreSQL's errcodes.txt). Kept here until the project has one `sqlstate` module.
-pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-pub const CONNECTION_FAILURE: &str = "08006";
-pub const PROTOCOL_VIOLATION: &str = "08P01";
-pub const INVALID_PARAMETER_VALUE: &str = "22023";
-pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
-pub const INVALID_PASSWORD: &str = "28P01";
-pub const SYNTAX_ERROR: &str = "42601";
-pub const INVALID_NAME: &str = "42602";
-pub const NAME_TOO_LONG: &str = "42622";
-pub const UNDEFINED_OBJECT: &str = "42704";
-pub const DUPLICATE_OBJECT: &str = "42710";
-pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
-pub const ADMIN_SHUTDOWN: &str = "57P01";
-pub const UNDEFINED_FILE: &str = "58P01";
-pub const INTERNAL_ERROR: &str = "XX000";
+// SQLSTATEs live in `protocol::sqlstate`; re-exported for the refusals below and their callers.
+pub use crate::protocol::sqlstate::{
+    ADMIN_SHUTDOWN, CONNECTION_FAILURE, DUPLICATE_OBJECT, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR,
+    INVALID_AUTHORIZATION_SPECIFICATION, INVALID_NAME, INVALID_PARAMETER_VALUE, INVALID_PASSWORD,
+    NAME_TOO_LONG, OBJECT_NOT_IN_PREREQUISITE_STATE, PROTOCOL_VIOLATION, SYNTAX_ERROR, UNDEFINED_FILE,
+    UNDEFINED_OBJECT,
+};
 
 /// Severities as PostgreSQL sends them (the `S` and `V` fields carry the same English word).
 pub const ERROR: &str = "ERROR";
