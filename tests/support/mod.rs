@@ -20,6 +20,7 @@
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+pub mod s3;
 mod tls;
 
 pub use tls::TestPki;
