@@ -5,7 +5,8 @@
 //! bucket [`BUCKET`]. Everything listens on 127.0.0.1 only, keeps its data in a temp dir, and is killed (the
 //! whole process group: the filer ignores SIGTERM) on drop, even when the test panics.
 //!
-//! One cluster per test: it starts in about 3 s (most of it the filer's own pause before its gateway opens),
+//! One cluster per test: it starts in 3–5 s on a busy 2-core machine (master 0.5 s, volume servers joined
+//! 0.8 s later, then the filer's own 2 s pause before its gateway opens, and the bucket),
 //! and a test that stops the gateway or a volume server disturbs no other. Tests that only read and write can
 //! share one by using different prefixes.
 //!
