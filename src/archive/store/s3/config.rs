@@ -160,6 +160,10 @@ pub(super) fn clients(
     env: impl IntoIterator<Item = (String, String)>,
     options: &S3Options,
 ) -> Result<Clients, String> {
+    // reqwest is built with rustls but no bundled crypto provider (object_store's `aws` feature would pull in
+    // aws-lc-rs, a C build, beside the ring that the rest of walkeeper uses): install ring as the process
+    // default. Failing means one is installed already, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let builder = builder(location, env, options);
     let endpoint = endpoint_of(&builder);
     let with_timeout = |timeout: Duration| {
