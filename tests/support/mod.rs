@@ -26,6 +26,7 @@
 
 mod bin;
 pub mod fake_walsender;
+pub mod s3;
 mod tls;
 
 #[allow(unused_imports)] // each test binary uses some of them
