@@ -124,7 +124,10 @@ fn zstd_level(level: Option<i32>) -> Result<i32> {
 
 /// A reader that yields the decompressed contents of `reader` (the bytes as they are for
 /// [`Compression::None`]). Concatenated gzip members and zstd/lz4 frames are all decoded.
-pub fn decoder<'a, R: Read + 'a>(method: Compression, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decoder<'a, R: Read + Send + 'a>(
+    method: Compression,
+    reader: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match method {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
@@ -201,7 +204,7 @@ fn decode_file(
 }
 
 /// True when a decoder error means "the input ended early" rather than "the input is corrupt".
-fn is_truncation(e: &io::Error) -> bool {
+pub(super) fn is_truncation(e: &io::Error) -> bool {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return true;
     }

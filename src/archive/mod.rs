@@ -10,6 +10,7 @@ pub mod identity;
 pub mod local;
 pub mod prefetch;
 pub mod restore;
+pub mod restream;
 pub mod scan;
 pub mod status;
 pub mod store;

@@ -496,13 +496,26 @@ impl<'a> CopyLoop<'a> {
         Ok(())
     }
 
-    /// fsync everything written (pending segments and the current one).
+    /// fsync everything written (pending segments and the current one). A writer may hold back part of
+    /// what it wrote (a re-stream whose old `.partial` differs from the new WAL): the synced position stops
+    /// there.
     fn sync(&mut self) -> Result<(), SessionError> {
+        let checked = self.checked();
+        let mut synced = self.positions.received();
         for w in self.pending.iter_mut().chain(self.current.as_mut()) {
-            w.sync()?;
+            let written = w.written_lsn();
+            let safe = w.sync(checked)?;
+            if safe < written {
+                synced = synced.min(safe);
+            }
         }
-        self.positions.set_synced(self.positions.received());
+        self.positions.set_synced(synced);
         Ok(())
+    }
+
+    /// The end of what validation has passed (everything received when nothing validates).
+    fn checked(&self) -> Lsn {
+        self.decoder.as_ref().map_or(self.positions.received(), WalDecoder::validated_up_to)
     }
 
     /// Rename fully written segments whose every byte is durable and validated.
@@ -550,9 +563,10 @@ impl<'a> CopyLoop<'a> {
         // What is left is incomplete or not yet validated: it stays `.partial`, and the next start streams
         // it again from its beginning. A compressed stream is ended, so the `.partial` is a valid
         // compressed file, as pg_receivewal leaves it.
+        let checked = self.checked();
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            w.close_partial()?;
+            w.close_partial(checked)?;
         }
         Ok(())
     }

@@ -1,0 +1,133 @@
+//! A compressed segment streamed again (issue 11, finding 5): walkeeper stopped with a `.zst.partial` holding
+//! acknowledged WAL, then a new run streams that segment again from its start and loses its server 64 kB in.
+//! The old `.partial` must still hold everything it held (before, it was truncated to what the new run had
+//! received), and a later run must complete the segment identical to the server's.
+
+mod durability;
+mod support;
+
+use durability::{
+    check_archive, read_archive_file, reported_flush, switch_and_wait, Comp, Walkeeper, WALKEEPER,
+};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+use support::{format_lsn, wait_until, Cluster};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// WAL the proxy lets through before it cuts the connection.
+const CUT_AFTER: usize = 64 * 1024;
+
+/// A TCP proxy to `upstream` that relays each connection until it has passed `limit` bytes of WAL
+/// (XLogData payload) from the server, then closes both sides: the server "dies" that far into the stream.
+/// The client must use `sslmode=disable`, so that every server message is framed.
+fn cutting_proxy(upstream: u16, limit: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut s2);
+            });
+            thread::spawn(move || relay_until(server, client, limit));
+        }
+    });
+    port
+}
+
+/// Server to client, frame by frame (type byte, length, payload), until `limit` bytes of WAL went through.
+fn relay_until(mut from: TcpStream, mut to: TcpStream, limit: usize) {
+    let mut wal = 0usize;
+    while wal < limit {
+        let mut header = [0u8; 5];
+        if from.read_exact(&mut header).is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len.saturating_sub(4)];
+        if from.read_exact(&mut payload).is_err() {
+            break;
+        }
+        if header[0] == b'd' && payload.first() == Some(&b'w') {
+            wal += payload.len().saturating_sub(25); // 'w', start, end, send time
+        }
+        if to.write_all(&header).and_then(|()| to.write_all(&payload)).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn compressed_restream_cut_short_keeps_the_acknowledged_partial() {
+    let cluster = Cluster::builder().segment_size_mb(1).conf("wal_keep_size = '1GB'").start();
+    cluster.psql("SELECT pg_create_physical_replication_slot('rs', true)");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = durability::archive_dir(tmp.path());
+    let log = tmp.path().join("walkeeper.log");
+
+    // A segment about two thirds full, streamed and acknowledged, then a clean stop: its `.zst.partial`.
+    cluster.switch_wal();
+    cluster.psql(
+        "SELECT pg_logical_emit_message(false, 'restream', repeat('x', 2000)) FROM generate_series(1, 330)",
+    );
+    let insert = || support::parse_lsn(&cluster.psql("SELECT pg_current_wal_insert_lsn()"));
+    let end = insert();
+    let seg = cluster.segment_size();
+    let segment = durability::segment_name(1, end / seg, seg);
+    assert_eq!(end / seg, (end - 660_000) / seg, "{segment}: the messages stay in one segment");
+    let wk = Walkeeper::start(&cluster, &dir, &["-S", "rs", "-Z", "zstd", "-s", "1"], &log);
+    let acked = wait_until(TIMEOUT, || reported_flush(&cluster).is_some_and(|f| f >= end));
+    assert!(acked, "walkeeper did not acknowledge {}\n{}", format_lsn(end), wk.log_tail(30));
+    assert!(wk.terminate().success());
+    let partial = format!("{segment}.zst.partial");
+    let old = read_archive_file(&dir, &partial, Comp::Zstd).expect("the .partial");
+    let offset = (end % seg) as usize;
+    assert!(old.len() >= offset, "the .partial holds {} bytes, {offset} were acknowledged", old.len());
+
+    // Streamed again through a server that dies 64 kB into the segment.
+    let proxy = cutting_proxy(cluster.port(), CUT_AFTER);
+    let conninfo = format!("host=127.0.0.1 port={proxy} user=postgres sslmode=disable");
+    let mut cmd = Command::new(WALKEEPER);
+    cmd.args(["receive", "-n", "-v", "-S", "rs", "-Z", "zstd", "-d", &conninfo]).arg("-D").arg(&dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut status = None;
+    wait_until(TIMEOUT, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        panic!("walkeeper -n did not exit after its server went away");
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "a lost server ends `receive -n` with an error\n{stderr}");
+    let kept = read_archive_file(&dir, &partial, Comp::Zstd).expect("the .partial");
+    assert!(
+        kept.len() >= old.len(),
+        "the re-stream cut after {CUT_AFTER} bytes left {} of the {} bytes the .partial held\n{stderr}",
+        kept.len(),
+        old.len()
+    );
+    assert!(!dir.join(format!("{partial}.tmp")).exists(), "the new stream's temporary file is removed");
+    check_archive(&cluster, &dir, Comp::Zstd, true).unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+
+    // A run with its server completes the segment, identical to the server's.
+    let wk = Walkeeper::start(&cluster, &dir, &["-S", "rs", "-Z", "zstd", "-s", "1"], &log);
+    let done = switch_and_wait(&cluster, &dir, Comp::Zstd, &wk);
+    assert_eq!(done, segment);
+    assert!(wk.terminate().success());
+    check_archive(&cluster, &dir, Comp::Zstd, true).unwrap_or_else(|e| panic!("{e}"));
+}
