@@ -1077,7 +1077,18 @@ mod tests {
         assert!(err.ends_with("No such file or directory (os error 2)"), "{err}");
     }
 
-    /// A small tmpfs mounted for one test (we run as root); `None` where mounting is not allowed.
+    /// The rule of tests/support's `cannot_run`, for unit tests: a test that cannot run here says so
+    /// loudly and returns, except under CI (`WALKEEPER_CI` set and not `0`, as `.ci/run` sets it), where it
+    /// fails, so a suite that could not run never passes silently.
+    fn cannot_run(reason: &str) {
+        if std::env::var_os("WALKEEPER_CI").is_some_and(|v| !v.is_empty() && v != "0") {
+            panic!("this test could not run, and WALKEEPER_CI is set: {reason}");
+        }
+        eprintln!("SKIPPED (set WALKEEPER_CI=1 to make this a failure): {reason}");
+    }
+
+    /// A small tmpfs mounted for one test (needs root, or CAP_SYS_ADMIN); `None`, after
+    /// [`cannot_run`], where mounting is not allowed.
     struct TmpMount {
         dir: tempfile::TempDir,
     }
@@ -1085,15 +1096,15 @@ mod tests {
     impl TmpMount {
         fn new(options: &str) -> Option<TmpMount> {
             let dir = tempfile::tempdir().ok()?;
-            let status =
-                Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir.path()).status();
-            match status {
-                Ok(s) if s.success() => Some(TmpMount { dir }),
-                _ => {
-                    eprintln!("skipping: cannot mount a tmpfs here");
-                    None
-                }
-            }
+            let out =
+                Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir.path()).output();
+            let why = match out {
+                Ok(out) if out.status.success() => return Some(TmpMount { dir }),
+                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            };
+            cannot_run(&format!("cannot mount a tmpfs ({options}) here: {why}"));
+            None
         }
 
         fn path(&self) -> &Path {
