@@ -8,6 +8,7 @@ pub mod error;
 pub mod fsutil;
 pub mod identity;
 pub mod local;
+pub mod lock;
 pub mod prefetch;
 pub mod restore;
 pub mod restream;
