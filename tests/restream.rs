@@ -9,60 +9,15 @@ mod support;
 use durability::{
     check_archive, read_archive_file, reported_flush, switch_and_wait, Comp, Walkeeper, WALKEEPER,
 };
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Read;
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::Duration;
+use support::proxy::{self, Then};
 use support::{format_lsn, wait_until, Cluster};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// WAL the proxy lets through before it cuts the connection.
 const CUT_AFTER: usize = 64 * 1024;
-
-/// A TCP proxy to `upstream` that relays each connection until it has passed `limit` bytes of WAL
-/// (XLogData payload) from the server, then closes both sides: the server "dies" that far into the stream.
-/// The client must use `sslmode=disable`, so that every server message is framed.
-fn cutting_proxy(upstream: u16, limit: usize) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut s2);
-            });
-            thread::spawn(move || relay_until(server, client, limit));
-        }
-    });
-    port
-}
-
-/// Server to client, frame by frame (type byte, length, payload), until `limit` bytes of WAL went through.
-fn relay_until(mut from: TcpStream, mut to: TcpStream, limit: usize) {
-    let mut wal = 0usize;
-    while wal < limit {
-        let mut header = [0u8; 5];
-        if from.read_exact(&mut header).is_err() {
-            break;
-        }
-        let len = u32::from_be_bytes(header[1..5].try_into().unwrap()) as usize;
-        let mut payload = vec![0u8; len.saturating_sub(4)];
-        if from.read_exact(&mut payload).is_err() {
-            break;
-        }
-        if header[0] == b'd' && payload.first() == Some(&b'w') {
-            wal += payload.len().saturating_sub(25); // 'w', start, end, send time
-        }
-        if to.write_all(&header).and_then(|()| to.write_all(&payload)).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
 
 #[test]
 fn compressed_restream_cut_short_keeps_the_acknowledged_partial() {
@@ -92,7 +47,17 @@ fn compressed_restream_cut_short_keeps_the_acknowledged_partial() {
     assert!(old.len() >= offset, "the .partial holds {} bytes, {offset} were acknowledged", old.len());
 
     // Streamed again through a server that dies 64 kB into the segment.
-    let proxy = cutting_proxy(cluster.port(), CUT_AFTER);
+    let proxy = proxy::start(cluster.port(), || {
+        let mut wal = 0;
+        move |frame: &mut proxy::Frame| {
+            wal += frame.wal_len().unwrap_or(0);
+            if wal >= CUT_AFTER {
+                Then::Cut
+            } else {
+                Then::Continue
+            }
+        }
+    });
     let conninfo = format!("host=127.0.0.1 port={proxy} user=postgres sslmode=disable");
     let mut cmd = Command::new(WALKEEPER);
     cmd.args(["receive", "-n", "-v", "-S", "rs", "-Z", "zstd", "-d", &conninfo]).arg("-D").arg(&dir);

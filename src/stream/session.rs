@@ -12,6 +12,7 @@ use crate::stream::slot::{slot_start, SlotStart};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
+use crate::wal::timeline::parse_history_of;
 use crate::wal::Lsn;
 use futures_util::FutureExt;
 use std::time::Duration;
@@ -193,6 +194,9 @@ async fn start_position(
     Ok((info.identity.xlogpos, info.identity.timeline))
 }
 
+/// TIMELINE_HISTORY for `timeline`, checked before it is stored: the file name, and content that can be
+/// that timeline's history (`parse_history_of`). Garbage from a server never lands in the archive, where
+/// restore would serve it to a recovering server.
 async fn fetch_history(
     conn: &mut Connection,
     dir: &WalDir,
@@ -205,7 +209,14 @@ async fn fetch_history(
     if name != history_file_name(timeline) {
         return Err(SessionError::Protocol {
             server,
-            message: format!("TIMELINE_HISTORY {timeline} returned a file named {name:?}"),
+            message: format!("TIMELINE_HISTORY {timeline} returned a file named \"{}\"", name.escape_debug()),
+        });
+    }
+    // The reason column is free text in the server's encoding; the fields checked are ASCII.
+    if let Err(e) = parse_history_of(timeline, &String::from_utf8_lossy(&content)) {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!("TIMELINE_HISTORY {timeline} returned an invalid history file {name}: {e}"),
         });
     }
     dir.write_history(timeline, &content)?;

@@ -20,6 +20,7 @@
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+pub mod proxy;
 mod tls;
 
 pub use tls::TestPki;
@@ -855,10 +856,16 @@ impl Cluster {
 // Reading an archive directory (independently of walkeeper's own code, as a cross-check)
 // ---------------------------------------------------------------------------------------------------------
 
-/// The file names in `dir`, sorted.
+/// walkeeper's lock file in an archive it writes to: not part of the archive's contents.
+pub const LOCK_FILE: &str = ".walkeeper.lock";
+
+/// The file names in `dir`, sorted, without [`LOCK_FILE`].
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE)
+        .collect();
     v.sort();
     v
 }
