@@ -360,18 +360,18 @@ impl SegmentWriter {
             self.written += taken as u64;
             return result.map_err(|(_, e)| WalDirError::io("write", &self.partial_path, e));
         }
-        let path = self.file_path().to_path_buf();
+        let path = self.restream.as_ref().map_or(self.partial_path.as_path(), Restream::new_file_path);
         match self.compressor.as_mut() {
             None => {
                 fsutil::write_at_tracked(&self.file, data, offset)
-                    .map_err(|(_, e)| WalDirError::io("write", &path, e))?;
+                    .map_err(|(_, e)| WalDirError::io("write", path, e))?;
             }
             Some(compressor) => {
                 // Write out earlier output first: if that fails, `data` is not taken in yet.
                 if compressor.output().len() >= COMPRESSED_WRITE_THRESHOLD {
-                    write_output(&self.file, &path, compressor.output(), &mut self.compressed_len)?;
+                    write_output(&self.file, path, compressor.output(), &mut self.compressed_len)?;
                 }
-                compressor.write(data).map_err(|e| WalDirError::io("compress data for", &path, e))?;
+                compressor.write(data).map_err(|e| WalDirError::io("compress data for", path, e))?;
                 if let Some(restream) = self.restream.as_mut() {
                     restream.compare(data);
                 }
@@ -458,24 +458,23 @@ impl SegmentWriter {
     /// `close_walfile` does: a compressed stream is ended, the file synced; a complete segment is then
     /// renamed to its final name and the directory synced, an incomplete one (shutdown, end of timeline)
     /// stays `.partial`. On error the file stays `.partial`; reopening the segment starts it over.
-    pub fn close(self) -> Result<ClosedSegment> {
+    pub fn close(mut self) -> Result<ClosedSegment> {
         if !self.is_complete() {
             tracing::info!(file = %self.partial_path.display(), "not renaming, segment is not complete");
             let checked = self.written_lsn();
             return self.close_partial(checked);
         }
-        let mut this = self;
-        this.end_stream_and_sync()?;
+        self.end_stream_and_sync()?;
         // A re-stream's file takes the `.partial` name first, so the old one never outlives the final
         // name; the directory sync below covers both renames.
-        this.take_the_name(false)?;
+        self.take_the_name(false)?;
         // The contents are synced above, so the final name can never point at missing data.
-        if this.sync {
-            fsutil::durable_rename(&this.partial_path, &this.final_path)?;
+        if self.sync {
+            fsutil::durable_rename(&self.partial_path, &self.final_path)?;
         } else {
-            fsutil::rename(&this.partial_path, &this.final_path)?;
+            fsutil::rename(&self.partial_path, &self.final_path)?;
         }
-        Ok(ClosedSegment { path: this.final_path, complete: true })
+        Ok(ClosedSegment { path: self.final_path, complete: true })
     }
 
     /// Close keeping the `.partial` name even when every byte is there (the caller has not validated
