@@ -68,7 +68,7 @@ pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 /// Stages sequential writes to one file and writes them in whole aligned blocks.
 ///
-/// Invariant: `base` is a multiple of [`BLOCK`]; `buf[..len]` holds the file's bytes from `base` on as
+/// Invariant: `base` is a multiple of `BLOCK`; `buf[..len]` holds the file's bytes from `base` on as
 /// they must end up (only the first block of it can already be in the file: the partial block kept by
 /// the last flush); `dirty` says some of it is not. Bytes of the file past `base + len` are never
 /// changed, except to zeros in a file that was all zeros there.

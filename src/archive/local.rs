@@ -11,7 +11,7 @@
 //! Streaming always restarts at a segment's first byte, so an existing `.partial` is written again from
 //! its start. Uncompressed, the file is rewritten in place: bytes past the new data stay as they were
 //! until overwritten. Compressed, the stream is started afresh under a temporary name and replaces the
-//! old `.partial` only once it holds everything of it worth keeping ([`super::restream`] says when, and
+//! old `.partial` only once it holds everything of it worth keeping (`archive/restream.rs` says when, and
 //! why a sync may claim the new bytes meanwhile).
 //!
 //! With sync on, uncompressed segments are written with `O_DIRECT` through a staging buffer
@@ -105,7 +105,7 @@ impl LocalWalDir {
     /// Uncompressed: a new (or empty) file is padded to the segment size with zeros; an existing
     /// file of exactly the segment size is reused and overwritten from the start; any other size is an
     /// error. Compressed: a new stream, written straight into a new (or empty) `.partial`, or under a
-    /// temporary name while an old `.partial` with contents keeps its name (see [`super::restream`]).
+    /// temporary name while an old `.partial` with contents keeps its name (see `archive/restream.rs`).
     /// With sync on, the file that holds the name and the directory entry are made durable before any
     /// data goes in, so a later fsync of the file alone covers its name too.
     pub fn open_segment(&self, segment: SegmentId) -> Result<SegmentWriter> {
@@ -275,7 +275,7 @@ pub struct SegmentWriter {
     compressed_len: u64,
     /// Uncompressed with direct I/O: the staging buffer in front of the file.
     staged: Option<StagedWriter>,
-    /// Compressed, while an old `.partial` keeps its name (see [`super::restream`]).
+    /// Compressed, while an old `.partial` keeps its name (see `archive/restream.rs`).
     restream: Option<Restream>,
     sync: bool,
     /// Offsets inside the segment; see the module comment.

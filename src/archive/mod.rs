@@ -11,7 +11,7 @@ pub mod local;
 pub mod lock;
 pub mod prefetch;
 pub mod restore;
-pub mod restream;
+mod restream;
 pub mod scan;
 pub mod status;
 pub mod store;
