@@ -2,6 +2,8 @@
 //! segments (a valid long page header, a marker, zeros): exit codes, what is written and what is not,
 //! compressed and partial segments, the prefetch spool, concurrent invocations.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,9 +15,7 @@ use walkeeper::wal::segment::Compression;
 const SEG: usize = 1 << 20;
 
 fn walkeeper() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
-    cmd.env_remove("RUST_LOG");
-    cmd
+    support::walkeeper()
 }
 
 /// A segment of timeline `tli`, number `n`, with a long page header and `marker` after it.

@@ -6,14 +6,10 @@
 mod durability;
 mod support;
 
-use durability::{
-    check_archive, read_archive_file, reported_flush, switch_and_wait, Comp, Walkeeper, WALKEEPER,
-};
-use std::io::Read;
-use std::process::{Command, Stdio};
+use durability::{check_archive, read_archive_file, reported_flush, switch_and_wait, Comp, Walkeeper};
 use std::time::Duration;
 use support::proxy::{self, Then};
-use support::{format_lsn, wait_until, Cluster};
+use support::{format_lsn, wait_until, walkeeper, Cluster, Run};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// WAL the proxy lets through before it cuts the connection.
@@ -59,26 +55,11 @@ fn compressed_restream_cut_short_keeps_the_acknowledged_partial() {
         }
     });
     let conninfo = format!("host=127.0.0.1 port={proxy} user=postgres sslmode=disable");
-    let mut cmd = Command::new(WALKEEPER);
+    let mut cmd = walkeeper();
     cmd.args(["receive", "-n", "-v", "-S", "rs", "-Z", "zstd", "-d", &conninfo]).arg("-D").arg(&dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut status = None;
-    wait_until(TIMEOUT, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("walkeeper -n did not exit after its server went away");
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(!status.success(), "a lost server ends `receive -n` with an error\n{stderr}");
+    let run = Run::within(&mut cmd, TIMEOUT);
+    let stderr = &run.stderr;
+    assert_eq!(run.code, Some(1), "a lost server ends `receive -n` with an error\n{run}");
     let kept = read_archive_file(&dir, &partial, Comp::Zstd).expect("the .partial");
     assert!(
         kept.len() >= old.len(),

@@ -7,7 +7,7 @@
 //! [`crate::archive::restore`] for the checks and [`crate::archive::prefetch`] for the prefetch worker.
 
 use crate::archive::prefetch::{self, Spool};
-use crate::archive::restore::{self, parse_request, Request, RestoreError, RestoreOptions, EXIT_USAGE};
+use crate::archive::restore::{self, parse_request, Request, RestoreError, RestoreOptions};
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -38,10 +38,10 @@ pub struct RestoreArgs {
     #[arg(long = "prefetch-worker", hide = true)]
     pub prefetch_worker: bool,
     /// the file PostgreSQL asks for (%f)
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "FILE", required = true)]
     pub file: Option<String>,
     /// where to put it (%p)
-    #[arg(value_name = "PATH")]
+    #[arg(value_name = "PATH", required = true)]
     pub path: Option<PathBuf>,
 }
 
@@ -53,14 +53,7 @@ fn fail(prog: &Prog, e: &RestoreError) -> Exit {
 }
 
 fn usage(prog: &Prog, msg: &str) -> Exit {
-    Exit {
-        code: EXIT_USAGE,
-        message: format!(
-            "{0}: error: {msg}\n{0}: hint: Try \"{1} --help\" for more information.",
-            prog.log_name(),
-            prog.display()
-        ),
-    }
+    crate::cli::usage_error(prog, msg)
 }
 
 pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
