@@ -2,7 +2,8 @@
 //! a server that goes silent after START_REPLICATION (`--receive-timeout`: a status update asking for a reply
 //! at half the timeout, the connection dropped at all of it, then a reconnect — or exit 1 with `-n`), a server
 //! silent from the first byte (`connect_timeout`), a server ending the stream with CommandComplete, a
-//! TIMELINE_HISTORY reply naming another file, an impossible end of timeline, and WAL out of order. Each
+//! TIMELINE_HISTORY reply naming another file or holding an invalid history, an impossible end of timeline,
+//! and WAL out of order. Each
 //! failure is one line, never a hang, and nothing it concerns is acknowledged or named complete.
 
 mod support;
@@ -273,22 +274,44 @@ fn a_server_ending_the_stream_is_information_not_an_error() {
     );
 }
 
+/// A TIMELINE_HISTORY reply is checked before anything is stored: its file name, and content that can be
+/// that timeline's history (issue 11, finding 7: garbage, a timeline that cannot be an ancestor, no parent at
+/// all were stored, and streaming went on).
 #[test]
-fn a_history_file_of_another_timeline_is_refused() {
-    let mut id = Identity { timeline: 2, ..Identity::default() };
-    id.history
-        .insert(2, ("00000003.history".into(), b"1\t0/3000000\tno recovery target specified\n".to_vec()));
-    let server = FakeWalsender::start(move |mut w| {
-        w.serve_until_streaming(&id);
-    });
-    let dir = tempfile::tempdir().unwrap();
-    assert_fails_with(
-        dir.path(),
-        &server.conninfo(),
-        &[],
-        &format!("{}: TIMELINE_HISTORY 2 returned a file named \"00000003.history\"", server.server()),
-    );
-    assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+fn a_bad_history_file_is_refused_and_not_stored() {
+    const GOOD: &str = "1\t0/3000000\tno recovery target specified\n";
+    let invalid = "TIMELINE_HISTORY 2 returned an invalid history file 00000002.history";
+    for (name, content, error) in [
+        (
+            "00000003.history",
+            GOOD,
+            "TIMELINE_HISTORY 2 returned a file named \"00000003.history\"".to_string(),
+        ),
+        (
+            "00000002.history",
+            "this is not a history file\n",
+            format!("{invalid}: line 1: timeline is not a decimal number"),
+        ),
+        (
+            "00000002.history",
+            "1\t0/3000000\tx\n3\t0/4000000\tbogus\n",
+            format!("{invalid}: line 2: timeline 3 cannot be an ancestor of timeline 2"),
+        ),
+        (
+            "00000002.history",
+            "# nothing\n",
+            format!("{invalid}: no parent timeline: the history of timeline 2 is empty"),
+        ),
+    ] {
+        let mut id = Identity { timeline: 2, ..Identity::default() };
+        id.history.insert(2, (name.into(), content.as_bytes().to_vec()));
+        let server = FakeWalsender::start(move |mut w| {
+            w.serve_until_streaming(&id);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        assert_fails_with(dir.path(), &server.conninfo(), &[], &format!("{}: {error}", server.server()));
+        assert!(names(dir.path()).is_empty(), "nothing stored: {:?}", names(dir.path()));
+    }
 }
 
 /// End of timeline 1 (CopyDone both ways), then the result row `reply` (next timeline, its start).

@@ -3,6 +3,7 @@
 //! archive, 1 when a removal fails.
 
 use crate::archive::cleanup::cleanup;
+use crate::archive::lock::ArchiveLock;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::io::Write;
@@ -28,6 +29,12 @@ pub struct CleanupArgs {
 }
 
 pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
+    // One writer per archive. A dry run removes nothing and does not lock; a missing archive is left to
+    // `cleanup` to report (exit 2, as pg_archivecleanup).
+    let _lock = match args.dry_run || !args.directory.is_dir() {
+        true => None,
+        false => Some(ArchiveLock::acquire(&args.directory).map_err(|e| Exit::error(prog, &e.to_string()))?),
+    };
     let files = cleanup(&args.directory, &args.oldest_kept, args.clean_backup_history, args.dry_run)
         .map_err(|e| Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) })?;
     let mut out = std::io::stdout().lock();

@@ -1,6 +1,7 @@
 //! `walkeeper receive`: pg_receivewal's command line, option for option, plus walkeeper's additions;
 //! the same refusals and texts; then the receive loop.
 
+use crate::archive::lock::ArchiveLock;
 use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
@@ -255,6 +256,9 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
         Action::CreateSlot { if_not_exists } => create_slot(&cfg, if_not_exists, prog).await,
         Action::DropSlot => drop_slot(&cfg, prog).await,
         Action::Stream => {
+            // One writer per archive, decided before any server is contacted; held until we return.
+            let _lock =
+                ArchiveLock::acquire(&cfg.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(crate::cli::forward_signals(tx));
             receive(&cfg, rx).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))

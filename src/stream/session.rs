@@ -13,6 +13,7 @@ use crate::stream::slot::{slot_start, SlotStart};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
+use crate::wal::timeline::parse_history_of;
 use crate::wal::Lsn;
 use futures_util::FutureExt;
 use std::time::Duration;
@@ -217,6 +218,9 @@ async fn start_position(
     Ok((info.identity.xlogpos, info.identity.timeline))
 }
 
+/// TIMELINE_HISTORY for `timeline`, checked before it is stored: the file name, and content that can be
+/// that timeline's history (`parse_history_of`). Garbage from a server never lands in the archive, where
+/// restore would serve it to a recovering server.
 async fn fetch_history(
     conn: &mut Connection,
     dir: &WalDir,
@@ -229,7 +233,14 @@ async fn fetch_history(
     if name != history_file_name(timeline) {
         return Err(SessionError::Protocol {
             server,
-            message: format!("TIMELINE_HISTORY {timeline} returned a file named {name:?}"),
+            message: format!("TIMELINE_HISTORY {timeline} returned a file named \"{}\"", name.escape_debug()),
+        });
+    }
+    // The reason column is free text in the server's encoding; the fields checked are ASCII.
+    if let Err(e) = parse_history_of(timeline, &String::from_utf8_lossy(&content)) {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!("TIMELINE_HISTORY {timeline} returned an invalid history file {name}: {e}"),
         });
     }
     dir.write_history(timeline, &content)?;
@@ -574,13 +585,26 @@ impl<'a> CopyLoop<'a> {
         Ok(())
     }
 
-    /// fsync everything written (pending segments and the current one).
+    /// fsync everything written (pending segments and the current one). A writer may hold back part of
+    /// what it wrote (a re-stream whose old `.partial` differs from the new WAL): the synced position stops
+    /// there.
     fn sync(&mut self) -> Result<(), SessionError> {
+        let checked = self.checked();
+        let mut synced = self.positions.received();
         for w in self.pending.iter_mut().chain(self.current.as_mut()) {
-            w.sync()?;
+            let written = w.written_lsn();
+            let safe = w.sync(checked)?;
+            if safe < written {
+                synced = synced.min(safe);
+            }
         }
-        self.positions.set_synced(self.positions.received());
+        self.positions.set_synced(synced);
         Ok(())
+    }
+
+    /// The end of what validation has passed (everything received when nothing validates).
+    fn checked(&self) -> Lsn {
+        self.decoder.as_ref().map_or(self.positions.received(), WalDecoder::validated_up_to)
     }
 
     /// Rename fully written segments whose every byte is durable and validated.
@@ -628,9 +652,10 @@ impl<'a> CopyLoop<'a> {
         // What is left is incomplete or not yet validated: it stays `.partial`, and the next start streams
         // it again from its beginning. A compressed stream is ended, so the `.partial` is a valid
         // compressed file, as pg_receivewal leaves it.
+        let checked = self.checked();
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            w.close_partial()?;
+            w.close_partial(checked)?;
         }
         Ok(())
     }

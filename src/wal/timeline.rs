@@ -21,10 +21,29 @@ pub enum HistoryError {
     NotIncreasing { line: usize, timeline: TimeLineId },
     #[error("line {line}: switch point {lsn} goes back before the previous one")]
     SwitchPointBackwards { line: usize, lsn: Lsn },
+    #[error("line {line}: timeline {parent} cannot be an ancestor of timeline {timeline}")]
+    NotAnAncestor { line: usize, parent: TimeLineId, timeline: TimeLineId },
+    #[error("no parent timeline: the history of timeline {timeline} is empty")]
+    Empty { timeline: TimeLineId },
 }
 
 /// Parse the contents of a history file. Entries come back in file order (oldest timeline first).
 pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
+    parse(text, None)
+}
+
+/// Parse the history file of `timeline` (above 1) and check that it can be one: it names at least one
+/// parent, and every timeline it names is older than `timeline`.
+pub fn parse_history_of(timeline: TimeLineId, text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let entries = parse(text, Some(timeline))?;
+    if entries.is_empty() {
+        return Err(HistoryError::Empty { timeline });
+    }
+    Ok(entries)
+}
+
+/// `parse_history`, refusing entries not below `child` when given.
+fn parse(text: &str, child: Option<TimeLineId>) -> Result<Vec<HistoryEntry>, HistoryError> {
     let mut entries: Vec<HistoryEntry> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let line = idx + 1;
@@ -46,6 +65,9 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
             if end < prev.end {
                 return Err(HistoryError::SwitchPointBackwards { line, lsn: end });
             }
+        }
+        if let Some(child) = child.filter(|&child| timeline >= child) {
+            return Err(HistoryError::NotAnAncestor { line, parent: timeline, timeline: child });
         }
         entries.push(HistoryEntry { timeline, end });
     }
@@ -116,10 +138,29 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn history_of_a_timeline_names_only_older_ones() {
+        assert_eq!(parse_history_of(3, SAMPLE).unwrap().len(), 2);
+        let err = parse_history_of(2, SAMPLE).unwrap_err();
+        assert_eq!(err, HistoryError::NotAnAncestor { line: 4, parent: 2, timeline: 2 });
+        assert_eq!(err.to_string(), "line 4: timeline 2 cannot be an ancestor of timeline 2");
+        assert!(matches!(parse_history_of(2, "3\t0/5000000\tx\n"), Err(HistoryError::NotAnAncestor { .. })));
+        let err = parse_history_of(2, "# nothing\n\n").unwrap_err();
+        assert_eq!(err.to_string(), "no parent timeline: the history of timeline 2 is empty");
+        assert!(matches!(parse_history_of(5, "garbage"), Err(HistoryError::Syntax { line: 1, .. })));
+        assert!(matches!(
+            parse_history_of(5, "1\t0/5\n2\t0/4\n"),
+            Err(HistoryError::SwitchPointBackwards { .. })
+        ));
+    }
+
     proptest! {
         #[test]
-        fn never_panics(s in "(?s).{0,200}") {
+        fn never_panics(s in "(?s).{0,200}", timeline in 0u32..5) {
             let _ = parse_history(&s);
+            if let Ok(entries) = parse_history_of(timeline, &s) {
+                prop_assert!(!entries.is_empty() && entries.iter().all(|e| e.timeline < timeline));
+            }
         }
     }
 }

@@ -292,8 +292,9 @@ pub fn list_archive(dir: &Path, seg_size: u64, comp: Comp) -> Vec<ArchFile> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        // History files, and temporary names (a segment being preallocated): not segments.
-        if name.ends_with(".history") || name.ends_with(".tmp") {
+        // History files, temporary names (a segment being preallocated or streamed again) and the lock
+        // file: not segments.
+        if name.ends_with(".history") || name.ends_with(".tmp") || name == crate::support::LOCK_FILE {
             continue;
         }
         let (base, complete) = match name.strip_suffix(".partial") {

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Run the binary with [`walkeeper`] or [`run_walkeeper`] (`bin.rs`: a clean environment, a [`Run`] with the
-//! exit code, both outputs and the one error line); play a misbehaving server with [`fake_walsender`]. A test
-//! that cannot run here calls [`cannot_run`] or [`require_major`], which fail under CI.
+//! exit code, both outputs and the one error line); play a misbehaving server with [`fake_walsender`], or
+//! make a real one misbehave through a [`proxy`]. A test that cannot run here calls [`cannot_run`] or
+//! [`require_major`], which fail under CI.
 //!
 //! The whole suite runs against another major with `WALKEEPER_PG_BIN=$PWD/.pg/17/package/native/bin cargo
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
@@ -26,6 +27,7 @@
 
 mod bin;
 pub mod fake_walsender;
+pub mod proxy;
 pub mod s3;
 mod tls;
 
@@ -879,10 +881,16 @@ impl Cluster {
 // Reading an archive directory (independently of walkeeper's own code, as a cross-check)
 // ---------------------------------------------------------------------------------------------------------
 
-/// The file names in `dir`, sorted.
+/// walkeeper's lock file in an archive it writes to: not part of the archive's contents.
+pub const LOCK_FILE: &str = ".walkeeper.lock";
+
+/// The file names in `dir`, sorted, without [`LOCK_FILE`].
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE)
+        .collect();
     v.sort();
     v
 }
