@@ -372,3 +372,31 @@ fn entries_that_are_not_regular_files_and_impossible_histories() {
     assert_eq!(code, 1);
     assert_eq!(v["problems"][0]["kind"], "invalid_history", "{v}");
 }
+
+#[test]
+fn cleanup_warns_before_removing_the_live_partial() {
+    let dir = archive_dir();
+    let archive = dir.path();
+    synthetic(archive);
+    fs::write(archive.join(format!("{}.partial", name(3))), vec![0u8; SEG as usize]).unwrap();
+    let cleanup =
+        |args: &[&str]| walkeeper().arg("cleanup").arg("-D").arg(archive).args(args).output().unwrap();
+    // Up to the live .partial: nothing to say.
+    let out = cleanup(&[&name(3)]);
+    assert_code(&out, 0);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    // Past it: a warning first (also in a dry run), then it is removed as pg_archivecleanup would.
+    for args in [vec!["-n", name(4).as_str()], vec![name(4).as_str()]] {
+        let out = cleanup(&args);
+        assert_code(&out, 0);
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "walkeeper: warning: removing \"{}\", the newest segment file of the newest timeline: a running walkeeper receive may still be writing it",
+                archive.join(format!("{}.partial", name(3))).display()
+            )
+        );
+    }
+    assert!(names(archive).is_empty(), "{:?}", names(archive));
+}

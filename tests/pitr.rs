@@ -217,20 +217,28 @@ fn pitr_to_a_time_zstd() {
     pitr_to_time(&["-Z", "zstd"], ".zst");
 }
 
+/// A primary streamed by a synchronous walkeeper through a slot: the `pitr` table, `backups` base backups,
+/// then rows 1..100 in segments that are complete in the archive.
+fn synchronous_archive(backups: usize) -> (Cluster, ArchiveDir, Receiver, Vec<Cluster>) {
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "dr");
+    let rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let backups = (0..backups).map(|_| primary.base_backup()).collect();
+    insert_batch(&primary, 1, 100);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    (primary, archive, rx, backups)
+}
+
 /// The primary is destroyed; the last transactions exist only in the receiver's `.partial`. Without
 /// `--partial` recovery ends at the last complete segment; with it, it reaches the last received commit.
 #[test]
 fn disaster_recovery_reaches_into_the_partial() {
-    let primary = Cluster::builder().segment_size_mb(1).start();
-    let archive = ArchiveDir::new();
-    create_slot(&archive, &primary, "dr");
-    let mut rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    let mut without = primary.base_backup();
-    let mut with = primary.base_backup();
-    insert_batch(&primary, 1, 100);
-    let last = primary.switch_wal();
-    rx.wait_archived(&archive, &last);
+    let (primary, archive, mut rx, backups) = synchronous_archive(2);
+    let [mut without, mut with]: [Cluster; 2] = backups.try_into().ok().unwrap();
+    let last = archive.files().into_iter().filter(|f| f.len() == 24).max().unwrap();
     insert_batch(&primary, 101, 150);
     let end = primary.current_lsn();
     let flushed = wait_until(WAIT, || {
@@ -319,15 +327,8 @@ fn segment_name(n: u64) -> String {
 /// commit in it was confirmed to the primary's clients.
 #[test]
 fn disaster_recovery_replays_every_partial_of_the_trailing_run() {
-    let primary = Cluster::builder().segment_size_mb(1).start();
-    let archive = ArchiveDir::new();
-    create_slot(&archive, &primary, "dr");
-    let mut rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    let mut backup = primary.base_backup();
-    insert_batch(&primary, 1, 100);
-    let before = primary.switch_wal();
-    rx.wait_archived(&archive, &before);
+    let (primary, archive, mut rx, backups) = synchronous_archive(1);
+    let mut backup = backups.into_iter().next().unwrap();
     // Commits in segment N, then a record from N into N+1.
     insert_batch(&primary, 101, 150);
     let seg = primary.segment_size();

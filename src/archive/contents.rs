@@ -112,35 +112,29 @@ mod tests {
     use crate::archive::compress::Compressor;
     use crate::archive::store::LocalStore;
 
-    fn compressed(method: Compression, data: &[u8], finish: bool) -> Vec<u8> {
-        let mut c = Compressor::new(method, None).unwrap().unwrap();
-        c.write(data).unwrap();
-        if finish {
-            c.finish().unwrap()
-        } else {
-            c.sync_flush().unwrap();
-            std::mem::take(c.output())
-        }
-    }
-
     #[test]
     fn heads_and_lengths_of_every_form() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let tmp = tempfile::tempdir().unwrap();
         let store = LocalStore::new(tmp.path());
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        std::fs::write(tmp.path().join("plain"), &data).unwrap();
+        store.put_replace("plain", &data).unwrap();
         assert_eq!(read_head(&store, "plain", Compression::None, false, 40).unwrap(), data[..40]);
         assert_eq!(decoded_len(&store, "plain", Compression::None, false).unwrap(), 300_000);
         for method in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
-            std::fs::write(tmp.path().join("whole"), compressed(method, &data, true)).unwrap();
+            // The first 1000 bytes as an open stream (what a .partial holds), then the whole stream.
+            let mut c = Compressor::new(method, None).unwrap().unwrap();
+            c.write(&data[..1000]).unwrap();
+            c.sync_flush().unwrap();
+            store.put_replace("open", c.output()).unwrap();
+            c.write(&data[1000..]).unwrap();
+            store.put_replace("whole", &c.finish().unwrap()).unwrap();
             assert_eq!(read_head(&store, "whole", method, false, 40).unwrap(), data[..40], "{method}");
             assert_eq!(decoded_len(&store, "whole", method, false).unwrap(), 300_000, "{method}");
             // An open stream: complete only as a .partial.
-            std::fs::write(tmp.path().join("open"), compressed(method, &data[..1000], false)).unwrap();
             assert_eq!(decoded_len(&store, "open", method, true).unwrap(), 1000, "{method}");
             assert_eq!(read_head(&store, "open", method, true, 5000).unwrap(), data[..1000], "{method}");
             // Not compressed at all.
-            std::fs::write(tmp.path().join("junk"), b"certainly not compressed data").unwrap();
+            store.put_replace("junk", b"certainly not compressed data").unwrap();
             let err = decoded_len(&store, "junk", method, true).unwrap_err().to_string();
             assert!(err.starts_with("could not decompress \""), "{method}: {err}");
         }

@@ -30,9 +30,6 @@ pub struct ArchiveStatus {
     /// Read from a segment's page header (or the fallback of 16 MB when none could be read).
     pub segment_size: u32,
     pub segment_size_known: bool,
-    /// From the long page header of the newest segment file that has one (a string: JSON readers lose digits
-    /// of numbers above 2^53).
-    pub system_identifier: Option<String>,
     pub timelines: Vec<TimelineStatus>,
     pub history_files: Vec<String>,
     pub backup_history_files: Vec<String>,
@@ -43,6 +40,9 @@ pub struct ArchiveStatus {
     pub newest: Option<NewestWal>,
     /// Number of segments missing inside timelines, over all timelines.
     pub missing_segments: u64,
+    /// From the long page header of the newest segment file that has one (a string: JSON readers lose digits
+    /// of numbers above 2^53).
+    pub system_identifier: Option<String>,
     /// Things to look at (module docs), one line each.
     pub warnings: Vec<String>,
 }
@@ -151,7 +151,6 @@ pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
         directory: store.location(),
         segment_size,
         segment_size_known: catalog.segment_size_known(),
-        system_identifier: system_identifier.map(|(id, _)| id.to_string()),
         timelines,
         history_files: catalog.histories().values().map(|e| e.name.clone()).collect(),
         backup_history_files: catalog.backup_histories().iter().map(|e| e.name.clone()).collect(),
@@ -159,6 +158,7 @@ pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
         total_bytes,
         newest,
         missing_segments,
+        system_identifier: system_identifier.map(|(id, _)| id.to_string()),
         warnings,
     })
 }
@@ -283,4 +283,56 @@ pub fn render_text(s: &ArchiveStatus) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::store::LocalStore;
+
+    #[test]
+    fn a_trailing_run_is_no_gap_a_leftover_partial_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in [
+            "000000010000000000000001",
+            "000000010000000000000002.partial",
+            "000000010000000000000003.zst.partial",
+            "000000020000000000000001",
+            "000000020000000000000002.partial",
+            "000000020000000000000003",
+        ] {
+            std::fs::write(tmp.path().join(f), b"").unwrap();
+        }
+        std::fs::create_dir(tmp.path().join("000000020000000000000004")).unwrap();
+        let s = status(&LocalStore::new(tmp.path())).unwrap();
+        assert!(!s.segment_size_known);
+        let t1 = &s.timelines[0];
+        assert_eq!(
+            t1.trailing_partials,
+            ["000000010000000000000002.partial", "000000010000000000000003.zst.partial"]
+        );
+        assert_eq!(t1.partial.as_ref().unwrap().file, "000000010000000000000003.zst.partial");
+        assert!(t1.gaps.is_empty());
+        let t2 = &s.timelines[1];
+        assert!(t2.trailing_partials.is_empty() && t2.partial.is_none());
+        assert_eq!(
+            t2.gaps,
+            [Gap {
+                first_missing: "000000020000000000000002".into(),
+                last_missing: "000000020000000000000002".into(),
+                count: 1
+            }]
+        );
+        assert_eq!(s.missing_segments, 1);
+        assert_eq!(s.wal_files, 6);
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].ends_with("000000020000000000000004\" is not a regular file"),
+            "{:?}",
+            s.warnings
+        );
+        let text = render_text(&s);
+        assert!(text.contains("  partial:      000000010000000000000002.partial (received whole; restore --partial serves it)\n"), "{text}");
+        assert!(text.contains("warning:        \""), "{text}");
+    }
 }
