@@ -143,8 +143,20 @@ fn a_stray_segment_never_decides_where_receive_starts() {
     );
     assert_eq!(restart_lsn(&c, "k"), slot_before, "the slot must not move past WAL never archived");
     assert_eq!(names(dir.path()), files, "nothing written");
-    // Moved away: receive fills the archive up to the server's position.
+    // A directory by that name: the same clear refusal.
     fs::remove_file(dir.path().join(&stray)).unwrap();
+    fs::create_dir(dir.path().join(&stray)).unwrap();
+    let out = receive(&c, dir.path(), &["-S", "k", "-E", &end_here(&c)]);
+    assert_code(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.trim_end()
+            .ends_with(&format!("/{stray}\" is not a regular file: move it out of the archive directory")),
+        "{err}"
+    );
+    fs::remove_dir(dir.path().join(&stray)).unwrap();
+    assert_eq!(restart_lsn(&c, "k"), slot_before);
+    // Moved away: receive fills the archive up to the server's position.
     let out = receive(&c, dir.path(), &["-S", "k", "-E", &end_here(&c)]);
     assert_code(&out, 0);
     assert!(names(dir.path()).contains(&stray), "{:?}", names(dir.path()));
