@@ -104,7 +104,6 @@ fn classify(name: &str) -> Named {
 /// A store's files, classified.
 #[derive(Clone, Debug)]
 pub struct Catalog {
-    location: String,
     segment_size: u32,
     segment_size_known: bool,
     entries: Vec<Entry>,
@@ -128,18 +127,12 @@ impl Catalog {
                 None => (FALLBACK_SEGMENT_SIZE, false),
             },
         };
-        Ok(Catalog::new(store.location(), entries, size, known))
+        Ok(Catalog::new(entries, size, known))
     }
 
     /// Classify `entries` (pure). `segment_size` must be a valid segment size.
-    pub fn new(
-        location: String,
-        entries: Vec<Entry>,
-        segment_size: u32,
-        segment_size_known: bool,
-    ) -> Catalog {
+    fn new(entries: Vec<Entry>, segment_size: u32, segment_size_known: bool) -> Catalog {
         let mut c = Catalog {
-            location,
             segment_size,
             segment_size_known,
             entries: Vec::new(),
@@ -196,12 +189,7 @@ impl Catalog {
 
     /// The same files, classified for another segment size (verify, once the headers have told).
     pub fn with_segment_size(self, segment_size: u32) -> Catalog {
-        Catalog::new(self.location, self.entries, segment_size, true)
-    }
-
-    /// Where the store is (a directory, a bucket prefix).
-    pub fn location(&self) -> &str {
-        &self.location
+        Catalog::new(self.entries, segment_size, true)
     }
 
     pub fn segment_size(&self) -> u32 {
@@ -239,7 +227,7 @@ impl Catalog {
     }
 
     /// Segment files from the newest down, in pg_receivewal's order.
-    pub fn newest_first(&self) -> Vec<&SegFile> {
+    fn newest_first(&self) -> Vec<&SegFile> {
         let mut v: Vec<&SegFile> = self.segments.iter().collect();
         v.sort_by_key(|s| std::cmp::Reverse(s.rank()));
         v
@@ -372,7 +360,7 @@ mod tests {
     }
 
     fn catalog(names: &[&str]) -> Catalog {
-        Catalog::new("/a".into(), names.iter().map(|n| entry(n)).collect(), SEG, true)
+        Catalog::new(names.iter().map(|n| entry(n)).collect(), SEG, true)
     }
 
     fn files(v: &[&SegFile]) -> Vec<String> {
@@ -402,7 +390,7 @@ mod tests {
         .collect();
         entries.push(Entry { regular: false, ..entry("000000010000000000000009") });
         entries.push(Entry { regular: false, ..entry("00000003.history") });
-        let c = Catalog::new("/a".into(), entries, SEG, true);
+        let c = Catalog::new(entries, SEG, true);
         let segs: Vec<&str> = c.segments().iter().map(|s| s.file.as_str()).collect();
         assert_eq!(
             segs,

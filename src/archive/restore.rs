@@ -295,7 +295,7 @@ fn read_small(store: &dyn Store, file: &str) -> Result<Vec<u8>, RestoreError> {
 
 /// The file serving segment `name`: a complete one in any compression (found by name, no listing), else,
 /// with `partial`, its `.partial` when it is in the trailing run of its timeline (this lists the archive).
-pub fn find_segment(store: &dyn Store, name: &str, partial: bool) -> Result<Option<Source>, RestoreError> {
+fn find_segment(store: &dyn Store, name: &str, partial: bool) -> Result<Option<Source>, RestoreError> {
     if let Some((entry, compression)) =
         catalog::lookup_complete(store, name).map_err(RestoreError::Store)??
     {
@@ -356,7 +356,7 @@ pub fn write_bytes(dest: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
 }
 
 /// Produce segment `name` from `source` into the file `dest` (atomically), checking it.
-pub fn serve_segment(
+fn serve_segment(
     store: &dyn Store,
     name: &str,
     source: &Source,
@@ -390,14 +390,9 @@ pub(crate) fn fill_segment(
     let mut buf = vec![0u8; CHUNK];
     loop {
         let (n, err) = contents::fill(&mut reader, &mut buf);
-        if let Some(e) = &err {
-            if !contents::is_open_end(partial, compression, e) {
-                let e = err.expect("checked");
-                return Err(RestoreError::store(
-                    name,
-                    contents::read_error(store, &source.file, compression, e),
-                ));
-            }
+        if let Some(e) = err.filter(|e| !contents::is_open_end(partial, compression, e)) {
+            let e = contents::read_error(store, &source.file, compression, e);
+            return Err(RestoreError::store(name, e));
         }
         check.push(&buf[..n]).map_err(|e| check_error(name, &location, partial, e))?;
         writer.write_all(&buf[..n]).map_err(write_error)?;

@@ -157,15 +157,16 @@ fn check_belongs(
         Err(_) if f.partial => return Ok(false),
         Err(e) => return Err(does_not_belong(e.to_string())),
     };
+    // Another system first: it explains a wrong segment size or address as well.
+    if header.system_id != system_id {
+        return Err(other_system(store, f, header.system_id, system_id));
+    }
     header.check_page_addr(f.segment_name()).map_err(|e: PageError| does_not_belong(e.to_string()))?;
     if header.segment_size != segment_size {
         return Err(does_not_belong(format!(
             "its page header says the segment size is {} bytes, but the server's is {segment_size} bytes",
             header.segment_size
         )));
-    }
-    if header.system_id != system_id {
-        return Err(other_system(store, f, header.system_id, system_id));
     }
     Ok(true)
 }
