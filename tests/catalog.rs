@@ -8,17 +8,11 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
-use support::{format_lsn, names, parse_lsn, Cluster};
+use std::process::Output;
+use support::{format_lsn, names, parse_lsn, walkeeper, Cluster};
 use walkeeper::wal::encoder::WalEncoder;
 
 const SEG: u64 = 1 << 20;
-
-fn walkeeper() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
-    cmd.env_remove("RUST_LOG");
-    cmd
-}
 
 fn name(n: u64) -> String {
     format!("00000001{:08X}{:08X}", n / 4096, n % 4096)

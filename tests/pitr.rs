@@ -18,7 +18,7 @@ use support::{chown_to_server, run_as_server_user, wait_until, Cluster};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn walkeeper() -> &'static str {
-    env!("CARGO_BIN_EXE_walkeeper")
+    support::WALKEEPER
 }
 
 /// A temp dir holding `archive/` (owned by the server user, as an archive written by a `postgres`-run

@@ -2,6 +2,8 @@
 //! synthetic segments (valid WAL: a record holding a marker, then an XLOG_SWITCH): exit codes, what is
 //! written and what is not, compressed and partial segments, the prefetch spool, concurrent invocations.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,9 +16,7 @@ use walkeeper::wal::segment::Compression;
 const SEG: usize = 1 << 20;
 
 fn walkeeper() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
-    cmd.env_remove("RUST_LOG");
-    cmd
+    support::walkeeper()
 }
 
 /// A segment of timeline `tli`, number `n`: a record holding `marker`, then an XLOG_SWITCH and its padding.

@@ -9,6 +9,9 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// Exit code of a usage error, as pg_archivecleanup's.
+pub const EXIT_USAGE: i32 = 2;
+
 #[derive(Args, Debug, Clone)]
 pub struct CleanupArgs {
     /// the walkeeper archive directory

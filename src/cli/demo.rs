@@ -210,6 +210,7 @@ async fn demo_body(
         slot: Some("walkeeper_demo".into()),
         endpos: Some(end),
         status_interval: Some(Duration::from_secs(10)),
+        receive_timeout: Some(crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT),
         synchronous: false,
         fsync: true,
         compression: Compression::None,

@@ -7,7 +7,7 @@
 //! [`crate::archive::prefetch`] for the prefetch worker.
 
 use crate::archive::prefetch::{self, Spool};
-use crate::archive::restore::{self, parse_request, Mode, Request, RestoreError, RestoreOptions, EXIT_USAGE};
+use crate::archive::restore::{self, parse_request, Mode, Request, RestoreError, RestoreOptions};
 use crate::archive::store::LocalStore;
 use crate::cli::{Exit, Prog};
 use clap::Args;
@@ -47,10 +47,10 @@ pub struct RestoreArgs {
     #[arg(long = "prefetch-worker", hide = true)]
     pub prefetch_worker: bool,
     /// the file PostgreSQL asks for (%f)
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "FILE", required = true)]
     pub file: Option<String>,
     /// where to put it (%p)
-    #[arg(value_name = "PATH")]
+    #[arg(value_name = "PATH", required = true)]
     pub path: Option<PathBuf>,
 }
 
@@ -73,14 +73,7 @@ impl Failing<'_> {
 }
 
 fn usage(prog: &Prog, msg: &str) -> Exit {
-    Exit {
-        code: EXIT_USAGE,
-        message: format!(
-            "{0}: error: {msg}\n{0}: hint: Try \"{1} --help\" for more information.",
-            prog.log_name(),
-            prog.display()
-        ),
-    }
+    crate::cli::usage_error(prog, msg)
 }
 
 pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {

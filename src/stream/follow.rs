@@ -65,7 +65,13 @@ pub async fn receive(
         }
         let wait = backoff(failures);
         failures = failures.saturating_add(1);
-        tracing::error!("{error}");
+        match &error {
+            // A planned shutdown or switchover of the server: expected, not an error.
+            ReceiveError::Session(SessionError::ServerEnded { server }) => {
+                tracing::info!("{server}: server ended streaming; reconnecting")
+            }
+            other => tracing::error!("{other}"),
+        }
         tracing::info!("disconnected; waiting {} seconds to try again", wait.as_secs());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -1,8 +1,10 @@
 //! A replication session: IDENTIFY_SYSTEM → TIMELINE_HISTORY → START_REPLICATION → the CopyBoth loop,
-//! feedback, end-of-timeline handling (`session`), and the reconnect loop around it (`follow`).
+//! feedback, end-of-timeline handling (`session`), the silent-server timeout (`liveness`), and the reconnect
+//! loop around it (`follow`).
 
 pub mod feedback;
 pub mod follow;
+pub mod liveness;
 pub mod session;
 pub mod slot;
 
@@ -25,6 +27,8 @@ pub struct ReceiveConfig {
     pub endpos: Option<Lsn>,
     /// None disables periodic status updates (`-s 0`).
     pub status_interval: Option<Duration>,
+    /// `--receive-timeout`: give a silent connection up after this long (None: never); see `liveness`.
+    pub receive_timeout: Option<Duration>,
     pub synchronous: bool,
     /// false with `--no-sync`.
     pub fsync: bool,

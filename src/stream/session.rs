@@ -9,6 +9,7 @@ use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
 use crate::stream::feedback::Positions;
+use crate::stream::liveness::{Due, Liveness};
 use crate::stream::slot::{slot_start, SlotStart};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
@@ -21,6 +22,9 @@ use tokio::time::Instant;
 
 /// Write this much before giving the loop a chance to sync and report (bounds latency under a flood).
 const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How often `-v` prints a progress line when status updates are off (`-s 0`); else once per status interval.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Past `--endpos`, how long to keep reading so that a fully received segment gets validated and renamed
 /// (the record crossing its end has to arrive whole) before stopping with it left `.partial`.
@@ -49,6 +53,16 @@ pub enum SessionError {
     NotReady(String),
     #[error("{server}: {message}")]
     Protocol { server: String, message: String },
+    /// The server ended streaming on its own (CommandComplete without CopyDone): a planned shutdown or a
+    /// switchover. Not a failure; the reconnect loop logs it as information.
+    #[error("{server}: server ended streaming (shutdown or switchover)")]
+    ServerEnded { server: String },
+    /// `--receive-timeout`: nothing at all from the server for that long, not even a keepalive.
+    #[error(
+        "{server}: nothing received from the server for {} seconds, not even a keepalive (--receive-timeout)",
+        timeout.as_secs()
+    )]
+    ReceiveTimeout { server: String, timeout: Duration },
 }
 
 impl From<ConnError> for SessionError {
@@ -123,7 +137,17 @@ pub async fn run_session(
     shutdown: &mut watch::Receiver<bool>,
     validation_failures: &mut Option<(Lsn, u32)>,
 ) -> Result<Stopped, SessionError> {
+    conn.set_reply_timeout(cfg.receive_timeout);
     let info = identify(conn).await?;
+    tracing::info!(
+        server = conn.server(),
+        server_version = conn.parameter("server_version").unwrap_or(""),
+        timeline = info.identity.timeline,
+        "connected to {} (PostgreSQL {}, timeline {})",
+        conn.server(),
+        conn.parameter("server_version").unwrap_or("?"),
+        info.identity.timeline
+    );
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
     let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
     loop {
@@ -256,9 +280,14 @@ struct CopyLoop<'a> {
     pending: Vec<SegmentWriter>,
     decoder: Option<WalDecoder>,
     last_status: Option<Instant>,
+    /// When `-v` prints the next progress line (a clock apart from status updates, which `--synchronous`
+    /// and keepalive replies send far more often).
+    next_progress: Instant,
+    /// Whether the server is still there (`--receive-timeout`).
+    liveness: Liveness,
     copy_done_sent: bool,
-    /// The server's end of WAL, as last reported in XLogData or keepalive messages.
-    server_end: Lsn,
+    /// The server's end of WAL, as last reported in XLogData or keepalive messages; None until it reports.
+    server_end: Option<Lsn>,
     /// When the received position first went past `--endpos`.
     endpos_passed_at: Option<Instant>,
 }
@@ -294,8 +323,10 @@ impl<'a> CopyLoop<'a> {
             pending: Vec::new(),
             decoder,
             last_status: None,
+            next_progress: Instant::now(),
+            liveness: Liveness::new(cfg.receive_timeout, Instant::now()),
             copy_done_sent: false,
-            server_end: start,
+            server_end: None,
             endpos_passed_at: None,
         }
     }
@@ -309,6 +340,8 @@ impl<'a> CopyLoop<'a> {
             }
             let deadline = self.next_status_deadline();
             let grace_end = self.endpos_passed_at.map(|t| t + ENDPOS_VALIDATION_GRACE);
+            let progress_at = Some(self.next_progress);
+            let alive_until = self.liveness.deadline();
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
@@ -317,9 +350,18 @@ impl<'a> CopyLoop<'a> {
                     self.status_tick().await?;
                     continue;
                 }
+                _ = sleep_until_opt(progress_at) => {
+                    self.progress_due();
+                    continue;
+                }
+                _ = sleep_until_opt(alive_until) => {
+                    self.check_liveness().await?;
+                    continue;
+                }
                 _ = sleep_until_opt(grace_end) => None,
             };
             if let Some(msg) = msg {
+                self.liveness.heard(Instant::now());
                 if let Some(end) = self.handle(msg).await? {
                     return Ok(end);
                 }
@@ -344,6 +386,7 @@ impl<'a> CopyLoop<'a> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.status_tick().await?;
             }
+            self.progress_due();
             // A segment that is fully received but still waits for the record crossing its end to be
             // validated would stay `.partial` where pg_receivewal renames it: read on until it is renamed,
             // for a bounded time (a standby's WAL can end inside a record whose rest is not coming).
@@ -368,6 +411,21 @@ impl<'a> CopyLoop<'a> {
         self.pending.is_empty() || passed.elapsed() >= ENDPOS_VALIDATION_GRACE
     }
 
+    /// `--receive-timeout`: ask a silent server for a reply at half the timeout; give up at all of it.
+    async fn check_liveness(&mut self) -> Result<(), SessionError> {
+        match self.liveness.due(Instant::now()) {
+            Some(Due::Ping) => {
+                tracing::debug!("nothing from the server for half of --receive-timeout; asking for a reply");
+                self.send_status(true).await
+            }
+            Some(Due::Dead) => Err(SessionError::ReceiveTimeout {
+                server: self.conn.server().to_string(),
+                timeout: self.cfg.receive_timeout.unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn next_status_deadline(&self) -> Option<Instant> {
         let interval = self.cfg.status_interval?;
         Some(match self.last_status {
@@ -383,19 +441,35 @@ impl<'a> CopyLoop<'a> {
             self.sync()?;
             self.complete_validated_segments()?;
         }
-        self.send_status(false).await?;
-        let (received, safe) = (self.positions.received(), self.positions.safe());
-        let lag = self.server_end.0.saturating_sub(received.0);
-        tracing::info!(
-            received = %received,
-            flushed = %safe,
-            server_end = %self.server_end,
-            lag_bytes = lag,
-            "received {received}, flushed {safe}, server at {} (lag {lag} bytes, timeline {})",
-            self.server_end,
-            self.timeline
-        );
-        Ok(())
+        self.send_status(false).await
+    }
+
+    /// The `-v` progress line, once per status interval (or [`PROGRESS_INTERVAL`] with `-s 0`), however
+    /// often status updates go out. The lag is shown only once the server has said where its WAL ends.
+    fn progress_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_progress {
+            return;
+        }
+        self.next_progress = now + self.cfg.status_interval.unwrap_or(PROGRESS_INTERVAL);
+        let (received, safe, tli) = (self.positions.received(), self.positions.safe(), self.timeline);
+        match self.server_end {
+            Some(end) => {
+                let lag = end.0.saturating_sub(received.0);
+                tracing::info!(
+                    received = %received,
+                    flushed = %safe,
+                    server_end = %end,
+                    lag_bytes = lag,
+                    "received {received}, flushed {safe}, server at {end} (lag {lag} bytes, timeline {tli})"
+                );
+            }
+            None => tracing::info!(
+                received = %received,
+                flushed = %safe,
+                "received {received}, flushed {safe} (server position not reported yet, timeline {tli})"
+            ),
+        }
     }
 
     async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
@@ -407,11 +481,11 @@ impl<'a> CopyLoop<'a> {
                     error,
                 })? {
                     StreamMessage::XLogData { start, data, wal_end, .. } => {
-                        self.server_end = self.server_end.max(wal_end);
+                        self.server_end = self.server_end.max(Some(wal_end));
                         self.receive_wal(start, &data)?
                     }
                     StreamMessage::Keepalive { reply_requested, wal_end, .. } => {
-                        self.server_end = self.server_end.max(wal_end);
+                        self.server_end = self.server_end.max(Some(wal_end));
                         if reply_requested {
                             // The server may be waiting on us (shutdown, synchronous commit): make what we
                             // have durable first so the reply carries the best flush position.
@@ -433,6 +507,10 @@ impl<'a> CopyLoop<'a> {
                     self.copy_done_sent = true;
                 }
                 Ok(Some(CopyEnd::EndOfTimeline))
+            }
+            // A walsender that is shutting down and has sent everything ends the command without CopyDone.
+            Backend::CommandComplete { .. } => {
+                Err(SessionError::ServerEnded { server: self.conn.server().to_string() })
             }
             other => Err(self.conn.unexpected(&other, "during streaming").into()),
         }
