@@ -348,6 +348,17 @@ fn segment_size_from_headers(store: &dyn Store, entries: &[Entry]) -> Option<u32
     })
 }
 
+/// A temporary directory holding an empty file for each of `names`: for the tests of the modules that read
+/// archives.
+#[cfg(test)]
+pub(crate) fn test_archive(names: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in names {
+        std::fs::write(tmp.path().join(name), b"").unwrap();
+    }
+    tmp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

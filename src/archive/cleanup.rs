@@ -161,18 +161,15 @@ mod tests {
     #[test]
     fn plans_from_the_catalog_and_warns_first() {
         use crate::archive::store::LocalStore;
-        let tmp = tempfile::tempdir().unwrap();
-        let store = LocalStore::new(tmp.path());
-        for f in [
+        let tmp = crate::archive::catalog::test_archive(&[
             "000000010000000000000001",
             "000000010000000000000002.partial",
             "000000020000000000000002",
             "000000020000000000000003.zst.partial",
             "000000010000000000000001.00000028.backup",
             "00000002.history",
-        ] {
-            std::fs::write(tmp.path().join(f), b"x").unwrap();
-        }
+        ]);
+        let store = LocalStore::new(tmp.path());
         std::fs::create_dir(tmp.path().join("000000010000000000000000")).unwrap();
         let p = plan(&store, "000000020000000000000003", false).unwrap();
         assert_eq!(

@@ -289,8 +289,7 @@ mod tests {
     #[test]
     fn empty_or_foreign_directory_has_no_start() {
         assert_eq!(scan(&[]).unwrap(), None);
-        let tmp = tempfile::tempdir().unwrap();
-        for junk in [
+        let tmp = crate::archive::catalog::test_archive(&[
             "00000002.history",
             "00000002.history.tmp",
             "000000010000000000000002.00000028.backup",
@@ -300,9 +299,7 @@ mod tests {
             "000000000000000000000005",
             "README",
             ".hidden",
-        ] {
-            fs::write(tmp.path().join(junk), b"junk").unwrap();
-        }
+        ]);
         fs::create_dir(tmp.path().join("archive_status")).unwrap();
         assert_eq!(find(tmp.path()).unwrap(), None);
     }

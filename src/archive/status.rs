@@ -292,17 +292,14 @@ mod tests {
 
     #[test]
     fn a_trailing_run_is_no_gap_a_leftover_partial_is() {
-        let tmp = tempfile::tempdir().unwrap();
-        for f in [
+        let tmp = crate::archive::catalog::test_archive(&[
             "000000010000000000000001",
             "000000010000000000000002.partial",
             "000000010000000000000003.zst.partial",
             "000000020000000000000001",
             "000000020000000000000002.partial",
             "000000020000000000000003",
-        ] {
-            std::fs::write(tmp.path().join(f), b"").unwrap();
-        }
+        ]);
         std::fs::create_dir(tmp.path().join("000000020000000000000004")).unwrap();
         let s = status(&LocalStore::new(tmp.path())).unwrap();
         assert!(!s.segment_size_known);
