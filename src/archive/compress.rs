@@ -204,7 +204,7 @@ fn decode_file(
 }
 
 /// True when a decoder error means "the input ended early" rather than "the input is corrupt".
-pub(super) fn is_truncation(e: &io::Error) -> bool {
+pub fn is_truncation(e: &io::Error) -> bool {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return true;
     }

@@ -736,7 +736,8 @@ mod tests {
         let partial = tmp.path().join("000000010000000000000001.partial");
         assert_eq!(fs::metadata(&partial).unwrap().len(), u64::from(SEG));
         assert!(!leftover.exists());
-        assert!(crate::archive::scan::find_start(tmp.path(), SEG).unwrap().is_some());
+        let store = crate::archive::store::LocalStore::new(tmp.path());
+        assert!(crate::archive::scan::find_start(&store, SEG, 1).unwrap().is_some());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
 //! durable rename), compression, and the read side (restore, verify, status, cleanup).
 
+pub mod catalog;
 pub mod cleanup;
 pub mod compress;
+pub mod contents;
 pub mod direct;
 pub mod error;
 pub mod fsutil;
-pub mod identity;
 pub mod local;
 pub mod lock;
 pub mod prefetch;

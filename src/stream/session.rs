@@ -2,8 +2,9 @@
 //! history, START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports
 //! positions — following end-of-timeline to the next timeline on the same connection.
 
-use crate::archive::identity::directory_system_id;
 use crate::archive::local::{LocalWalDir as WalDir, SegmentWriter};
+use crate::archive::scan::{find_start, ScanError};
+use crate::archive::store::LocalStore;
 use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
@@ -36,6 +37,9 @@ pub enum SessionError {
     Conn(Box<ConnError>),
     #[error("{0}")]
     Archive(Box<crate::archive::error::WalDirError>),
+    /// The archive gives no start position (a file that does not belong, another database system's WAL).
+    #[error(transparent)]
+    Scan(Box<ScanError>),
     #[error("{server}: {error}")]
     Replication { server: String, error: repl::ReplicationError },
     /// The stream failed validation: nothing at or after `lsn` was acknowledged.
@@ -77,7 +81,11 @@ impl From<crate::archive::error::WalDirError> for SessionError {
 impl SessionError {
     /// Errors after which reconnecting is pointless.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, SessionError::Fatal(_))
+        match self {
+            SessionError::Fatal(_) => true,
+            SessionError::Scan(e) => e.is_fatal(),
+            _ => false,
+        }
     }
 }
 
@@ -142,7 +150,6 @@ pub async fn run_session(
         info.identity.timeline
     );
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
-    check_system_identifier(&dir, &info)?;
     let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
     loop {
         start = start.segment_start(info.segment_size);
@@ -180,34 +187,22 @@ pub async fn run_session(
     }
 }
 
-/// Refuse a directory that already holds WAL of another database system.
-fn check_system_identifier(dir: &WalDir, info: &ServerInfo) -> Result<(), SessionError> {
-    let found = directory_system_id(dir.path(), info.segment_size).map_err(|e| {
-        SessionError::Fatal(format!("could not read WAL directory \"{}\": {e}", dir.path().display()))
-    })?;
-    match found {
-        Some((id, file)) if id != info.identity.system_id => Err(SessionError::Fatal(format!(
-            "WAL directory \"{}\" belongs to database system {id} (see \"{}\"), but the server's system identifier is {}",
-            dir.path().display(),
-            file.display(),
-            info.identity.system_id
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn stop_at_endpos(cfg: &ReceiveConfig, pos: Lsn) -> bool {
     cfg.endpos.is_some_and(|e| e < pos)
 }
 
 /// pg_receivewal's rules: continue from the directory, else the slot's restart position, else the server's.
+/// The archive's files are checked to be of this server's database system first (`archive::scan`).
 async fn start_position(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
     dir: &WalDir,
     info: &ServerInfo,
 ) -> Result<(Lsn, TimeLineId), SessionError> {
-    if let Some(found) = crate::archive::scan::find_start(dir.path(), info.segment_size)? {
+    let store = LocalStore::new(dir.path());
+    let found = find_start(&store, info.segment_size, info.identity.system_id)
+        .map_err(|e| SessionError::Scan(Box::new(e)))?;
+    if let Some(found) = found {
         return Ok((found.lsn, found.timeline));
     }
     if let Some(slot) = &cfg.slot {

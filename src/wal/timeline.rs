@@ -21,29 +21,31 @@ pub enum HistoryError {
     NotIncreasing { line: usize, timeline: TimeLineId },
     #[error("line {line}: switch point {lsn} goes back before the previous one")]
     SwitchPointBackwards { line: usize, lsn: Lsn },
-    #[error("line {line}: timeline {parent} cannot be an ancestor of timeline {timeline}")]
-    NotAnAncestor { line: usize, parent: TimeLineId, timeline: TimeLineId },
-    #[error("no parent timeline: the history of timeline {timeline} is empty")]
-    Empty { timeline: TimeLineId },
+    /// The history file of `of` names a timeline that is not older than `of` as an ancestor.
+    #[error(
+        "timeline {timeline} (switch point {lsn}) cannot be an ancestor of timeline {of}: expected a timeline from 1 to {}",
+        of.saturating_sub(1)
+    )]
+    NotAnAncestor { timeline: TimeLineId, lsn: Lsn, of: TimeLineId },
+    /// The history file of a timeline above 1 names no parent.
+    #[error("the history of timeline {0} lists no parent timeline")]
+    NoParent(TimeLineId),
+}
+
+impl HistoryError {
+    /// The switch point the error is about, if any.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            HistoryError::SwitchPointBackwards { lsn, .. } | HistoryError::NotAnAncestor { lsn, .. } => {
+                Some(*lsn)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Parse the contents of a history file. Entries come back in file order (oldest timeline first).
 pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
-    parse(text, None)
-}
-
-/// Parse the history file of `timeline` (above 1) and check that it can be one: it names at least one
-/// parent, and every timeline it names is older than `timeline`.
-pub fn parse_history_of(timeline: TimeLineId, text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
-    let entries = parse(text, Some(timeline))?;
-    if entries.is_empty() {
-        return Err(HistoryError::Empty { timeline });
-    }
-    Ok(entries)
-}
-
-/// `parse_history`, refusing entries not below `child` when given.
-fn parse(text: &str, child: Option<TimeLineId>) -> Result<Vec<HistoryEntry>, HistoryError> {
     let mut entries: Vec<HistoryEntry> = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let line = idx + 1;
@@ -66,10 +68,21 @@ fn parse(text: &str, child: Option<TimeLineId>) -> Result<Vec<HistoryEntry>, His
                 return Err(HistoryError::SwitchPointBackwards { line, lsn: end });
             }
         }
-        if let Some(child) = child.filter(|&child| timeline >= child) {
-            return Err(HistoryError::NotAnAncestor { line, parent: timeline, timeline: child });
-        }
         entries.push(HistoryEntry { timeline, end });
+    }
+    Ok(entries)
+}
+
+/// Parse the history file of `timeline` (`TTTTTTTT.history`) and check it can be that timeline's: every entry
+/// names an older timeline, and a timeline above 1 has a parent. A file naming a later (or the same)
+/// timeline as its ancestor would send recovery down a history that cannot exist.
+pub fn parse_history_of(timeline: TimeLineId, text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let entries = parse_history(text)?;
+    if let Some(e) = entries.iter().find(|e| e.timeline == 0 || e.timeline >= timeline) {
+        return Err(HistoryError::NotAnAncestor { timeline: e.timeline, lsn: e.end, of: timeline });
+    }
+    if timeline > 1 && entries.is_empty() {
+        return Err(HistoryError::NoParent(timeline));
     }
     Ok(entries)
 }
@@ -139,28 +152,26 @@ mod tests {
     }
 
     #[test]
-    fn history_of_a_timeline_names_only_older_ones() {
+    fn a_history_names_only_older_timelines() {
         assert_eq!(parse_history_of(3, SAMPLE).unwrap().len(), 2);
-        let err = parse_history_of(2, SAMPLE).unwrap_err();
-        assert_eq!(err, HistoryError::NotAnAncestor { line: 4, parent: 2, timeline: 2 });
-        assert_eq!(err.to_string(), "line 4: timeline 2 cannot be an ancestor of timeline 2");
-        assert!(matches!(parse_history_of(2, "3\t0/5000000\tx\n"), Err(HistoryError::NotAnAncestor { .. })));
-        let err = parse_history_of(2, "# nothing\n\n").unwrap_err();
-        assert_eq!(err.to_string(), "no parent timeline: the history of timeline 2 is empty");
-        assert!(matches!(parse_history_of(5, "garbage"), Err(HistoryError::Syntax { line: 1, .. })));
-        assert!(matches!(
-            parse_history_of(5, "1\t0/5\n2\t0/4\n"),
-            Err(HistoryError::SwitchPointBackwards { .. })
-        ));
+        let e = parse_history_of(2, "# comment\n3\t0/5000000\tx\n").unwrap_err();
+        assert_eq!(e, HistoryError::NotAnAncestor { timeline: 3, lsn: Lsn(0x5000000), of: 2 });
+        assert_eq!(
+            e.to_string(),
+            "timeline 3 (switch point 0/05000000) cannot be an ancestor of timeline 2: expected a timeline from 1 to 1"
+        );
+        assert_eq!(e.lsn(), Some(Lsn(0x5000000)));
+        assert!(matches!(parse_history_of(2, "2\t0/5\n"), Err(HistoryError::NotAnAncestor { .. })));
+        assert!(matches!(parse_history_of(2, "0\t0/5\n"), Err(HistoryError::NotAnAncestor { .. })));
+        assert_eq!(parse_history_of(2, "# nothing\n"), Err(HistoryError::NoParent(2)));
+        assert_eq!(parse_history_of(1, ""), Ok(vec![]));
     }
 
     proptest! {
         #[test]
-        fn never_panics(s in "(?s).{0,200}", timeline in 0u32..5) {
+        fn never_panics(s in "(?s).{0,200}", tli: u32) {
             let _ = parse_history(&s);
-            if let Ok(entries) = parse_history_of(timeline, &s) {
-                prop_assert!(!entries.is_empty() && entries.iter().all(|e| e.timeline < timeline));
-            }
+            let _ = parse_history_of(tli, &s);
         }
     }
 }
