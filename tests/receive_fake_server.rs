@@ -295,12 +295,15 @@ fn a_bad_history_file_is_refused_and_not_stored() {
         (
             "00000002.history",
             "1\t0/3000000\tx\n3\t0/4000000\tbogus\n",
-            format!("{invalid}: line 2: timeline 3 cannot be an ancestor of timeline 2"),
+            format!(
+                "{invalid}: timeline 3 (switch point 0/04000000) cannot be an ancestor of timeline 2: \
+                 expected a timeline from 1 to 1"
+            ),
         ),
         (
             "00000002.history",
             "# nothing\n",
-            format!("{invalid}: no parent timeline: the history of timeline 2 is empty"),
+            format!("{invalid}: the history of timeline 2 lists no parent timeline"),
         ),
     ] {
         let mut id = Identity { timeline: 2, ..Identity::default() };
