@@ -261,7 +261,10 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
                 ArchiveLock::acquire(&cfg.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(crate::cli::forward_signals(tx));
-            receive(&cfg, rx).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))
+            receive(&cfg, rx, &crate::stream::state::unobserved())
+                .await
+                .map(|_| ())
+                .map_err(|e| Exit::error(prog, &e.to_string()))
         }
     }
 }

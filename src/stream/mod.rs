@@ -7,6 +7,7 @@ pub mod follow;
 pub mod liveness;
 pub mod session;
 pub mod slot;
+pub mod state;
 
 use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;

@@ -11,6 +11,7 @@ use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
 use crate::stream::feedback::Positions;
 use crate::stream::liveness::{Due, Liveness};
 use crate::stream::slot::{slot_start, SlotStart};
+use crate::stream::state::{set_phase, Phase, StateSender};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
@@ -137,9 +138,18 @@ pub async fn run_session(
     cfg: &ReceiveConfig,
     shutdown: &mut watch::Receiver<bool>,
     validation_failures: &mut Option<(Lsn, u32)>,
+    state: &StateSender,
 ) -> Result<Stopped, SessionError> {
     conn.set_reply_timeout(cfg.receive_timeout);
+    set_phase(state, Phase::Connecting);
     let info = identify(conn).await?;
+    state.send_modify(|s| {
+        s.server = Some(conn.server().to_string());
+        s.server_version = conn.parameter("server_version").map(str::to_string);
+        s.system_id = Some(info.identity.system_id);
+        s.segment_size = Some(info.segment_size);
+        s.server_end = Some(info.identity.xlogpos);
+    });
     tracing::info!(
         server = conn.server(),
         server_version = conn.parameter("server_version").unwrap_or(""),
@@ -160,7 +170,14 @@ pub async fn run_session(
         let cmd = repl::start_replication(cfg.slot.as_deref(), start, timeline)
             .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
         conn.start_copy_both(&cmd).await?;
-        let mut copy = CopyLoop::new(conn, cfg, &dir, &info, start, timeline);
+        state.send_modify(|s| {
+            s.timeline = Some(timeline);
+            s.received = Some(s.received.map_or(start, |r| r.max(start)));
+            s.flushed = Some(s.flushed.map_or(start, |f| f.max(start)));
+            s.last_error = None;
+        });
+        set_phase(state, Phase::Streaming);
+        let mut copy = CopyLoop::new(conn, cfg, &dir, &info, start, timeline, state);
         let result = copy.run(shutdown).await;
         let end = copy.positions.received();
         copy.close().await;
@@ -301,6 +318,10 @@ struct CopyLoop<'a> {
     server_end: Option<Lsn>,
     /// When the received position first went past `--endpos`.
     endpos_passed_at: Option<Instant>,
+    /// Where the loop publishes its positions and counters.
+    state: &'a StateSender,
+    /// WAL bytes received since the last publication.
+    unpublished_bytes: u64,
 }
 
 impl<'a> CopyLoop<'a> {
@@ -311,6 +332,7 @@ impl<'a> CopyLoop<'a> {
         info: &ServerInfo,
         start: Lsn,
         timeline: TimeLineId,
+        state: &'a StateSender,
     ) -> CopyLoop<'a> {
         let decoder = cfg.validate.then(|| {
             WalDecoder::new(
@@ -339,7 +361,23 @@ impl<'a> CopyLoop<'a> {
             copy_done_sent: false,
             server_end: None,
             endpos_passed_at: None,
+            state,
+            unpublished_bytes: 0,
         }
+    }
+
+    /// Publish the positions and what arrived since the last publication.
+    fn publish(&mut self) {
+        let (received, flushed, server_end) =
+            (self.positions.received(), self.positions.safe(), self.server_end);
+        let bytes = std::mem::take(&mut self.unpublished_bytes);
+        self.state.send_modify(|s| {
+            s.received = Some(received);
+            s.flushed = Some(flushed);
+            s.server_end = s.server_end.max(server_end);
+            s.received_bytes += bytes;
+            s.last_message = Some(std::time::SystemTime::now());
+        });
     }
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, SessionError> {
@@ -371,6 +409,7 @@ impl<'a> CopyLoop<'a> {
                 }
                 _ = sleep_until_opt(grace_end) => None,
             };
+            let heard = msg.is_some();
             if let Some(msg) = msg {
                 self.liveness.heard(Instant::now());
                 if let Some(end) = self.handle(msg).await? {
@@ -392,6 +431,9 @@ impl<'a> CopyLoop<'a> {
             if self.cfg.synchronous && self.positions.needs_sync() {
                 self.sync()?;
                 self.send_status(false).await?;
+            }
+            if heard {
+                self.publish();
             }
             // Under a continuous flood `recv` is always ready: keep the status interval anyway.
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -568,6 +610,7 @@ impl<'a> CopyLoop<'a> {
                 }
             }
             pos = Lsn(pos.0 + n as u64);
+            self.unpublished_bytes += n as u64;
             self.positions.set_received(pos);
             if let Some(d) = &self.decoder {
                 self.positions.set_validated(d.validated_up_to());
@@ -594,6 +637,12 @@ impl<'a> CopyLoop<'a> {
             }
         }
         self.positions.set_synced(synced);
+        let flushed = self.positions.safe();
+        self.state.send_if_modified(|s| {
+            let changed = s.flushed != Some(flushed);
+            s.flushed = Some(flushed);
+            changed
+        });
         Ok(())
     }
 
@@ -612,6 +661,7 @@ impl<'a> CopyLoop<'a> {
             }
             let w = self.pending.remove(0);
             w.close()?; // fsync + rename + directory fsync
+            self.state.send_modify(|s| s.segments_completed += 1);
             tracing::info!("finished segment at {end} (timeline {})", self.timeline);
         }
         Ok(())
