@@ -21,25 +21,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use walkeeper::archive::compress::Compressor;
+use walkeeper::wal::encoder::WalEncoder;
 use walkeeper::wal::segment::Compression;
 
+/// Segment `n`: valid WAL (restore checks every record), records of 8 KiB of mixed text and noise that
+/// compress about 3:1 with zstd, the last one cut at the segment's end.
 fn segment(n: u64, size: usize) -> Vec<u8> {
-    let mut b = vec![0u8; size];
+    let mut e = WalEncoder::new(0xD110, size as u32, 7_000_000_000_000_000_001, 1, n * size as u64);
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n;
-    for (i, byte) in b.iter_mut().enumerate() {
-        // WAL-like: records of mixed text and noise, compressing about 3:1 with zstd.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *byte = if (i / 512) % 3 == 0 { x as u8 } else { b"INSERT INTO t VALUES "[i % 21] };
+    let mut data = vec![0u8; 8192];
+    while e.bytes().len() < size {
+        for (i, byte) in data.iter_mut().enumerate() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = if (i / 512) % 3 == 0 { x as u8 } else { b"INSERT INTO t VALUES "[i % 21] };
+        }
+        e.main_data_record(10, 0, 1, &data);
     }
-    b[..40].fill(0);
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&1u32.to_le_bytes());
-    b[8..16].copy_from_slice(&(n * size as u64).to_le_bytes());
-    b[32..36].copy_from_slice(&(size as u32).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    let mut b = e.into_bytes();
+    b.truncate(size);
     b
 }
 

@@ -1,7 +1,7 @@
 //! The `walkeeper` binary: parse the command line (as `walkeeper <command>`, or as `pg_receivewal` when
 //! invoked under that name), run, map errors to exit codes.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use walkeeper::cli::{self, logging, receive, Cli, Command, Exit, Prog};
 
 /// pg_receivewal's argument parser: the receive options at top level.
@@ -23,27 +23,36 @@ fn invoked_as_pg_receivewal() -> bool {
         .is_some_and(|name| name == "pg_receivewal")
 }
 
-/// The first argument that is not an option (or --log-format's value): the subcommand's name.
-fn invoked_subcommand() -> Option<String> {
+/// The arguments that are not options (nor --log-format's value): the subcommand's name first.
+fn positionals() -> Vec<String> {
+    let mut found = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--log-format" {
             args.next();
         } else if !a.starts_with('-') {
-            return Some(a);
+            found.push(a);
         }
     }
-    None
+    found
 }
 
-/// clap's own errors become pg_receivewal-style lines with exit code 1.
-fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
+/// clap's own outcomes: help and version on stdout (exit 0), usage errors as pg_receivewal-style lines
+/// with the command's usage exit code.
+fn clap_exit(e: clap::Error, prog: &Prog, command: &clap::Command) -> Exit {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
             cli::print_stdout(&e.to_string());
             Exit { code: 0, message: String::new() }
         }
+        // Bare `walkeeper`: the usage, on stderr, as a usage error.
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let text = e.to_string();
+            let code = cli::usage_error(prog, "").code;
+            Exit { code, message: text.trim_end().to_string() }
+        }
+        ErrorKind::MissingRequiredArgument => cli::usage_error(prog, &missing_arguments(&e, prog, command)),
         _ => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
@@ -52,28 +61,74 @@ fn clap_exit(e: clap::Error, prog: &Prog) -> Exit {
     }
 }
 
+/// "missing required argument: -D/--directory DIR" — clap puts the names on further lines, which a one-line
+/// error would drop.
+fn missing_arguments(e: &clap::Error, prog: &Prog, command: &clap::Command) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let specs = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(specs)) => specs.clone(),
+        Some(ContextValue::String(spec)) => vec![spec.clone()],
+        _ => Vec::new(),
+    };
+    let sub = match prog {
+        Prog::Walkeeper { command: name } => command.find_subcommand(name).unwrap_or(command),
+        Prog::PgReceivewal => command,
+    };
+    let names: Vec<String> = specs.iter().map(|spec| argument_name(sub, spec)).collect();
+    match names.len() {
+        0 => "missing a required argument".to_string(),
+        1 => format!("missing required argument: {}", names[0]),
+        _ => format!("missing required arguments: {}", names.join(", ")),
+    }
+}
+
+/// clap's `--directory <DIR>` as `-D/--directory DIR`; a positional `<FILE>` as `FILE`.
+fn argument_name(command: &clap::Command, spec: &str) -> String {
+    let long = spec.strip_prefix("--").and_then(|s| s.split(' ').next());
+    let arg = long.and_then(|long| command.get_arguments().find(|a| a.get_long() == Some(long)));
+    match arg {
+        Some(arg) => {
+            let short = arg.get_short().map(|c| format!("-{c}/")).unwrap_or_default();
+            let value = arg.get_value_names().and_then(|v| v.first()).map(|v| format!(" {v}"));
+            format!("{short}--{}{}", long.unwrap_or_default(), value.unwrap_or_default())
+        }
+        None => spec.replace(['<', '>'], ""),
+    }
+}
+
+/// `walkeeper <command> ...` parsed, or the way out clap's outcome calls for (help, version, usage error).
+fn parse_walkeeper() -> Result<Cli, Exit> {
+    let positionals = positionals();
+    let invoked = positionals.first().map(String::as_str);
+    // `walkeeper help receive` shows what `walkeeper receive --help` shows: pg_receivewal's layout.
+    if invoked == Some("help") && positionals.get(1).map(String::as_str) == Some("receive") {
+        cli::print_stdout(&receive::help_text(&Prog::Walkeeper { command: "receive" }));
+        return Err(Exit { code: 0, message: String::new() });
+    }
+    let mut command = Cli::command();
+    if std::env::args().any(|a| a == "--prefetch-worker") {
+        // restore's background worker, started by restore itself, serves no %f and %p.
+        command = command.mut_subcommand("restore", |r| {
+            r.mut_arg("file", |a| a.required(false)).mut_arg("path", |a| a.required(false))
+        });
+    }
+    let name = cli::SUBCOMMANDS.iter().find(|c| invoked == Some(**c)).copied().unwrap_or("");
+    let prog = Prog::Walkeeper { command: name };
+    command
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(|e| clap_exit(e, &prog, &command))
+}
+
 fn run() -> Result<(), Exit> {
     if invoked_as_pg_receivewal() {
         let prog = Prog::PgReceivewal;
-        let parsed = PgReceivewalCli::try_parse().map_err(|e| clap_exit(e, &prog))?;
+        let parsed =
+            PgReceivewalCli::try_parse().map_err(|e| clap_exit(e, &prog, &PgReceivewalCli::command()))?;
         logging::init(prog.log_name(), parsed.log_format, parsed.verbose);
         return receive::run_command(parsed.receive, &prog);
     }
-    let cli = Cli::try_parse().map_err(|e| {
-        let invoked = invoked_subcommand();
-        let command =
-            cli::SUBCOMMANDS.iter().find(|c| invoked.as_deref() == Some(**c)).copied().unwrap_or("");
-        let mut exit = clap_exit(e, &Prog::Walkeeper { command });
-        match invoked.as_deref() {
-            Some("verify") if exit.code != 0 => {
-                exit.code = cli::verify::EXIT_CANNOT_VERIFY; // verify: 1 means "not whole", usage errors are 2
-            }
-            // For restore, 1 means "not in the archive": a bad restore_command must not look like that.
-            Some("restore") if exit.code != 0 => exit.code = walkeeper::archive::restore::EXIT_USAGE,
-            _ => {}
-        }
-        exit
-    })?;
+    let cli = parse_walkeeper()?;
     let prog = Prog::Walkeeper { command: cli.command.name() };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
     match cli.command {

@@ -3,59 +3,18 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
 
-use support::{format_lsn, parse_lsn, Cluster, PasswordEncryption, PgInstall};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// `key:   value` lines of stdout.
-    fn facts(&self) -> HashMap<String, String> {
-        self.stdout
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect()
-    }
-
-    fn fact(&self, key: &str) -> String {
-        self.facts().remove(key).unwrap_or_else(|| panic!("no {key:?} line in:\n{}", self.stdout))
-    }
-
-    /// The single stderr line (panics if there are more or none).
-    fn error_line(&self) -> &str {
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one stderr line, got:\n{}", self.stderr);
-        lines[0]
-    }
-}
+use support::{format_lsn, parse_lsn, walkeeper, Cluster, PasswordEncryption, Run};
 
 /// Runs `walkeeper check ARGS` with a clean libpq environment plus `env`.
 fn check(args: &[&str], env: &[(&str, &str)]) -> Run {
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("PG") || k == "RUST_LOG") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = walkeeper();
     cmd.env("HOME", home.path()).env("PGCONNECT_TIMEOUT", "30");
     cmd.envs(env.iter().copied());
-    cmd.arg("check").args(args).stdin(Stdio::null());
-    let out: Output = cmd.output().expect("run walkeeper");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(cmd.arg("check").args(args))
 }
 
 fn sysid(c: &Cluster) -> String {
@@ -74,7 +33,7 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     let before = c.current_lsn();
     let r = check(&["-d", &tcp, "-S", "wk_slot"], &[]);
     let after = c.current_lsn();
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stderr, "");
     assert_eq!(r.fact("server"), format!("127.0.0.1:{port}"));
     assert_eq!(r.fact("server version"), c.psql("SHOW server_version"));
@@ -98,17 +57,17 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     // -h/-p/-U instead of a connection string, over the Unix socket; no slot asked for.
     let sock = c.socket_dir().display().to_string();
     let r = check(&["-h", &sock, "-p", &port.to_string(), "-U", "postgres"], &[]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.fact("server"), format!("{sock}/.s.PGSQL.{port}"));
     assert!(!r.facts().contains_key("slot"), "{}", r.stdout);
     // The environment works too (PGHOST/PGPORT/PGUSER).
     let r = check(&[], &[("PGHOST", "127.0.0.1"), ("PGPORT", &port.to_string()), ("PGUSER", "postgres")]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.fact("system identifier"), sysid(&c));
 
     // A missing slot: the facts so far, then exit 1 with the reason.
     let r = check(&["-d", &tcp, "-S", "nosuch"], &[]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.fact("slot"), "\"nosuch\" does not exist");
     assert!(!r.stdout.contains("ready to stream"), "{}", r.stdout);
     assert_eq!(
@@ -117,12 +76,12 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     );
     // A logical slot cannot be streamed physically.
     let r = check(&["-d", &tcp, "-S", "wk_logical"], &[]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.error_line(), "walkeeper: error: replication slot \"wk_logical\" is not a physical slot");
     assert_eq!(r.fact("slot"), "\"wk_logical\" exists but is a logical slot");
     // An invalid slot name is refused before connecting.
     let r = check(&["-d", "host=127.0.0.1 port=1", "-S", "Bad-Name"], &[]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert!(
         r.error_line().starts_with("walkeeper: error: invalid replication slot name \"Bad-Name\""),
         "{}",
@@ -133,7 +92,7 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     // A role without REPLICATION: the server's message.
     c.create_role("norepl", None, PasswordEncryption::Scram, false);
     let r = check(&["-d", &format!("host=127.0.0.1 port={port} user=norepl")], &[]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "");
     assert_eq!(
         r.error_line(),
@@ -145,7 +104,7 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     // A refused connection: host, port, cause and libpq's hint on one line.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let r = check(&["-h", "127.0.0.1", "-p", &dead.to_string(), "-U", "postgres"], &[]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stdout, "");
     assert_eq!(
         r.stderr.trim_end(),
@@ -162,15 +121,15 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     ]);
     let pw_conn = format!("host=127.0.0.1 port={port} user=pw_user");
     let r = check(&["-d", &pw_conn, "-w"], &[]);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.error_line(),
         format!("walkeeper: error: connection to server at \"127.0.0.1\", port {port} failed: fe_sendauth: no password supplied")
     );
     let r = check(&["-d", &pw_conn, "-w"], &[("PGPASSWORD", "pw'1")]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
     let r = check(&["-d", &pw_conn, "-w"], &[("PGPASSWORD", "wrong")]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, Some(1));
     assert_eq!(
         r.error_line(),
         format!(
@@ -183,11 +142,11 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     let pgpass_env = [("PGPASSFILE", pgpass.to_str().unwrap())];
     let r = check(&["-d", &pw_conn, "-w"], &pgpass_env);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
     assert_eq!(r.stderr, "");
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
     let r = check(&["-d", &pw_conn, "-w"], &pgpass_env);
-    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
     let lines: Vec<&str> = r.stderr.lines().collect();
     assert_eq!(
         lines,
@@ -209,15 +168,12 @@ fn check_reports_facts_and_refuses_what_cannot_stream() {
 #[test]
 fn check_on_older_and_newer_majors() {
     for major in [13, 18] {
-        let Some(install) = PgInstall::for_major(major) else {
-            eprintln!("skipped PostgreSQL {major}: not available (run scripts/fetch-postgres.sh)");
-            continue;
-        };
+        let Some(install) = support::require_major(major) else { continue };
         let c = Cluster::builder().install(&install).start();
         c.psql("SELECT pg_create_physical_replication_slot('wk_slot', true)");
         let r =
             check(&["-d", &format!("host=127.0.0.1 port={} user=postgres", c.port()), "-S", "wk_slot"], &[]);
-        assert_eq!(r.code, 0, "PG{major}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.code, Some(0), "PG{major}: {}{}", r.stdout, r.stderr);
         assert!(r.fact("server version").starts_with(&format!("{major}.")), "{}", r.stdout);
         assert_eq!(r.fact("system identifier"), sysid(&c));
         assert_eq!(r.fact("segment size"), "16 MB");
@@ -226,12 +182,12 @@ fn check_on_older_and_newer_majors() {
         assert_eq!(r.fact("slot"), format!("\"wk_slot\" exists, restart LSN {restart}"), "{}", r.stdout);
         let r =
             check(&["-d", &format!("host=127.0.0.1 port={} user=postgres", c.port()), "-S", "nosuch"], &[]);
-        assert_eq!(r.code, 1, "PG{major}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.code, Some(1), "PG{major}: {}{}", r.stdout, r.stderr);
         assert_eq!(r.fact("slot"), "\"nosuch\" does not exist");
         // PostgreSQL 16 changed the message for a role without REPLICATION.
         c.create_role("norepl", None, PasswordEncryption::Scram, false);
         let r = check(&["-d", &format!("host=127.0.0.1 port={} user=norepl", c.port())], &[]);
-        assert_eq!(r.code, 1);
+        assert_eq!(r.code, Some(1));
         let why = if major >= 16 {
             "FATAL:  permission denied to start WAL sender DETAIL:  Only roles with the REPLICATION attribute may start a WAL sender process."
         } else {
@@ -239,24 +195,4 @@ fn check_on_older_and_newer_majors() {
         };
         assert!(r.error_line().ends_with(why), "{}", r.stderr);
     }
-}
-
-/// A usage error names the subcommand whose --help to read, with the exit code each subcommand documents.
-#[test]
-fn usage_errors_point_to_the_subcommand_help() {
-    for (sub, code) in [("receive", 1), ("check", 1), ("restore", 3), ("verify", 2), ("status", 1)] {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_walkeeper")).args([sub, "--no-such-option"]).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{sub}: {stderr}");
-        assert!(
-            stderr.ends_with(&format!(
-                "walkeeper: hint: Try \"walkeeper {sub} --help\" for more information.\n"
-            )),
-            "{sub}: {stderr}"
-        );
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_walkeeper")).arg("--no-such-option").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.ends_with("hint: Try \"walkeeper --help\" for more information.\n"), "{stderr}");
 }

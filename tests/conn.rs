@@ -750,9 +750,8 @@ async fn target_session_attrs_primary_and_standby() {
 /// PostgreSQL 13 reports neither in_hot_standby nor default_transaction_read_only: the check asks with SHOW.
 #[tokio::test]
 async fn target_session_attrs_on_13() {
-    match PgInstall::for_major(13) {
-        Some(install) => session_attrs_with(&install).await,
-        None => eprintln!("skipped: PostgreSQL 13 is not available (run scripts/fetch-postgres.sh)"),
+    if let Some(install) = support::require_major(13) {
+        session_attrs_with(&install).await;
     }
 }
 
@@ -943,7 +942,7 @@ async fn hostile_server_messages() {
             "sslmode=disable",
             message(0x01, 4, &[]),
             false,
-            "malformed backend message (type '\\u{1}') from server: unexpected message type",
+            "malformed backend message (type 0x01) from server: unexpected message type",
         ),
         (
             "sslmode=disable",
@@ -998,10 +997,7 @@ fn text(rs: &repl::ResultSet, row: usize, col: usize) -> String {
 }
 
 async fn replication_commands(major: u32) {
-    let Some(install) = PgInstall::for_major(major) else {
-        eprintln!("skipped: PostgreSQL {major} is not available (run scripts/fetch-postgres.sh)");
-        return;
-    };
+    let Some(install) = support::require_major(major) else { return };
     let mut primary = Cluster::builder().install(&install).segment_size_mb(32).start();
     let port = primary.port();
     let ci = format!("host=127.0.0.1 port={port} user=postgres");

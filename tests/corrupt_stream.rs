@@ -11,7 +11,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -127,7 +127,7 @@ fn receive(proxy: &Proxy, dir: &Path, log: &Path, slot: &str) -> Child {
         "host=127.0.0.1 port={} user=postgres sslmode=disable application_name=wk_{slot}",
         proxy.port
     );
-    Command::new(env!("CARGO_BIN_EXE_walkeeper"))
+    support::walkeeper()
         .args(["receive", "-D", dir.to_str().unwrap(), "-d", &conninfo, "-S", slot, "-s", "1", "-v"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -320,10 +320,7 @@ fn corrupted_stream_is_never_acknowledged_and_recovers() {
         );
     }
     // The archive verifies.
-    let out = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
-        .args(["verify", "-D", dir.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = support::walkeeper().args(["verify", "-D", dir.path().to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let _ = fs::remove_file(&log);
 }

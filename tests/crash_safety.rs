@@ -281,17 +281,17 @@ fn kill9_while_preallocating_never_blocks_the_restart() {
         let wk = Walkeeper::start(&cluster, &dir, &["--synchronous"], &log);
         // As soon as the first file appears, kill within a few milliseconds: mostly while it is padded.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::read_dir(&dir).unwrap().next().is_none() {
+        while support::names(&dir).is_empty() {
             assert!(Instant::now() < deadline, "walkeeper created no file in 20 s\n{}", wk.log_tail(20));
             std::thread::sleep(Duration::from_micros(200));
         }
         std::thread::sleep(Duration::from_millis(rng.range(0, 20))); // the deliberate random kill moment
         wk.kill9();
-        let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())
+        let files: Vec<(String, u64)> = support::names(&dir)
+            .into_iter()
+            .map(|name| {
+                let len = std::fs::metadata(dir.join(&name)).map_or(0, |m| m.len());
+                (name, len)
             })
             .collect();
         if files.iter().any(|(_, len)| *len < seg_size) {

@@ -200,12 +200,7 @@ fn startup_failure_reports_server_log() {
 
 #[test]
 fn every_available_major_starts_and_streams() {
-    let installs = PgInstall::all_available();
-    let majors: Vec<u32> = installs.iter().map(|i| i.major).collect();
-    println!("available majors: {majors:?}");
-    if !majors.contains(&17) {
-        println!("note: .pg/17 missing, run scripts/fetch-postgres.sh to test major 17 (CI does)");
-    }
+    let installs = support::require_majors(13..=18);
     // One thread per major; a failure re-raises the original panic (with its server log).
     let handles: Vec<_> = installs
         .into_iter()
@@ -231,10 +226,7 @@ fn every_available_major_starts_and_streams() {
 
 #[test]
 fn major_17_starts_when_fetched() {
-    let Some(install) = PgInstall::for_major(17) else {
-        println!("note: skipping, .pg/17 is missing (run scripts/fetch-postgres.sh 17)");
-        return;
-    };
+    let Some(install) = support::require_major(17) else { return };
     let c = Cluster::builder().install(&install).segment_size_mb(2).start();
     assert_eq!(c.major(), 17);
     assert!(c.psql("SELECT version()").starts_with("PostgreSQL 17."));

@@ -18,7 +18,7 @@ use support::{chown_to_server, run_as_server_user, wait_until, Cluster};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn walkeeper() -> &'static str {
-    env!("CARGO_BIN_EXE_walkeeper")
+    support::WALKEEPER
 }
 
 /// A temp dir holding `archive/` (owned by the server user, as an archive written by a `postgres`-run
@@ -217,20 +217,28 @@ fn pitr_to_a_time_zstd() {
     pitr_to_time(&["-Z", "zstd"], ".zst");
 }
 
+/// A primary streamed by a synchronous walkeeper through a slot: the `pitr` table, `backups` base backups,
+/// then rows 1..100 in segments that are complete in the archive.
+fn synchronous_archive(backups: usize) -> (Cluster, ArchiveDir, Receiver, Vec<Cluster>) {
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "dr");
+    let rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let backups = (0..backups).map(|_| primary.base_backup()).collect();
+    insert_batch(&primary, 1, 100);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    (primary, archive, rx, backups)
+}
+
 /// The primary is destroyed; the last transactions exist only in the receiver's `.partial`. Without
 /// `--partial` recovery ends at the last complete segment; with it, it reaches the last received commit.
 #[test]
 fn disaster_recovery_reaches_into_the_partial() {
-    let primary = Cluster::builder().segment_size_mb(1).start();
-    let archive = ArchiveDir::new();
-    create_slot(&archive, &primary, "dr");
-    let mut rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
-    let mut without = primary.base_backup();
-    let mut with = primary.base_backup();
-    insert_batch(&primary, 1, 100);
-    let last = primary.switch_wal();
-    rx.wait_archived(&archive, &last);
+    let (primary, archive, mut rx, backups) = synchronous_archive(2);
+    let [mut without, mut with]: [Cluster; 2] = backups.try_into().ok().unwrap();
+    let last = archive.files().into_iter().filter(|f| f.len() == 24).max().unwrap();
     insert_batch(&primary, 101, 150);
     let end = primary.current_lsn();
     let flushed = wait_until(WAIT, || {
@@ -306,4 +314,100 @@ fn pitr_across_a_timeline_switch() {
     let log = backup.server_log();
     assert!(log.contains("restored log file \"00000002.history\""), "{log}");
     assert!(log.contains("restored log file \"00000002"), "{log}");
+}
+
+/// Name of segment `n` of timeline 1 with 1 MB segments.
+fn segment_name(n: u64) -> String {
+    format!("00000001{:08X}{:08X}", n / 4096, n % 4096)
+}
+
+/// #11 finding 1: with `--synchronous` the primary dies while a record crossing from segment N into N+1 is
+/// incomplete. walkeeper then holds N.partial (all of N received and acknowledged, not renamed because its
+/// last record could not be validated) and N+1.partial. Recovery with `--partial` must replay N: every
+/// commit in it was confirmed to the primary's clients.
+#[test]
+fn disaster_recovery_replays_every_partial_of_the_trailing_run() {
+    let (primary, archive, mut rx, backups) = synchronous_archive(1);
+    let mut backup = backups.into_iter().next().unwrap();
+    // Commits in segment N, then a record from N into N+1.
+    insert_batch(&primary, 101, 150);
+    let seg = primary.segment_size();
+    let at = primary.current_lsn();
+    let n = at / seg;
+    let size = seg - at % seg + seg / 2;
+    let end = support::parse_lsn(
+        &primary.psql(&format!("SELECT pg_logical_emit_message(false, 'walkeeper', repeat('x', {size}))")),
+    );
+    assert_eq!(end / seg, n + 1, "the message should end in the next segment");
+    let last = primary.switch_wal();
+    assert_eq!(last, segment_name(n + 1));
+    rx.wait_archived(&archive, &last);
+    rx.stop();
+    drop(primary);
+    // The archive as walkeeper leaves it when the primary dies with the record half sent.
+    let path = |f: &str| archive.path().join(f);
+    fs::rename(path(&segment_name(n)), path(&format!("{}.partial", segment_name(n)))).unwrap();
+    let mut cut = fs::read(path(&last)).unwrap();
+    cut[((end % seg) / 2) as usize..].fill(0);
+    fs::remove_file(path(&last)).unwrap();
+    fs::write(path(&format!("{last}.partial")), &cut).unwrap();
+    chown_to_server(&path(&format!("{last}.partial")));
+    for f in archive.files() {
+        if f.len() >= 24 && u64::from_str_radix(&f[16..24], 16).unwrap() > n + 1 {
+            fs::remove_file(path(&f)).unwrap();
+        }
+    }
+    let st = status_json(&archive);
+    assert_eq!(st["missing_segments"], 0, "{st}");
+
+    backup.start_recovery(&[&archive.restore_command("--partial")]);
+    backup.wait_promoted();
+    assert_eq!(rows(&backup), "150 1..150", "the commits of the fully received .partial are recovered");
+    let log = backup.server_log();
+    assert!(log.contains(&format!("restored log file \"{}\"", segment_name(n))), "{log}");
+}
+
+/// #11 finding 2: a segment damaged in the archive (bits flipped inside records) stops archive recovery
+/// instead of ending it early: restore, run in a data directory with `recovery.signal`, exits 126, which is
+/// FATAL to PostgreSQL. Served, PostgreSQL would take the bad record for the end of WAL and promote with the
+/// commits after it missing.
+#[test]
+fn a_damaged_segment_stops_archive_recovery() {
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "pitr");
+    let rx = Receiver::start(&archive, &primary, &["-S", "pitr"]);
+    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    let mut backup = primary.base_backup();
+    primary.generate_wal(1);
+    let victim = segment_name(primary.current_lsn() / primary.segment_size());
+    primary.generate_wal(2);
+    insert_batch(&primary, 1, 100);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    let path = archive.path().join(&victim);
+    let mut bytes = fs::read(&path).unwrap();
+    for off in [4000, 4100, 4200] {
+        bytes[5 * 8192 + off] ^= 0x08;
+    }
+    fs::write(&path, &bytes).unwrap();
+
+    // pg_ctl returns once redo starts (or sees the server stop first): either way, wait for the outcome.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        backup.start_recovery(&[&archive.restore_command("--prefetch 0"), "hot_standby = off"]);
+    }));
+    let pid_file = backup.data_dir().join("postmaster.pid");
+    let promoted = |log: &str| log.contains("database system is ready to accept connections");
+    let ended = wait_until(WAIT, || !pid_file.exists() || promoted(&backup.server_log()));
+    let log = backup.server_log();
+    assert!(ended, "recovery neither stopped nor ended:\n{log}");
+    assert!(!promoted(&log), "the server finished recovery past a damaged segment:\n{log}");
+    assert!(
+        log.contains(&format!("walkeeper: error: WAL file \"{}\" is damaged: ", path.display())),
+        "{log}"
+    );
+    // PostgreSQL words exit code 126 as the shell does ("command not executable"): the line before is
+    // walkeeper's.
+    assert!(log.contains(&format!("FATAL:  could not restore file \"{victim}\" from archive")), "{log}");
+    assert!(!log.contains("database system is ready to accept connections"), "{log}");
 }

@@ -44,7 +44,7 @@ fn receiver(real: bool, c: &Cluster, dir: &Path, slot: &str, endpos: u64, compre
     let mut cmd = if real {
         Command::new(pg_tool("pg_receivewal"))
     } else {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
+        let mut cmd = support::walkeeper();
         cmd.arg("receive");
         cmd
     };

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, PgInstall};
+use support::{format_lsn, names, parse_lsn, pg_tool, wait_until, wal_bytes, Cluster, WALKEEPER};
 
 /// How long one run of a receiver may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -39,10 +39,10 @@ fn pg_named_binary() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("as-pg-receivewal");
     fs::create_dir_all(&dir).unwrap();
     let link = dir.join("pg_receivewal");
-    if fs::read_link(&link).ok().as_deref() != Some(Path::new(env!("CARGO_BIN_EXE_walkeeper"))) {
+    if fs::read_link(&link).ok().as_deref() != Some(Path::new(WALKEEPER)) {
         let tmp = dir.join(format!("link.{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_walkeeper"), &tmp).unwrap();
+        std::os::unix::fs::symlink(WALKEEPER, &tmp).unwrap();
         fs::rename(&tmp, &link).unwrap();
     }
     link
@@ -64,7 +64,7 @@ fn command_at(program: &Path, tool: Tool) -> Command {
 
 fn command(tool: Tool) -> Command {
     let program = match tool {
-        Tool::Walkeeper => PathBuf::from(env!("CARGO_BIN_EXE_walkeeper")),
+        Tool::Walkeeper => PathBuf::from(WALKEEPER),
         Tool::AsPgReceivewal => pg_named_binary(),
         Tool::PgReceivewal => pg_tool("pg_receivewal"),
     };
@@ -331,7 +331,7 @@ fn option_refusals_match_pg_receivewal() {
 fn same_interface_under_the_pg_receivewal_name() {
     let bin = tempdir();
     let link = bin.path().join("pg_receivewal");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_walkeeper"), &link).unwrap();
+    std::os::unix::fs::symlink(WALKEEPER, &link).unwrap();
     let go = |args: &[&str]| {
         let mut cmd = command_at(&link, Tool::AsPgReceivewal);
         cmd.args(args);
@@ -1152,7 +1152,7 @@ fn unusable_directories() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipping the read-only file system case: cannot mount a tmpfs here");
+        support::cannot_run("the read-only file system case needs to mount a tmpfs, which failed here");
         return;
     }
     struct Unmount<'a>(&'a Path);
@@ -1178,14 +1178,8 @@ fn unusable_directories() {
 /// server's files and exactly one `.partial` remains.
 #[test]
 fn every_major_streams_with_endpos() {
-    let installs = PgInstall::all_available();
+    let installs = support::require_majors(13..=18);
     assert!(!installs.is_empty());
-    if installs.len() < 6 {
-        eprintln!(
-            "only majors {:?} available (run scripts/fetch-postgres.sh)",
-            installs.iter().map(|i| i.major).collect::<Vec<_>>()
-        );
-    }
     let threads: Vec<_> = installs
         .into_iter()
         .map(|install| {

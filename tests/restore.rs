@@ -1,6 +1,8 @@
-//! `walkeeper restore`, `status` and `cleanup` as PostgreSQL and operators call them, on archives of synthetic
-//! segments (a valid long page header, a marker, zeros): exit codes, what is written and what is not,
-//! compressed and partial segments, the prefetch spool, concurrent invocations.
+//! `walkeeper restore`, `status` and `cleanup` as PostgreSQL and operators call them, on archives of small
+//! synthetic segments (valid WAL: a record holding a marker, then an XLOG_SWITCH): exit codes, what is
+//! written and what is not, compressed and partial segments, the prefetch spool, concurrent invocations.
+
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,28 +10,21 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use walkeeper::archive::compress::Compressor;
+use walkeeper::wal::encoder::WalEncoder;
 use walkeeper::wal::segment::Compression;
 
 const SEG: usize = 1 << 20;
 
 fn walkeeper() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walkeeper"));
-    cmd.env_remove("RUST_LOG");
-    cmd
+    support::walkeeper()
 }
 
-/// A segment of timeline `tli`, number `n`, with a long page header and `marker` after it.
+/// A segment of timeline `tli`, number `n`: a record holding `marker`, then an XLOG_SWITCH and its padding.
 fn segment(tli: u32, n: u64, marker: &[u8]) -> Vec<u8> {
-    let mut b = vec![0u8; SEG];
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&2u16.to_le_bytes());
-    b[4..8].copy_from_slice(&tli.to_le_bytes());
-    b[8..16].copy_from_slice(&(n * SEG as u64).to_le_bytes());
-    b[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
-    b[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    b[64..64 + marker.len()].copy_from_slice(marker);
-    b
+    let mut e = WalEncoder::new(0xD110, SEG as u32, 7_000_000_000_000_000_001, tli, n * SEG as u64);
+    e.main_data_record(10, 0, 1, marker);
+    e.switch();
+    e.into_bytes()
 }
 
 fn name(tli: u32, n: u64) -> String {
@@ -633,9 +628,11 @@ fn cleanup_like_pg_archivecleanup() {
     }
     // The real thing, with -b: backup history files before the cutoff go too; history files never.
     assert_code(&cleanup(&["-b", "000000020000000000000004.zst"]), 0);
+    // (cleanup locked the archive: its lock file is not an archive file.)
     let mut left: Vec<String> = fs::read_dir(&env.archive)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != walkeeper::archive::lock::LOCK_FILE)
         .collect();
     left.sort();
     assert_eq!(

@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
-use support::{format_lsn, parse_lsn, wait_until, Cluster, PgInstall};
+use support::{format_lsn, parse_lsn, wait_until, walkeeper, Cluster};
 
 /// `walkeeper receive -n -E end` into a fresh directory; returns (exit code, stderr).
 fn receive(c: &Cluster, slot: &str, end: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
+    let out = walkeeper()
         .args(["receive", "-v", "-n", "-S", slot, "-E", end, "-D"])
         .arg(dir.path())
         .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])
@@ -23,12 +22,7 @@ fn receive(c: &Cluster, slot: &str, end: &str) -> (Option<i32>, String) {
 
 #[test]
 fn slot_position_is_used_on_13_and_14() {
-    let olds: Vec<PgInstall> = PgInstall::all_available().into_iter().filter(|i| i.major < 15).collect();
-    if olds.is_empty() {
-        eprintln!("skipped: no PostgreSQL 13/14 under .pg/ (run scripts/fetch-postgres.sh)");
-        return;
-    }
-    for install in olds {
+    for install in support::require_majors([13, 14]) {
         let c =
             Cluster::builder().install(&install).segment_size_mb(1).conf("wal_keep_size = '256MB'").start();
         c.psql("SELECT pg_create_physical_replication_slot('kept', true)");
@@ -54,7 +48,7 @@ fn slot_position_is_used_on_13_and_14() {
         let current = c.current_lsn();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_walkeeper"))
+        let mut child = walkeeper()
             .args(["receive", "-v", "-n", "-S", "kept", "-D"])
             .arg(dir.path())
             .args(["-h", c.host(), "-p", &c.port().to_string(), "-U", "postgres"])

@@ -17,7 +17,7 @@ const BLCKSZ: u64 = 8192;
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_walkeeper")
+    support::WALKEEPER
 }
 
 fn wal_name(tli: u32, lsn: u64) -> String {

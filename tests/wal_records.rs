@@ -24,18 +24,6 @@ const SEG: u32 = 1 << 20;
 /// `to_char` format giving `PgTimestamp`'s display form for a `timestamptz AT TIME ZONE 'UTC'`.
 const UTC: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"#;
 
-fn majors() -> Vec<PgInstall> {
-    let found = PgInstall::all_available();
-    for m in 13..=18 {
-        if !found.iter().any(|i| i.major == m) {
-            support::cannot_run(&format!(
-                "PostgreSQL {m} is not installed (run scripts/fetch-postgres.sh {m})"
-            ));
-        }
-    }
-    found
-}
-
 fn primary(install: &PgInstall) -> Cluster {
     Cluster::builder()
         .install(install)
@@ -246,7 +234,7 @@ fn check_against_server(major: u32, recs: &[RecordInfo], want: &Expected) {
 
 #[test]
 fn record_contents_match_what_every_major_says() {
-    for install in majors() {
+    for install in support::require_majors(13..=18) {
         let mut server = primary(&install);
         let sysid = sysid(&server);
         let (start, end, want) = generate(&mut server);
@@ -337,7 +325,7 @@ fn wal_files(dir: &Path, tli: u32) -> Vec<HeldSegment> {
 
 #[test]
 fn failover_tail_and_reconciliation_against_real_servers() {
-    for install in majors() {
+    for install in support::require_majors(13..=18) {
         failover_on(&install);
     }
 }

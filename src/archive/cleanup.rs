@@ -7,20 +7,27 @@
 //!
 //! The oldest kept file may be given as a segment name, with a compression and/or `.partial` suffix, or as a
 //! backup history file name (`…​.00000028.backup`): then its segment part is used. Anything else is refused.
+//!
+//! The files come from the archive's [`Catalog`]. Two things are said before anything is removed (warnings):
+//! a WAL-named entry that is not a regular file is left in place, and removing the live `.partial` (the
+//! newest segment file of the newest timeline, which a running `walkeeper receive` may be writing) is
+//! pointed out — pg_archivecleanup removes it silently.
 
+use super::catalog::{Catalog, NotRegular, SegmentSize};
 use super::error::WalDirError;
 use super::fsutil;
+use super::store::{Store, StoreError};
 use crate::wal::segment::WalFileName;
-use std::fs;
-use std::path::{Path, PathBuf};
 
 /// Why cleanup refused to run.
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error("invalid file name argument \"{0}\": not a WAL segment or backup history file name")]
     InvalidName(String),
-    #[error("archive location \"{}\" does not exist or is not a directory", .0.display())]
-    NoArchive(PathBuf),
+    #[error("archive location \"{0}\" does not exist or is not a directory")]
+    NoArchive(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Io(#[from] WalDirError),
 }
@@ -30,7 +37,7 @@ impl CleanupError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CleanupError::InvalidName(_) | CleanupError::NoArchive(_) => 2,
-            CleanupError::Io(_) => 1,
+            CleanupError::Store(_) | CleanupError::Io(_) => 1,
         }
     }
 }
@@ -64,45 +71,62 @@ pub fn is_removable(name: &str, cutoff: &str, backup_history: bool) -> bool {
     upper_hex(&segment) && segment[8..] < cutoff[8..]
 }
 
-/// The files of `dir` that cleanup would remove for `oldest_kept`, sorted.
-pub fn plan(dir: &Path, oldest_kept: &str, backup_history: bool) -> Result<Vec<PathBuf>, CleanupError> {
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        _ => return Err(CleanupError::NoArchive(dir.to_path_buf())),
-    }
-    let cutoff = cutoff_segment(oldest_kept)?;
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| WalDirError::io("open directory", dir, e))? {
-        let entry = entry.map_err(|e| WalDirError::io("read directory", dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if is_removable(&name, &cutoff, backup_history) {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    Ok(out)
+/// What cleanup removes, and what it says first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Names in the store, sorted.
+    pub files: Vec<String>,
+    /// One line each (module docs).
+    pub warnings: Vec<String>,
 }
 
-/// Remove what [`plan`] lists (unless `dry_run`); returns the files removed (or that would be).
-pub fn cleanup(
-    dir: &Path,
-    oldest_kept: &str,
-    backup_history: bool,
-    dry_run: bool,
-) -> Result<Vec<PathBuf>, CleanupError> {
-    let files = plan(dir, oldest_kept, backup_history)?;
-    if dry_run || files.is_empty() {
-        return Ok(files);
-    }
-    for path in &files {
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(WalDirError::io("remove file", path, e).into()),
+/// The files of `store` that cleanup would remove for `oldest_kept`.
+pub fn plan(store: &dyn Store, oldest_kept: &str, backup_history: bool) -> Result<Plan, CleanupError> {
+    if let Some(dir) = store.local_dir() {
+        if !dir.is_dir() {
+            return Err(CleanupError::NoArchive(store.location()));
         }
     }
-    fsutil::sync_dir(dir)?;
-    Ok(files)
+    let cutoff = cutoff_segment(oldest_kept)?;
+    let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    let removable = |name: &str| is_removable(name, &cutoff, backup_history);
+    let mut plan = Plan::default();
+    let candidates = catalog
+        .segments()
+        .iter()
+        .map(|s| &s.file)
+        .chain(catalog.impossible().iter().map(|e| &e.name))
+        .chain(catalog.backup_histories().iter().map(|e| &e.name));
+    plan.files = candidates.filter(|n| removable(n)).cloned().collect();
+    plan.files.sort();
+    for e in catalog.irregular().iter().filter(|e| removable(&e.name)) {
+        plan.warnings.push(format!("{}: left in place", NotRegular(store.location_of(&e.name))));
+    }
+    // The newest segment file of the newest timeline (a complete file ranks before its stale .partial).
+    let live = catalog.timelines().into_values().next_back().and_then(|files| {
+        let last = files.last()?.id;
+        files.iter().find(|f| f.id == last)
+    });
+    if let Some(live) = live.filter(|f| f.partial && removable(&f.file)) {
+        plan.warnings.push(format!(
+            "removing \"{}\", the newest segment file of the newest timeline: a running walkeeper receive may still be writing it",
+            store.location_of(&live.file)
+        ));
+    }
+    Ok(plan)
+}
+
+/// Remove what [`plan`] lists. Its warnings are for the caller to show first.
+pub fn remove(store: &dyn Store, plan: &Plan) -> Result<(), CleanupError> {
+    for name in &plan.files {
+        store.delete(name)?;
+    }
+    if let (Some(dir), false) = (store.local_dir(), plan.files.is_empty()) {
+        // Make the removals durable: after a crash the archive does not hold files again that the operator
+        // was told are gone.
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -132,6 +156,52 @@ mod tests {
         ] {
             assert!(matches!(cutoff_segment(bad), Err(CleanupError::InvalidName(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn plans_from_the_catalog_and_warns_first() {
+        use crate::archive::store::LocalStore;
+        let tmp = crate::archive::catalog::test_archive(&[
+            "000000010000000000000001",
+            "000000010000000000000002.partial",
+            "000000020000000000000002",
+            "000000020000000000000003.zst.partial",
+            "000000010000000000000001.00000028.backup",
+            "00000002.history",
+        ]);
+        let store = LocalStore::new(tmp.path());
+        std::fs::create_dir(tmp.path().join("000000010000000000000000")).unwrap();
+        let p = plan(&store, "000000020000000000000003", false).unwrap();
+        assert_eq!(
+            p.files,
+            ["000000010000000000000001", "000000010000000000000002.partial", "000000020000000000000002"]
+        );
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+        assert!(
+            p.warnings[0].ends_with("000000010000000000000000\" is not a regular file: left in place"),
+            "{:?}",
+            p.warnings
+        );
+        // Past the live .partial of the newest timeline (timeline 1's older .partial is not live).
+        let p = plan(&store, "000000020000000000000004", true).unwrap();
+        assert_eq!(p.files.len(), 5, "{:?}", p.files);
+        assert!(
+            p.warnings[1].contains(
+                "000000020000000000000003.zst.partial\", the newest segment file of the newest timeline"
+            ),
+            "{:?}",
+            p.warnings
+        );
+        remove(&store, &p).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["000000010000000000000000", "00000002.history"]);
+        let err =
+            plan(&LocalStore::new(tmp.path().join("nope")), "000000020000000000000004", false).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
     }
 
     #[test]

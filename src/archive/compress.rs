@@ -4,6 +4,12 @@
 //! The compressor never touches a file: its output accumulates in memory until the caller writes it
 //! out. That keeps a failed file write (a full disk) from losing or duplicating compressed bytes: the
 //! caller keeps what did not reach the file and retries it.
+//!
+//! Every method checks the content of a complete file: gzip's CRC32 trailer, and a content checksum in
+//! the zstd frame (its checksum flag) and the lz4 frame (`content_checksum`), so a flipped bit in a
+//! stored block is refused on decompression instead of being served as WAL. The checksum sits at the
+//! end of the stream: an open `.partial` (sync flushes, no end yet) decodes as before, unchecked, and is
+//! protected by the WAL records' own CRCs. Files written without a checksum still decode.
 
 use super::error::{Result, WalDirError};
 use crate::wal::segment::Compression;
@@ -36,11 +42,15 @@ impl Compressor {
         let encoder = match method {
             Compression::None => return Ok(None),
             Compression::Gzip => Encoder::Gzip(GzEncoder::new(Vec::new(), gzip_level(level)?)),
-            Compression::Lz4 => Encoder::Lz4(lz4_flex::frame::FrameEncoder::new(Vec::new())),
+            Compression::Lz4 => {
+                let info = lz4_flex::frame::FrameInfo::new().content_checksum(true);
+                Encoder::Lz4(lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new()))
+            }
             Compression::Zstd => {
-                let level = zstd_level(level)?;
-                let encoder = zstd::stream::write::Encoder::new(Vec::new(), level)
-                    .map_err(|e| WalDirError::io("start zstd compression for", Path::new("(memory)"), e))?;
+                let start = |e| WalDirError::io("start zstd compression for", Path::new("(memory)"), e);
+                let mut encoder =
+                    zstd::stream::write::Encoder::new(Vec::new(), zstd_level(level)?).map_err(start)?;
+                encoder.include_checksum(true).map_err(start)?;
                 Encoder::Zstd(encoder)
             }
         };
@@ -114,7 +124,10 @@ fn zstd_level(level: Option<i32>) -> Result<i32> {
 
 /// A reader that yields the decompressed contents of `reader` (the bytes as they are for
 /// [`Compression::None`]). Concatenated gzip members and zstd/lz4 frames are all decoded.
-pub fn decoder<'a, R: Read + 'a>(method: Compression, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decoder<'a, R: Read + Send + 'a>(
+    method: Compression,
+    reader: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match method {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
@@ -191,7 +204,7 @@ fn decode_file(
 }
 
 /// True when a decoder error means "the input ended early" rather than "the input is corrupt".
-fn is_truncation(e: &io::Error) -> bool {
+pub fn is_truncation(e: &io::Error) -> bool {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return true;
     }
@@ -290,6 +303,35 @@ mod tests {
         assert_eq!(decompress_file(&path, Compression::None).unwrap(), b"abc");
         let err = decompress_file(&dir.path().join("nope"), Compression::Gzip).unwrap_err().to_string();
         assert!(err.starts_with("could not open"), "{err}");
+    }
+
+    /// Finding 2 of issue 11: one flipped bit anywhere in a complete compressed segment is either
+    /// refused on decompression or decodes to the original bytes (a flip in a field that does not change
+    /// the content) — never to different WAL. gzip has its CRC32 trailer; zstd and lz4 carry a content
+    /// checksum. Flips land all over the file, including inside stored (incompressible) blocks, which no
+    /// decoder notices without a checksum.
+    #[test]
+    fn a_flipped_bit_never_decodes_to_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample(200_000);
+        for method in METHODS {
+            let (mut out, c) = compress_all(method, &[&data[..50_000], &data[50_000..]], true);
+            out.extend(c.finish().unwrap());
+            let path = dir.path().join(format!("flip{}", method.suffix()));
+            let mut refused = 0;
+            for (n, at) in (0..out.len()).step_by(89).enumerate() {
+                let mut bad = out.clone();
+                bad[at] ^= 1 << (n % 8);
+                std::fs::write(&path, &bad).unwrap();
+                match decompress_file(&path, method) {
+                    Err(_) => refused += 1,
+                    Ok(content) => {
+                        assert!(content == data, "{method}: flip at byte {at} decoded to other content")
+                    }
+                }
+            }
+            assert!(refused > 0, "{method}");
+        }
     }
 
     #[test]

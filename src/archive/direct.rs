@@ -16,11 +16,11 @@ use std::os::unix::fs::FileExt;
 /// Alignment of file offsets, lengths and memory for `O_DIRECT`: the page size, which covers disks
 /// with 512-byte and 4 kB logical blocks. A device that needs more makes the first write fail with
 /// `EINVAL`, and the writer falls back to the page cache.
-pub const BLOCK: usize = 4096;
+const BLOCK: usize = 4096;
 
 /// A zeroed heap buffer whose usable part starts on a [`BLOCK`] boundary (no `unsafe`: a little
 /// over-allocation, then the aligned window).
-pub struct AlignedBuf {
+struct AlignedBuf {
     storage: Vec<u8>,
     start: usize,
     len: usize,
@@ -28,7 +28,7 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     /// `len` usable bytes; `len` is rounded up to a whole number of blocks.
-    pub fn zeroed(len: usize) -> AlignedBuf {
+    fn zeroed(len: usize) -> AlignedBuf {
         let len = len.max(1).next_multiple_of(BLOCK);
         let storage = vec![0u8; len + BLOCK];
         let start = (BLOCK - storage.as_ptr() as usize % BLOCK) % BLOCK;
@@ -68,7 +68,7 @@ pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
 
 /// Stages sequential writes to one file and writes them in whole aligned blocks.
 ///
-/// Invariant: `base` is a multiple of [`BLOCK`]; `buf[..len]` holds the file's bytes from `base` on as
+/// Invariant: `base` is a multiple of `BLOCK`; `buf[..len]` holds the file's bytes from `base` on as
 /// they must end up (only the first block of it can already be in the file: the partial block kept by
 /// the last flush); `dirty` says some of it is not. Bytes of the file past `base + len` are never
 /// changed, except to zeros in a file that was all zeros there.
@@ -109,7 +109,7 @@ impl StagedWriter {
     }
 
     /// True when every staged byte is in the file.
-    pub fn is_clean(&self) -> bool {
+    fn is_clean(&self) -> bool {
         !self.dirty
     }
 

@@ -30,30 +30,21 @@ pub enum Preallocation {
     Reserve,
 }
 
-/// A file opened for writing, and whether this call created it.
-pub struct OpenedFile {
-    pub file: File,
-    pub created: bool,
-}
-
 /// Open `path` for writing, creating it if needed. A created file gets exactly `mode` (set with
 /// fchmod after creation, so the process umask cannot narrow or widen it); an existing file keeps
 /// its mode. With `truncate`, an existing file is emptied.
-pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFile> {
+pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<File> {
     match OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
         Ok(file) => {
             file.set_permissions(Permissions::from_mode(mode))
                 .map_err(|e| WalDirError::io("set permissions of", path, e))?;
-            Ok(OpenedFile { file, created: true })
+            Ok(file)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let file = OpenOptions::new()
-                .write(true)
-                .truncate(truncate)
-                .open(path)
-                .map_err(|e| WalDirError::io("open", path, e))?;
-            Ok(OpenedFile { file, created: false })
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .write(true)
+            .truncate(truncate)
+            .open(path)
+            .map_err(|e| WalDirError::io("open", path, e)),
         Err(e) => Err(WalDirError::io("create", path, e)),
     }
 }
@@ -63,7 +54,7 @@ pub fn open_for_write(path: &Path, mode: u32, truncate: bool) -> Result<OpenedFi
 /// pg_receivewal does, rather than `fallocate`: the blocks are really written on every file system.
 /// Kept on its own so other strategies can be benchmarked against it. Works the same on a file opened
 /// with `O_DIRECT` (then the zeros never enter the page cache) where `len` is a multiple of 4 kB.
-pub fn preallocate_zeros(file: &File, path: &Path, len: u64) -> Result<()> {
+fn preallocate_zeros(file: &File, path: &Path, len: u64) -> Result<()> {
     let mut offset = 0u64;
     while offset < len {
         let n = usize::try_from(len - offset).map_or(ZERO_CHUNK, |rest| rest.min(ZERO_CHUNK));
@@ -143,7 +134,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 
 /// Write a small file completely under `tmp`, sync it if `sync`, and return it closed.
 pub fn write_new_file(tmp: &Path, contents: &[u8], mode: u32, sync: bool) -> Result<()> {
-    let mut file = open_for_write(tmp, mode, true)?.file;
+    let mut file = open_for_write(tmp, mode, true)?;
     file.write_all(contents).map_err(|e| WalDirError::io("write", tmp, e))?;
     if sync {
         sync_file(&file, tmp)?;
@@ -162,12 +153,10 @@ mod tests {
         let path = dir.path().join("f");
         for mode in [0o600, 0o640] {
             let _ = fs::remove_file(&path);
-            let opened = open_for_write(&path, mode, false).unwrap();
-            assert!(opened.created);
+            drop(open_for_write(&path, mode, false).unwrap());
             assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, mode);
         }
-        let opened = open_for_write(&path, 0o600, false).unwrap();
-        assert!(!opened.created);
+        drop(open_for_write(&path, 0o600, false).unwrap());
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
     }
 
@@ -186,7 +175,7 @@ mod tests {
     fn preallocates_exact_zero_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let file = open_for_write(&path, 0o600, false).unwrap().file;
+        let file = open_for_write(&path, 0o600, false).unwrap();
         let len = (ZERO_CHUNK as u64) * 2 + 12345;
         preallocate_zeros(&file, &path, len).unwrap();
         let data = fs::read(&path).unwrap();
@@ -200,7 +189,7 @@ mod tests {
     fn reserving_gives_zeros_and_allocated_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let file = open_for_write(&path, 0o600, false).unwrap().file;
+        let file = open_for_write(&path, 0o600, false).unwrap();
         let len = (ZERO_CHUNK as u64) * 3 + 512;
         preallocate(&file, &path, len, Preallocation::Reserve).unwrap();
         let data = fs::read(&path).unwrap();

@@ -1,15 +1,18 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
 //! durable rename), compression, and the read side (restore, verify, status, cleanup).
 
+pub mod catalog;
 pub mod cleanup;
 pub mod compress;
+pub mod contents;
 pub mod direct;
 pub mod error;
 pub mod fsutil;
-pub mod identity;
 pub mod local;
+pub mod lock;
 pub mod prefetch;
 pub mod restore;
+mod restream;
 pub mod scan;
 pub mod status;
 pub mod store;

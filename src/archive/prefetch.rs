@@ -12,20 +12,23 @@
 //! Files in it:
 //! - `lock`: the worker holds an exclusive `flock` on it for its whole life; a restore that can take the
 //!   lock knows no worker runs and starts one. A second worker that cannot take it exits at once.
-//! - `archive`: the canonical path of the archive the entries come from. A spool of another archive is
-//!   never served from, and a worker starting for another archive empties it first.
+//! - `archive`: the location of the archive the entries come from (a local archive's canonical path). A
+//!   spool of another archive is never served from, and a worker starting for another archive empties it
+//!   first.
 //! - `request`: `NAME SEGMENT_SIZE` of the last segment served, written by restore (temporary file +
 //!   rename); the worker keeps the next `--prefetch N` segments after it.
 //! - `TTTTTTTTXXXXXXXXYYYYYYYY`: a ready entry, keyed by the full segment name (timeline included), written
-//!   under a temporary name, checked (page header, size, page address), fsynced, given the archive file's
-//!   modification time, then renamed into place. Never more than N entries plus one being written.
+//!   under a temporary name, checked on the way as restore checks every segment (the WAL decoder over all
+//!   of it), fsynced, given the archive file's modification time, then renamed into place. Never more than
+//!   N entries plus one being written.
 //! - `worker.log`: the worker's last errors (it has no terminal).
 //!
 //! # Safety of what is served
 //!
 //! An entry is served only for exactly its name, only if the archive still holds a complete file of that
-//! name with the same modification time, and only after its page header, length and page address are
-//! checked again. Anything else falls back to reading the archive; a spool problem never fails a restore.
+//! name with the same modification time, and only after its page header, length, page address and (in a
+//! data directory) system identifier are checked again: its WAL was checked when it was fetched. Anything
+//! else falls back to reading the archive; a spool problem never fails a restore.
 //! Entries before the requested segment, or of timelines recovery is not following, are deleted by the
 //! worker. Concurrent restores are safe: taking an entry is an atomic rename, and a loser of that race
 //! reads the archive.
@@ -45,13 +48,14 @@
 //! segment has been requested for [`IDLE_EXIT`] (recovery finished or paused), removing its entries, or
 //! when the spool directory disappears.
 
+use super::catalog::{self, Catalog, SegmentSize};
 use super::error::WalDirError;
 use super::fsutil;
-use super::restore::{
-    self, check_segment, find_segment, RestoreError, Restored, Source, TempFile, LONG_HEADER,
-};
+use super::restore::{self, RestoreError, Restored, Source};
+use super::store::Store;
+use crate::wal::page;
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
-use crate::wal::timeline::parse_history;
+use crate::wal::timeline::parse_history_of;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -83,7 +87,8 @@ pub fn default_spool(dest: &Path) -> PathBuf {
 #[derive(Clone, Debug)]
 pub struct Spool {
     dir: PathBuf,
-    archive: PathBuf,
+    /// The archive's location (see the module docs).
+    archive: String,
 }
 
 fn is_segment_name(name: &str) -> bool {
@@ -95,48 +100,56 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 }
 
 impl Spool {
-    /// Open (creating it, mode 0700) the spool `dir` for `archive`. Both paths are made absolute.
-    pub fn open(dir: &Path, archive: &Path) -> io::Result<Spool> {
+    /// Open (creating it, mode 0700) the spool `dir` for the archive in `store`. The spool's path is made
+    /// absolute, as is a local archive's.
+    pub fn open(dir: &Path, store: &dyn Store) -> io::Result<Spool> {
         match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        Ok(Spool { dir: fs::canonicalize(dir)?, archive: fs::canonicalize(archive)? })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn archive(&self) -> &Path {
-        &self.archive
+        let archive = match store.local_dir() {
+            Some(local) => fs::canonicalize(local)?.display().to_string(),
+            None => store.location(),
+        };
+        Ok(Spool { dir: fs::canonicalize(dir)?, archive })
     }
 
     fn archive_matches(&self) -> bool {
         fs::read(self.dir.join(ARCHIVE))
-            .map(|b| b == format!("{}\n", self.archive.display()).as_bytes())
+            .map(|b| b == format!("{}\n", self.archive).as_bytes())
             .unwrap_or(false)
     }
 
-    /// Serve segment `name` into `dest` from the spool if a valid entry is there; `None` otherwise (the
-    /// caller reads the archive).
-    pub fn take(&self, name: &str, dest: &Path) -> Option<Restored> {
+    /// Serve segment `name` into `dest` from the spool if a valid entry is there (of database system
+    /// `system_id`, when known); `None` otherwise (the caller reads the archive).
+    pub fn take(
+        &self,
+        store: &dyn Store,
+        name: &str,
+        dest: &Path,
+        system_id: Option<u64>,
+    ) -> Option<Restored> {
         if !is_segment_name(name) || !self.archive_matches() {
             return None;
         }
         let entry = self.dir.join(name);
         let entry_mtime = mtime(&entry)?;
         // The archive must still hold this segment, unchanged since it was spooled.
-        let source = find_segment(&self.archive, name, false).ok()??;
-        if mtime(&source.path)? != entry_mtime {
+        let (source, _) = catalog::lookup_complete(store, name).ok()?.ok()??;
+        if source.modified? != entry_mtime {
             return None;
         }
         let file = File::open(&entry).ok()?;
         let len = file.metadata().ok()?.len();
-        let mut head = [0u8; LONG_HEADER];
+        let mut head = [0u8; page::LEN];
         file.read_exact_at(&mut head, 0).ok()?;
-        let size = check_segment(name, &entry, &head, len).ok()?;
+        let header = page::parse(&head).ok()?;
+        header.check_page_addr(name).ok()?;
+        let size = header.segment_size;
+        if len != u64::from(size) || system_id.is_some_and(|id| id != header.system_id) {
+            return None;
+        }
         drop(file);
         match fs::rename(&entry, dest) {
             Ok(()) => {}
@@ -148,8 +161,9 @@ impl Spool {
             }
             Err(_) => return None, // taken by a concurrent restore, or removed by the worker
         }
-        // No directory fsync: `%p` only needs to be atomic (see `TempFile::commit_for_reading`).
-        Some(Restored { source: entry, bytes: len, segment_size: Some(size), partial: false })
+        // No directory fsync: `%p` only needs to be atomic (see `restore::persist_for_reading`).
+        let source = entry.display().to_string();
+        Some(Restored { source, bytes: len, segment_size: Some(size), partial: false })
     }
 
     /// Record that `name` (of `segment_size`) was served: the worker keeps the segments after it.
@@ -259,16 +273,18 @@ fn try_lock(file: &File) -> bool {
 
 /// The segments to keep after `requested`, in replay order: up to `depth` of them, stopping at the first
 /// that is not in the archive. Follows timeline switches as PostgreSQL does with `latest` (module docs).
-pub fn plan(archive: &Path, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
-    let chain = timeline_chain(archive, requested, segment_size);
+/// Lists the archive once; an archive that cannot be listed plans nothing.
+pub fn plan(store: &dyn Store, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
+    let Ok(catalog) = Catalog::read(store, SegmentSize::Known(segment_size)) else { return Vec::new() };
+    let chain = timeline_chain(store, &catalog, requested, segment_size);
     let mut out = Vec::with_capacity(depth);
     // Never back to an older timeline than the last file's (XLogFileReadAnyTLI's `tli < curFileTLI`).
     let mut current = requested.timeline;
     for number in (requested.number + 1)..=(requested.number.saturating_add(depth as u64)) {
         let found = chain.iter().filter(|&&(tli, begin)| number >= begin && tli >= current).find_map(
             |&(timeline, _)| {
-                let name = SegmentId { timeline, number }.file_name(segment_size);
-                matches!(find_segment(archive, &name, false), Ok(Some(_))).then_some((timeline, name))
+                let id = SegmentId { timeline, number };
+                catalog.find(id, false).map(|_| (timeline, id.file_name(segment_size)))
             },
         );
         match found {
@@ -284,17 +300,23 @@ pub fn plan(archive: &Path, requested: SegmentId, segment_size: u32, depth: usiz
 
 /// Timelines recovery may take segments from after `requested`, newest first, each with the first segment
 /// number it may serve.
-fn timeline_chain(archive: &Path, requested: SegmentId, segment_size: u32) -> Vec<(TimeLineId, u64)> {
+fn timeline_chain(
+    store: &dyn Store,
+    catalog: &Catalog,
+    requested: SegmentId,
+    segment_size: u32,
+) -> Vec<(TimeLineId, u64)> {
     let only_requested = vec![(requested.timeline, 0)];
     let mut newest = requested.timeline;
-    while newest < u32::MAX && archive.join(history_file_name(newest + 1)).is_file() {
+    while newest < u32::MAX && catalog.histories().contains_key(&(newest + 1)) {
         newest += 1;
     }
     if newest == requested.timeline {
         return only_requested;
     }
-    let Ok(text) = fs::read_to_string(archive.join(history_file_name(newest))) else { return only_requested };
-    let Ok(history) = parse_history(&text) else { return only_requested };
+    let Ok(bytes) = store.read_all(&history_file_name(newest)) else { return only_requested };
+    let Ok(text) = String::from_utf8(bytes) else { return only_requested };
+    let Ok(history) = parse_history_of(newest, &text) else { return only_requested };
     let mut chain = Vec::new();
     let mut begin = 0u64;
     for entry in &history {
@@ -316,7 +338,12 @@ fn timeline_chain(archive: &Path, requested: SegmentId, segment_size: u32) -> Ve
 }
 
 /// The worker's main loop (see the module docs). Returns when idle or when the spool is gone.
-pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), RestoreError> {
+pub fn run_worker(
+    spool: &Spool,
+    store: &dyn Store,
+    depth: usize,
+    idle: Duration,
+) -> Result<(), RestoreError> {
     let lock = spool.open_lock().map_err(|e| WalDirError::io("open", &spool.dir.join(LOCK), e))?;
     if !try_lock(&lock) {
         return Ok(()); // another worker serves this spool
@@ -325,7 +352,7 @@ pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), Res
     if !spool.archive_matches() {
         spool.remove_entries_except(&[]);
         let tmp = spool.dir.join(".archive.tmp");
-        fs::write(&tmp, format!("{}\n", spool.archive.display()))
+        fs::write(&tmp, format!("{}\n", spool.archive))
             .and_then(|_| fs::rename(&tmp, spool.dir.join(ARCHIVE)))
             .map_err(|e| WalDirError::io("write", &spool.dir.join(ARCHIVE), e))?;
     }
@@ -355,7 +382,7 @@ pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), Res
         };
         let new_request = current != Some((requested, stamp));
         if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
-            wanted = plan(&spool.archive, requested, segment_size, depth);
+            wanted = plan(store, requested, segment_size, depth);
             let removed = spool.remove_entries_except(&wanted);
             let requested_name = requested.file_name(segment_size);
             seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
@@ -374,7 +401,7 @@ pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), Res
             continue;
         };
         let started_fetch = Instant::now();
-        if let Err(e) = fetch(spool, &name) {
+        if let Err(e) = fetch(spool, store, &name) {
             spool.log(&format!("{name}: {e}"));
         } else {
             tracing::debug!(segment = %name, elapsed = ?started_fetch.elapsed(), "prefetched");
@@ -383,23 +410,29 @@ pub fn run_worker(spool: &Spool, depth: usize, idle: Duration) -> Result<(), Res
     }
 }
 
-/// Decompress segment `name` from the archive into the spool entry of that name.
-fn fetch(spool: &Spool, name: &str) -> Result<(), RestoreError> {
-    let source: Source =
-        find_segment(&spool.archive, name, false)?.ok_or_else(|| RestoreError::NotFound(name.to_string()))?;
-    let modified = fs::metadata(&source.path)
-        .and_then(|m| m.modified())
-        .map_err(|e| WalDirError::io("stat", &source.path, e))?;
+/// Decompress segment `name` from the archive into the spool entry of that name, checking it as restore
+/// does (its system identifier is checked when the entry is taken: the worker runs outside the data
+/// directory).
+fn fetch(spool: &Spool, store: &dyn Store, name: &str) -> Result<(), RestoreError> {
+    let (found, compression) = catalog::lookup_complete(store, name)
+        .map_err(RestoreError::Store)??
+        .ok_or_else(|| RestoreError::NotFound(name.to_string()))?;
+    let modified = found.modified.ok_or_else(|| RestoreError::Damaged {
+        location: store.location_of(&found.name),
+        detail: "the store gives no modification time".into(),
+    })?;
+    let source = Source { file: found.name, compression, partial: false, modified: Some(modified) };
     let entry = spool.dir.join(name);
-    let mut tmp = TempFile::create(&entry)?;
-    restore::fill_segment(name, &source, &mut tmp)?;
-    tmp.file().set_modified(modified).map_err(|e| WalDirError::io("set the time of", &entry, e))?;
-    tmp.commit(&entry)
+    let mut tmp = restore::temp_beside(&entry)?;
+    restore::fill_segment(store, name, &source, &mut tmp, None)?;
+    tmp.as_file().set_modified(modified).map_err(|e| WalDirError::io("set the time of", &entry, e))?;
+    restore::persist_durably(tmp, &entry)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::store::LocalStore;
 
     const SEG: u32 = 1 << 20;
 
@@ -421,6 +454,7 @@ mod tests {
     fn plan_follows_latest_timeline_and_stops_at_the_end() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
+        let store = LocalStore::new(dir);
         touch(dir, 1, 1..=9, "");
         touch(dir, 2, 5..=7, ".zst");
         touch(dir, 3, 7..=8, ".gz");
@@ -428,12 +462,12 @@ mod tests {
         fs::write(dir.join("00000002.history"), "1\t0/500010\tx\n").unwrap();
         fs::write(dir.join("00000003.history"), "1\t0/500010\tx\n2\t0/700000\ty\n").unwrap();
         let at = |tli, number| SegmentId { timeline: tli, number };
-        assert_eq!(names(&plan(dir, at(1, 2), SEG, 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
-        assert_eq!(names(&plan(dir, at(2, 5), SEG, 2)), ["2/6", "3/7"]);
+        assert_eq!(names(&plan(&store, at(1, 2), SEG, 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
+        assert_eq!(names(&plan(&store, at(2, 5), SEG, 2)), ["2/6", "3/7"]);
         // Asked for timeline 1 past the switch: recovery is not following the latest; stay on 1.
-        assert_eq!(names(&plan(dir, at(1, 6), SEG, 8)), ["1/7", "1/8", "1/9"]);
+        assert_eq!(names(&plan(&store, at(1, 6), SEG, 8)), ["1/7", "1/8", "1/9"]);
         // A timeline that is not on the newest history: only itself.
         touch(dir, 4, 1..=2, "");
-        assert_eq!(names(&plan(dir, at(4, 1), SEG, 8)), ["4/2"]);
+        assert_eq!(names(&plan(&store, at(4, 1), SEG, 8)), ["4/2"]);
     }
 }

@@ -1,22 +1,31 @@
-//! Where to start streaming, from what a WAL directory already holds (pg_receivewal's
-//! `FindStreamingStart`): the highest segment wins (then the highest timeline, then a complete file
-//! over a `.partial`); a complete segment means "start at the next segment", a `.partial` means
-//! "start over at its beginning". Segment files of every compression method count.
+//! Where to start streaming, from what an archive already holds (pg_receivewal's `FindStreamingStart`,
+//! over the [`Catalog`]): the newest segment file wins (highest segment, then highest timeline, then a
+//! complete file over a `.partial`); a complete segment means "start at the next segment", a `.partial`
+//! means "start over at the first `.partial` of its timeline's trailing run". Segment files of every
+//! compression method count.
 //!
-//! Complete segments are validated so that a directory written with another segment size is
-//! refused: an uncompressed file must be exactly one segment long, a gzip file's ISIZE trailer must
-//! say so. lz4 and zstd store no size, so they are decoded, and only for the file that decides the
-//! start point (decoding a whole archive at every start would take minutes). Unlike
-//! pg_receivewal, which warns and skips such files, a wrong size is an error.
+//! Unlike pg_receivewal, nothing is trusted by its name alone, because the start position decides what the
+//! server may recycle once the slot follows: a stray file named beyond the archive's end (say, a zero-filled
+//! 16 MB file) would make streaming start after it and skip WAL that was never archived. So:
+//! - the file that decides the start must be a segment of this archive: a complete segment needs a long page
+//!   header at its own segment address, with the server's segment size and system identifier; a `.partial`
+//!   is started over, so it only must not carry another segment's or another system's header (a fresh one
+//!   holds zeros). When it has no header, the newest file that has one must be of the server's system;
+//! - every complete segment's length is checked where that is cheap (uncompressed length, gzip's ISIZE
+//!   trailer); lz4 and zstd store no length, so they are decoded, only for the deciding file;
+//! - a WAL-named entry that is not a regular file, or a name impossible with the server's segment size, is an
+//!   error.
+//!
+//! Each of these errors names the file and says what to do; none is retried ([`ScanError::is_fatal`]).
 
-use super::compress::decompressed_len;
-use super::error::{Result, WalDirError};
-use crate::wal::segment::{valid_segment_size, Compression, SegmentId, TimeLineId, WalFileName};
+use super::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
+use super::contents;
+use super::error::WalDirError;
+use super::store::{Store, StoreError};
+use crate::wal::page::PageError;
+use crate::wal::segment::{valid_segment_size, Compression, TimeLineId};
 use crate::wal::Lsn;
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::PathBuf;
 
 /// Where streaming should start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,159 +49,208 @@ pub struct ScanSummary {
     pub partial: usize,
     /// Highest timeline among all segment files.
     pub highest_timeline: TimeLineId,
-    /// Directory entries that are not segment files (history files, temporary files, others).
+    /// Entries that are not segment files (history files, temporary files, others).
     pub other: usize,
 }
 
-/// A segment file seen in the directory.
-#[derive(Clone, Debug)]
-struct Found {
-    segment: SegmentId,
-    complete: bool,
-    compression: Compression,
-    file: String,
+/// Why the archive gives no start position.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dir(#[from] WalDirError),
+    #[error("{0}: move it out of the archive directory")]
+    NotRegular(NotRegular),
+    #[error("segment file \"{location}\" does not belong in this archive: {reason}; move it out of the archive directory")]
+    DoesNotBelong { location: String, reason: String },
+    #[error(
+        "archive \"{archive}\" holds WAL of database system {found} (\"{location}\"), but the server's system identifier is {expected}: use another directory for this server, or move the file away if it does not belong"
+    )]
+    OtherSystem { archive: String, location: String, found: u64, expected: u64 },
 }
 
-impl Found {
-    /// pg_receivewal's order: segment number, then timeline, then complete over partial.
-    fn rank(&self) -> (u64, TimeLineId, bool) {
-        (self.segment.number, self.segment.timeline, self.complete)
+impl ScanError {
+    /// Errors only the user can resolve (a file to move away, another directory to use): retrying is pointless.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ScanError::NotRegular(_) | ScanError::DoesNotBelong { .. } | ScanError::OtherSystem { .. }
+        )
     }
 }
 
-/// Scan `dir` and decide where streaming resumes; `None` when it holds no segment file.
-pub fn find_start(dir: &Path, segment_size: u32) -> Result<Option<StartPoint>> {
+/// Decide where streaming resumes in `store` for a server with `segment_size` and `system_id`; `None` when
+/// the archive holds no segment file.
+pub fn find_start(
+    store: &dyn Store,
+    segment_size: u32,
+    system_id: u64,
+) -> Result<Option<StartPoint>, ScanError> {
     if !valid_segment_size(u64::from(segment_size)) {
-        return Err(WalDirError::InvalidSegmentSize(u64::from(segment_size)));
+        return Err(WalDirError::InvalidSegmentSize(u64::from(segment_size)).into());
     }
-    let mut summary = ScanSummary::default();
-    let mut best: Option<Found> = None;
-    let mut partials: HashMap<(TimeLineId, u64), Found> = HashMap::new();
-    let mut completes: HashSet<(TimeLineId, u64)> = HashSet::new();
-    let entries = fs::read_dir(dir).map_err(|e| WalDirError::io("open directory", dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| WalDirError::io("read directory", dir, e))?;
-        let Some(found) = classify(dir, &entry.file_name().to_string_lossy(), segment_size)? else {
-            summary.other += 1;
-            continue;
-        };
-        if found.complete {
-            summary.complete += 1;
-            completes.insert((found.segment.timeline, found.segment.number));
-            check_cheap_size(&dir.join(&found.file), found.compression, segment_size)?;
-        } else {
-            summary.partial += 1;
-            partials.insert((found.segment.timeline, found.segment.number), found.clone());
-        }
-        summary.highest_timeline = summary.highest_timeline.max(found.segment.timeline);
-        if best.as_ref().is_none_or(|b| found.rank() > b.rank()) {
-            best = Some(found);
-        }
+    let catalog = Catalog::read(store, SegmentSize::Known(segment_size))?;
+    if let Some(e) = catalog.first_irregular(store) {
+        return Err(ScanError::NotRegular(e));
     }
-    let Some(mut best) = best else { return Ok(None) };
-    // walkeeper renames a segment only once the record crossing its end has been validated, so a crash
-    // can leave a run of `.partial` files (N, N+1, ...) on one timeline: start over at the first of the run.
-    if !best.complete {
-        while let Some(previous) = best
-            .segment
-            .number
-            .checked_sub(1)
-            .map(|n| (best.segment.timeline, n))
-            .filter(|key| !completes.contains(key))
-            .and_then(|key| partials.get(&key))
-        {
-            best = previous.clone();
+    if let Some(e) = catalog.impossible().first() {
+        let path = PathBuf::from(store.location_of(&e.name));
+        return Err(WalDirError::NameNotForSegmentSize { path, segment_size }.into());
+    }
+    let segments = catalog.segments();
+    let summary = ScanSummary {
+        complete: segments.iter().filter(|s| !s.partial).count(),
+        partial: segments.iter().filter(|s| s.partial).count(),
+        highest_timeline: segments.iter().map(|s| s.id.timeline).max().unwrap_or(0),
+        other: catalog.others().len() + catalog.histories().len() + catalog.backup_histories().len(),
+    };
+    for f in segments.iter().filter(|s| !s.partial) {
+        check_cheap_size(store, f, segment_size)?;
+    }
+    let Some(newest) = catalog.newest() else { return Ok(None) };
+    // A crash can leave a run of `.partial` files (N, N+1, ...) on one timeline: start over at its first.
+    let deciding = if newest.partial {
+        catalog.trailing_partials(newest.id.timeline).first().copied().unwrap_or(newest)
+    } else {
+        newest
+    };
+    let location = store.location_of(&deciding.file);
+    if !deciding.partial && matches!(deciding.compression, Compression::Lz4 | Compression::Zstd) {
+        let len = contents::decoded_len(store, &deciding.file, deciding.compression, false)?;
+        check_size(&location, len, segment_size)?;
+    }
+    if !check_belongs(store, deciding, segment_size, system_id)? {
+        if let Some((found, f)) = catalog.system_id(store)? {
+            if found != system_id {
+                return Err(other_system(store, f, found, system_id));
+            }
         }
     }
-    let path = dir.join(&best.file);
-    if best.complete && matches!(best.compression, Compression::Lz4 | Compression::Zstd) {
-        check_size(&path, decompressed_len(&path, best.compression)?, segment_size)?;
-    }
-    let lsn =
-        if best.complete { best.segment.end_lsn(segment_size) } else { best.segment.start_lsn(segment_size) };
-    let lsn = lsn.ok_or(WalDirError::LsnOverflow { path })?;
+    let lsn = if deciding.partial {
+        deciding.id.start_lsn(segment_size)
+    } else {
+        deciding.id.end_lsn(segment_size)
+    };
+    let lsn = lsn.ok_or(WalDirError::LsnOverflow { path: location.into() })?;
     Ok(Some(StartPoint {
         lsn,
-        timeline: best.segment.timeline,
-        file: best.file,
-        from_partial: !best.complete,
+        timeline: deciding.id.timeline,
+        file: deciding.file.clone(),
+        from_partial: deciding.partial,
         summary,
     }))
 }
 
-/// The segment file `name` stands for, or `None` if it is not one. PostgreSQL spells segment names
-/// in upper case only, and timeline 0 does not exist: such names are not WAL.
-fn classify(dir: &Path, name: &str, segment_size: u32) -> Result<Option<Found>> {
-    let Some(WalFileName::Segment { name: segment_name, compression, partial }) = WalFileName::parse(name)
-    else {
-        return Ok(None);
+/// Check the long page header of the deciding file `f` (module docs). False when it has none (a `.partial`
+/// nothing was written to, or that is started over anyway).
+fn check_belongs(
+    store: &dyn Store,
+    f: &SegFile,
+    segment_size: u32,
+    system_id: u64,
+) -> Result<bool, ScanError> {
+    let does_not_belong =
+        |reason: String| ScanError::DoesNotBelong { location: store.location_of(&f.file), reason };
+    let header = match contents::read_header(store, &f.file, f.compression, f.partial)? {
+        Ok(h) => h,
+        Err(_) if f.partial => return Ok(false),
+        Err(e) => return Err(does_not_belong(e.to_string())),
     };
-    if segment_name.bytes().any(|b| b.is_ascii_lowercase()) {
-        return Ok(None);
+    // Another system first: it explains a wrong segment size or address as well.
+    if header.system_id != system_id {
+        return Err(other_system(store, f, header.system_id, system_id));
     }
-    let Some(segment) = SegmentId::parse_name(&segment_name, segment_size) else {
-        return Err(WalDirError::NameNotForSegmentSize { path: dir.join(name), segment_size });
-    };
-    if segment.timeline == 0 {
-        return Ok(None);
+    header.check_page_addr(f.segment_name()).map_err(|e: PageError| does_not_belong(e.to_string()))?;
+    if header.segment_size != segment_size {
+        return Err(does_not_belong(format!(
+            "its page header says the segment size is {} bytes, but the server's is {segment_size} bytes",
+            header.segment_size
+        )));
     }
-    Ok(Some(Found { segment, complete: !partial, compression, file: name.to_string() }))
+    Ok(true)
 }
 
-/// Size checks that cost one `stat` or one small read: uncompressed length, gzip ISIZE.
-fn check_cheap_size(path: &Path, compression: Compression, segment_size: u32) -> Result<()> {
-    match compression {
-        Compression::None => {
-            let len = fs::metadata(path).map_err(|e| WalDirError::io("stat", path, e))?.len();
-            check_size(path, len, segment_size)
-        }
-        Compression::Gzip => check_size(path, gzip_isize(path)?, segment_size),
+fn other_system(store: &dyn Store, f: &SegFile, found: u64, expected: u64) -> ScanError {
+    ScanError::OtherSystem {
+        archive: store.location(),
+        location: store.location_of(&f.file),
+        found,
+        expected,
+    }
+}
+
+/// Size checks that cost no decoding: uncompressed length (from the listing), gzip ISIZE.
+fn check_cheap_size(store: &dyn Store, f: &SegFile, segment_size: u32) -> Result<(), ScanError> {
+    let location = store.location_of(&f.file);
+    match f.compression {
+        Compression::None => check_size(&location, f.len, segment_size),
+        Compression::Gzip => check_size(&location, gzip_isize(store, f)?, segment_size),
         Compression::Lz4 | Compression::Zstd => Ok(()),
     }
 }
 
-fn check_size(path: &Path, size: u64, segment_size: u32) -> Result<()> {
+fn check_size(location: &str, size: u64, segment_size: u32) -> Result<(), ScanError> {
     if size == u64::from(segment_size) {
         Ok(())
     } else {
-        Err(WalDirError::SegmentSize { path: path.to_path_buf(), size, expected: u64::from(segment_size) })
+        Err(WalDirError::SegmentSize { path: location.into(), size, expected: u64::from(segment_size) }
+            .into())
     }
 }
 
 /// The gzip ISIZE trailer: uncompressed length modulo 2^32, in the last 4 bytes (little endian).
 /// Segments are at most 1 GiB, so it is exact for a valid segment.
-fn gzip_isize(path: &Path) -> Result<u64> {
-    let read = || -> io::Result<u32> {
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::End(-4))?;
-        let mut trailer = [0u8; 4];
-        file.read_exact(&mut trailer)?;
-        Ok(u32::from_le_bytes(trailer))
+fn gzip_isize(store: &dyn Store, f: &SegFile) -> Result<u64, ScanError> {
+    let trailer = match f.len.checked_sub(4) {
+        Some(at) => store.read_range(&f.file, at, 4)?,
+        None => Vec::new(),
     };
-    read().map(u64::from).map_err(|e| WalDirError::io("read the size trailer of", path, e))
+    let trailer: [u8; 4] = trailer.try_into().map_err(|_| StoreError::Io {
+        op: "read the size trailer of",
+        location: store.location_of(&f.file),
+        source: format!("{} bytes are too few for a gzip file", f.len).into(),
+    })?;
+    Ok(u64::from(u32::from_le_bytes(trailer)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::archive::local::{LocalWalDir, WalDirOptions};
+    use crate::archive::store::LocalStore;
+    use crate::wal::encoder::WalEncoder;
+    use crate::wal::segment::{SegmentId, WalFileName};
+    use std::fs;
+    use std::path::Path;
 
     const SEG: u32 = 1 << 20;
+    const SYSID: u64 = 7_000_000_000_000_000_001;
 
-    /// Write file `name` holding `len` zero bytes, compressed as its name says (a compressed
-    /// `.partial` as an open, sync-flushed stream).
-    fn put(dir: &Path, name: &str, len: usize) {
+    /// `len` bytes of segment `name` of database system `sysid`: a long page header and one record, then zeros.
+    fn wal(name: &str, len: usize, sysid: u64) -> Vec<u8> {
+        let id = SegmentId::parse_name(&name[..24], SEG).unwrap();
+        let start = id.start_lsn(SEG).unwrap().0;
+        let mut e = WalEncoder::new(0xD110, SEG, sysid, id.timeline, start);
+        e.main_data_record(10, 0, 1, b"scan");
+        let mut b = e.into_bytes();
+        b.resize(len, 0);
+        b
+    }
+
+    /// Write file `name` holding `len` bytes of WAL (zeros when shorter than a record), compressed as its
+    /// name says (a compressed `.partial` as an open, sync-flushed stream).
+    fn put_bytes(dir: &Path, name: &str, bytes: &[u8]) {
         let path = dir.join(name);
         let Some(WalFileName::Segment { compression, partial, .. }) = WalFileName::parse(name) else {
-            fs::write(&path, vec![0u8; len]).unwrap();
+            fs::write(&path, bytes).unwrap();
             return;
         };
-        if compression == Compression::None {
-            fs::write(&path, vec![0u8; len]).unwrap();
+        let Some(mut c) = crate::archive::compress::Compressor::new(compression, None).unwrap() else {
+            fs::write(&path, bytes).unwrap();
             return;
-        }
-        let mut c = crate::archive::compress::Compressor::new(compression, None).unwrap().unwrap();
-        c.write(&vec![0u8; len]).unwrap();
+        };
+        c.write(bytes).unwrap();
         let out = if partial {
             c.sync_flush().unwrap();
             std::mem::take(c.output())
@@ -202,12 +260,22 @@ mod tests {
         fs::write(&path, out).unwrap();
     }
 
-    fn scan(files: &[(&str, usize)]) -> Result<Option<StartPoint>> {
+    fn put(dir: &Path, name: &str, len: usize) {
+        let bytes =
+            if len >= 100 && !name.ends_with(".bz2") { wal(name, len, SYSID) } else { vec![0u8; len] };
+        put_bytes(dir, name, &bytes);
+    }
+
+    fn find(dir: &Path) -> Result<Option<StartPoint>, ScanError> {
+        find_start(&LocalStore::new(dir), SEG, SYSID)
+    }
+
+    fn scan(files: &[(&str, usize)]) -> Result<Option<StartPoint>, ScanError> {
         let tmp = tempfile::tempdir().unwrap();
         for (name, len) in files {
             put(tmp.path(), name, *len);
         }
-        find_start(tmp.path(), SEG)
+        find(tmp.path())
     }
 
     fn start(files: &[(&str, usize)]) -> (Lsn, TimeLineId, bool) {
@@ -221,8 +289,7 @@ mod tests {
     #[test]
     fn empty_or_foreign_directory_has_no_start() {
         assert_eq!(scan(&[]).unwrap(), None);
-        let tmp = tempfile::tempdir().unwrap();
-        for junk in [
+        let tmp = crate::archive::catalog::test_archive(&[
             "00000002.history",
             "00000002.history.tmp",
             "000000010000000000000002.00000028.backup",
@@ -232,11 +299,9 @@ mod tests {
             "000000000000000000000005",
             "README",
             ".hidden",
-        ] {
-            fs::write(tmp.path().join(junk), b"junk").unwrap();
-        }
+        ]);
         fs::create_dir(tmp.path().join("archive_status")).unwrap();
-        assert_eq!(find_start(tmp.path(), SEG).unwrap(), None);
+        assert_eq!(find(tmp.path()).unwrap(), None);
     }
 
     #[test]
@@ -357,11 +422,11 @@ mod tests {
     fn broken_compressed_files_are_errors() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("000000010000000000000002.gz"), b"ab").unwrap();
-        let err = find_start(tmp.path(), SEG).unwrap_err().to_string();
+        let err = find(tmp.path()).unwrap_err().to_string();
         assert!(err.starts_with("could not read the size trailer of \""), "{err}");
         fs::remove_file(tmp.path().join("000000010000000000000002.gz")).unwrap();
         fs::write(tmp.path().join("000000010000000000000002.zst"), b"not zstd").unwrap();
-        let err = find_start(tmp.path(), SEG).unwrap_err().to_string();
+        let err = find(tmp.path()).unwrap_err().to_string();
         assert!(err.starts_with("could not decompress \""), "{err}");
     }
 
@@ -370,15 +435,15 @@ mod tests {
         // With 16 MiB segments there are only 256 per xlogid: a 1 MiB directory has larger ones.
         let tmp = tempfile::tempdir().unwrap();
         put(tmp.path(), "000000010000000000000100.partial", 3);
-        let err = find_start(tmp.path(), 16 << 20).unwrap_err().to_string();
+        let err = find_start(&LocalStore::new(tmp.path()), 16 << 20, SYSID).unwrap_err().to_string();
         assert!(
             err.contains("000000010000000000000100.partial\" is impossible with a WAL segment size"),
             "{err}"
         );
-        assert!(find_start(tmp.path(), SEG).is_ok());
+        assert!(find(tmp.path()).is_ok());
         // A segment size contradicting the files shows up as a size error.
         put(tmp.path(), "000000010000000000000001", FULL);
-        let err = find_start(tmp.path(), 2 << 20).unwrap_err().to_string();
+        let err = find_start(&LocalStore::new(tmp.path()), 2 << 20, SYSID).unwrap_err().to_string();
         assert!(
             err.contains("holds 1048576 bytes of WAL, but the WAL segment size is 2097152 bytes"),
             "{err}"
@@ -388,27 +453,97 @@ mod tests {
     #[test]
     fn last_segment_of_the_address_space_overflows() {
         let err = scan(&[("00000001FFFFFFFF00000FFF", FULL)]).unwrap_err();
-        assert!(matches!(err, WalDirError::LsnOverflow { .. }), "{err}");
+        assert!(matches!(err, ScanError::Dir(WalDirError::LsnOverflow { .. })), "{err}");
         assert_eq!(start(&[("00000001FFFFFFFF00000FFF.partial", 0)]), (Lsn(u64::MAX - SEG_LSN + 1), 1, true));
     }
 
     #[test]
     fn bad_arguments_and_directories() {
         let tmp = tempfile::tempdir().unwrap();
-        assert!(matches!(find_start(tmp.path(), 12345), Err(WalDirError::InvalidSegmentSize(12345))));
-        let missing = tmp.path().join("missing");
-        let err = find_start(&missing, SEG).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!(
-                "could not open directory \"{}\": No such file or directory (os error 2)",
-                missing.display()
-            )
+        let err = find_start(&LocalStore::new(tmp.path()), 12345, SYSID).unwrap_err();
+        assert!(matches!(err, ScanError::Dir(WalDirError::InvalidSegmentSize(12345))), "{err}");
+        // A directory that cannot be listed is an error (the store's message names it), never "empty".
+        assert!(matches!(find(&tmp.path().join("missing")), Err(ScanError::Store(_))));
+    }
+
+    #[test]
+    fn a_stray_file_never_decides_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        put(tmp.path(), "000000010000000000000003", FULL);
+        // Zero-filled, named beyond the archive's end: it would skip segments 4 to 8.
+        put_bytes(tmp.path(), "000000010000000000000009", &vec![0u8; FULL]);
+        let err = find(tmp.path()).unwrap_err();
+        assert!(err.is_fatal());
+        let text = err.to_string();
+        assert!(text.starts_with("segment file \""), "{text}");
+        assert!(
+            text.ends_with("000000010000000000000009\" does not belong in this archive: its first page has no long page header, only zeros; move it out of the archive directory"),
+            "{text}"
         );
-        let file = tmp.path().join("file");
-        fs::write(&file, b"").unwrap();
-        let err = find_start(&file, SEG).unwrap_err().to_string();
-        assert!(err.ends_with("Not a directory (os error 20)"), "{err}");
+        // Another segment renamed, and another segment size: the same.
+        put_bytes(tmp.path(), "000000010000000000000009", &wal("000000010000000000000003", FULL, SYSID));
+        let text = find(tmp.path()).unwrap_err().to_string();
+        assert!(text.contains("which is not the start of segment 000000010000000000000009"), "{text}");
+        let mut other_size = wal("000000010000000000000009", FULL, SYSID);
+        other_size[32..36].copy_from_slice(&(2u32 << 20).to_le_bytes());
+        other_size[8..16].copy_from_slice(&(9u64 << 21).to_le_bytes());
+        put_bytes(tmp.path(), "000000010000000000000009", &other_size);
+        let text = find(tmp.path()).unwrap_err().to_string();
+        assert!(text.contains("its page header says the segment size is 2097152 bytes"), "{text}");
+        // Compressed the same way.
+        fs::remove_file(tmp.path().join("000000010000000000000009")).unwrap();
+        put_bytes(tmp.path(), "000000010000000000000009.zst", &vec![0u8; FULL]);
+        assert!(matches!(find(tmp.path()), Err(ScanError::DoesNotBelong { .. })));
+        fs::remove_file(tmp.path().join("000000010000000000000009.zst")).unwrap();
+        // A fresh, zero-filled .partial is fine: the writer starts it over.
+        put_bytes(tmp.path(), "000000010000000000000004.partial", &vec![0u8; FULL]);
+        assert_eq!(find(tmp.path()).unwrap().unwrap().lsn, Lsn(4 * SEG_LSN));
+        // ... but not a .partial carrying another segment's header.
+        put_bytes(
+            tmp.path(),
+            "000000010000000000000004.partial",
+            &wal("000000010000000000000003", FULL, SYSID),
+        );
+        assert!(matches!(find(tmp.path()), Err(ScanError::DoesNotBelong { .. })));
+    }
+
+    #[test]
+    fn the_archive_must_be_of_the_servers_system() {
+        let tmp = tempfile::tempdir().unwrap();
+        put_bytes(tmp.path(), "000000010000000000000003", &wal("000000010000000000000003", FULL, SYSID + 1));
+        let err = find(tmp.path()).unwrap_err();
+        assert!(
+            matches!(err, ScanError::OtherSystem { found, expected, .. } if found == SYSID + 1 && expected == SYSID)
+        );
+        assert!(err.is_fatal());
+        assert!(err.to_string().contains(&format!("holds WAL of database system {}", SYSID + 1)), "{err}");
+        // Behind a fresh .partial, the newest file with a header tells.
+        put_bytes(tmp.path(), "000000010000000000000004.partial", &vec![0u8; FULL]);
+        assert!(matches!(find(tmp.path()), Err(ScanError::OtherSystem { .. })));
+        put_bytes(tmp.path(), "000000010000000000000003", &wal("000000010000000000000003", FULL, SYSID));
+        assert!(find(tmp.path()).unwrap().is_some());
+    }
+
+    #[test]
+    fn entries_that_are_not_regular_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        put(tmp.path(), "000000010000000000000003", FULL);
+        fs::create_dir(tmp.path().join("000000010000000000000002")).unwrap();
+        let err = find(tmp.path()).unwrap_err();
+        assert!(err.is_fatal());
+        assert!(
+            err.to_string().ends_with(
+                "000000010000000000000002\" is not a regular file: move it out of the archive directory"
+            ),
+            "{err}"
+        );
+        fs::remove_dir(tmp.path().join("000000010000000000000002")).unwrap();
+        std::os::unix::fs::symlink(
+            tmp.path().join("000000010000000000000003"),
+            tmp.path().join("000000010000000000000004"),
+        )
+        .unwrap();
+        assert!(matches!(find(tmp.path()), Err(ScanError::NotRegular(_))));
     }
 
     #[test]
@@ -421,14 +556,14 @@ mod tests {
             )
             .unwrap();
             let mut w = dir.open_segment(SegmentId { timeline: 3, number: 20 }).unwrap();
-            w.write_at(0, &vec![1u8; FULL]).unwrap();
+            w.write_at(0, &wal("000000030000000000000014", FULL, SYSID)).unwrap();
             w.close().unwrap();
-            let s = find_start(tmp.path(), SEG).unwrap().unwrap();
+            let s = find(tmp.path()).unwrap().unwrap();
             assert_eq!((s.lsn, s.timeline, s.from_partial), (Lsn(21 * SEG_LSN), 3, false), "{compression}");
             let mut w = dir.open_segment(SegmentId { timeline: 3, number: 21 }).unwrap();
-            w.write_at(0, b"abc").unwrap();
+            w.write_at(0, &wal("000000030000000000000015", 3000, SYSID)).unwrap();
             w.close().unwrap();
-            let s = find_start(tmp.path(), SEG).unwrap().unwrap();
+            let s = find(tmp.path()).unwrap().unwrap();
             assert_eq!((s.lsn, s.timeline, s.from_partial), (Lsn(21 * SEG_LSN), 3, true), "{compression}");
             for entry in fs::read_dir(tmp.path()).unwrap() {
                 fs::remove_file(entry.unwrap().path()).unwrap();

@@ -1,30 +1,33 @@
-//! What an archive directory holds: per timeline the first and last segment, gaps, the open `.partial` and how
-//! far it got; history files; total size; how old the newest WAL is.
+//! What an archive holds, from its [`Catalog`] and a few headers: per timeline the first and last complete
+//! segment, gaps, the trailing run of `.partial` files and how far the open one got; history files; the
+//! database system; total size; how old the newest WAL is. Cheap: one listing, a few header reads, one
+//! `.partial` read.
+//!
+//! A segment counts as present when a complete file holds it or when its `.partial` is in its timeline's
+//! trailing run (see `archive::catalog`): that is what `restore --partial` serves, so only the other
+//! segments are gaps.
 //!
 //! The received position of an uncompressed `.partial` (preallocated with zeros) is estimated from its last
 //! non-zero byte, rounded up to the 8-byte record alignment: a lower bound that is exact unless the last
 //! record ends in zero bytes (then it is short by fewer than the trailing zeros). A compressed `.partial` is
 //! written only as far as it was received, so its decoded length is exact.
+//!
+//! Warnings (also in `--json`): WAL-named entries that are not regular files, names impossible with the
+//! segment size, and segment files of another database system than the newest segment's (the first and last
+//! file of each timeline are compared; `walkeeper verify` reads them all).
 
-use super::compress;
-use super::error::WalDirError;
-use super::restore::{parse_long_header, LONG_HEADER};
-use crate::wal::segment::{valid_segment_size, Compression, SegmentId, TimeLineId, WalFileName};
+use super::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
+use super::contents;
+use super::store::{Store, StoreError};
+use crate::wal::segment::{Compression, TimeLineId};
 use crate::wal::Lsn;
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::SystemTime;
-
-/// Segment size assumed when no segment file tells (an archive without a single readable header).
-pub const FALLBACK_SEGMENT_SIZE: u32 = 16 << 20;
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ArchiveStatus {
     pub directory: String,
-    /// Read from a segment's page header (or [`FALLBACK_SEGMENT_SIZE`] when none could be read).
+    /// Read from a segment's page header (or the fallback of 16 MB when none could be read).
     pub segment_size: u32,
     pub segment_size_known: bool,
     pub timelines: Vec<TimelineStatus>,
@@ -37,15 +40,24 @@ pub struct ArchiveStatus {
     pub newest: Option<NewestWal>,
     /// Number of segments missing inside timelines, over all timelines.
     pub missing_segments: u64,
+    /// From the long page header of the newest segment file that has one (a string: JSON readers lose digits
+    /// of numbers above 2^53).
+    pub system_identifier: Option<String>,
+    /// Things to look at (module docs), one line each.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TimelineStatus {
     pub timeline: TimeLineId,
-    /// First and last complete segments (none when the timeline only has a `.partial`).
+    /// First and last complete segments (none when the timeline only has `.partial` files).
     pub first: Option<String>,
     pub last: Option<String>,
     pub complete_segments: u64,
+    /// The `.partial` files after the last complete segment, oldest first: all but the last were received
+    /// whole (the record crossing their end was not complete yet).
+    pub trailing_partials: Vec<String>,
+    /// The last of them: the open partial.
     pub partial: Option<PartialStatus>,
     pub gaps: Vec<Gap>,
 }
@@ -76,95 +88,26 @@ pub struct NewestWal {
     pub age_seconds: u64,
 }
 
-struct SegFile {
-    name: String,
-    file: String,
-    compression: Compression,
-    partial: bool,
-}
-
-/// Complete segment numbers and `.partial` files of one timeline.
-type TimelineFiles<'a> = (Vec<u64>, Vec<(u64, &'a SegFile)>);
-
-/// Look at `dir`.
-pub fn status(dir: &Path) -> Result<ArchiveStatus, WalDirError> {
-    let meta = fs::metadata(dir).map_err(|e| WalDirError::io("open directory", dir, e))?;
-    if !meta.is_dir() {
-        return Err(WalDirError::NotADirectory { path: dir.to_path_buf() });
-    }
-    let mut segments = Vec::new();
-    let mut history_files = Vec::new();
-    let mut backup_history_files = Vec::new();
-    let mut total_bytes = 0u64;
-    let mut wal_files = 0usize;
-    let mut newest: Option<(SystemTime, String)> = None;
-    for entry in fs::read_dir(dir).map_err(|e| WalDirError::io("open directory", dir, e))? {
-        let entry = entry.map_err(|e| WalDirError::io("read directory", dir, e))?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(kind) = WalFileName::parse(&file) else { continue };
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        wal_files += 1;
-        total_bytes += meta.len();
-        match kind {
-            WalFileName::Segment { name, compression, partial } => {
-                if name.bytes().any(|b| b.is_ascii_lowercase()) {
-                    continue;
-                }
-                if let Ok(modified) = meta.modified() {
-                    // Ties (coarse file system clocks) go to the later name.
-                    if newest.as_ref().is_none_or(|(t, f)| (modified, &file) > (*t, f)) {
-                        newest = Some((modified, file.clone()));
-                    }
-                }
-                segments.push(SegFile { name, file, compression, partial });
-            }
-            WalFileName::History { .. } => history_files.push(file),
-            WalFileName::BackupHistory { .. } => backup_history_files.push(file),
-        }
-    }
-    history_files.sort();
-    backup_history_files.sort();
-    segments.sort_by(|a, b| a.file.cmp(&b.file));
-
-    let (segment_size, segment_size_known) = match find_segment_size(dir, &segments) {
-        Some(s) => (s, true),
-        None => (FALLBACK_SEGMENT_SIZE, false),
-    };
-
-    // Per timeline: complete segment numbers and partials.
-    let mut per_tli: BTreeMap<TimeLineId, TimelineFiles> = BTreeMap::new();
-    for seg in &segments {
-        let Some(id) = SegmentId::parse_name(&seg.name, segment_size) else { continue };
-        let slot = per_tli.entry(id.timeline).or_default();
-        if seg.partial {
-            slot.1.push((id.number, seg));
-        } else {
-            slot.0.push(id.number);
-        }
+/// Look at the archive in `store`.
+pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
+    let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    let segment_size = catalog.segment_size();
+    let mut warnings: Vec<String> =
+        catalog.irregular().iter().map(|e| NotRegular(store.location_of(&e.name)).to_string()).collect();
+    for e in catalog.impossible() {
+        warnings.push(format!(
+            "segment file name \"{}\" is impossible with the segment size of {segment_size} bytes",
+            e.name
+        ));
     }
     let mut timelines = Vec::new();
     let mut missing_segments = 0;
-    for (timeline, (mut complete, partials)) in per_tli {
-        complete.sort_unstable();
+    for (&timeline, files) in &catalog.timelines() {
+        let mut complete: Vec<u64> = files.iter().filter(|f| !f.partial).map(|f| f.id.number).collect();
         complete.dedup();
-        let name = |number| SegmentId { timeline, number }.file_name(segment_size);
-        // The open partial: the newest one not superseded by a complete segment.
-        let partial = partials
-            .iter()
-            .filter(|(n, _)| complete.last().is_none_or(|last| n > last))
-            .max_by_key(|(n, _)| *n)
-            .map(|(number, seg)| {
-                partial_status(dir, seg, SegmentId { timeline, number: *number }, segment_size)
-            });
-        let mut present = complete.clone();
-        if let Some((n, _)) =
-            partials.iter().filter(|(n, _)| complete.last().is_none_or(|l| n > l)).max_by_key(|(n, _)| *n)
-        {
-            present.push(*n);
-        }
+        let run = catalog.trailing_partials(timeline);
+        let name = |number| crate::wal::segment::SegmentId { timeline, number }.file_name(segment_size);
+        let present: Vec<u64> = complete.iter().copied().chain(run.iter().map(|f| f.id.number)).collect();
         let mut gaps = Vec::new();
         for pair in present.windows(2) {
             if pair[1] > pair[0] + 1 {
@@ -178,68 +121,88 @@ pub fn status(dir: &Path) -> Result<ArchiveStatus, WalDirError> {
             first: complete.first().map(|&n| name(n)),
             last: complete.last().map(|&n| name(n)),
             complete_segments: complete.len() as u64,
-            partial,
+            trailing_partials: run.iter().map(|f| f.file.clone()).collect(),
+            partial: run.last().map(|f| partial_status(store, f, segment_size)),
             gaps,
         });
     }
-    let newest = newest.map(|(t, file)| {
-        let modified_unix = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let age_seconds = SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
-        NewestWal { file, modified_unix, age_seconds }
-    });
+    let system_identifier = catalog.system_id(store).ok().flatten();
+    if let Some((sysid, newest)) = system_identifier {
+        warnings.extend(other_systems(store, &catalog, sysid, newest));
+    }
+    let wal_entries = catalog
+        .segments()
+        .iter()
+        .map(|f| f.len)
+        .chain(catalog.impossible().iter().map(|e| e.len))
+        .chain(catalog.histories().values().map(|e| e.len))
+        .chain(catalog.backup_histories().iter().map(|e| e.len));
+    let (wal_files, total_bytes) = wal_entries.fold((0, 0u64), |(n, b), len| (n + 1, b.saturating_add(len)));
+    // Ties (coarse file system clocks) go to the later name.
+    let newest =
+        catalog.segments().iter().filter_map(|f| f.modified.map(|t| (t, &f.file))).max().map(|(t, file)| {
+            NewestWal {
+                file: file.clone(),
+                modified_unix: t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                age_seconds: SystemTime::now().duration_since(t).map(|d| d.as_secs()).unwrap_or(0),
+            }
+        });
     Ok(ArchiveStatus {
-        directory: dir.display().to_string(),
+        directory: store.location(),
         segment_size,
-        segment_size_known,
+        segment_size_known: catalog.segment_size_known(),
         timelines,
-        history_files,
-        backup_history_files,
+        history_files: catalog.histories().values().map(|e| e.name.clone()).collect(),
+        backup_history_files: catalog.backup_histories().iter().map(|e| e.name.clone()).collect(),
         wal_files,
         total_bytes,
         newest,
         missing_segments,
+        system_identifier: system_identifier.map(|(id, _)| id.to_string()),
+        warnings,
     })
 }
 
-/// The segment size from the first segment file whose long page header can be read.
-fn find_segment_size(dir: &Path, segments: &[SegFile]) -> Option<u32> {
-    for seg in segments.iter().filter(|s| !s.partial).chain(segments.iter().filter(|s| s.partial)).take(8) {
-        let Ok(file) = File::open(dir.join(&seg.file)) else { continue };
-        let Ok(mut reader) = compress::decoder(seg.compression, file) else { continue };
-        let mut head = [0u8; LONG_HEADER];
-        if super::restore::read_full(&mut reader, &mut head).ok() != Some(LONG_HEADER) {
-            continue;
-        }
-        if let Some(h) = parse_long_header(&head) {
-            if valid_segment_size(u64::from(h.segment_size)) {
-                return Some(h.segment_size);
+/// Warnings for the first and last segment file of each timeline that are WAL of another system than
+/// `sysid` (the newest segment's, in `newest`).
+fn other_systems(store: &dyn Store, catalog: &Catalog, sysid: u64, newest: &SegFile) -> Vec<String> {
+    let mut out = Vec::new();
+    for files in catalog.timelines().values() {
+        let ends = [files.first(), files.last()];
+        for f in ends.into_iter().flatten().filter(|f| f.file != newest.file) {
+            if let Ok(Ok(h)) = contents::read_header(store, &f.file, f.compression, f.partial) {
+                if h.system_id != sysid && !out.iter().any(|w: &String| w.contains(&f.file)) {
+                    out.push(format!(
+                        "\"{}\" is WAL of database system {}, but the newest segment \"{}\" is of database system {sysid}: run walkeeper verify",
+                        f.file, h.system_id, newest.file
+                    ));
+                }
             }
         }
     }
-    None
+    out
 }
 
-fn partial_status(dir: &Path, seg: &SegFile, id: SegmentId, segment_size: u32) -> PartialStatus {
-    let path = dir.join(&seg.file);
-    let (bytes, approximate) = if seg.compression == Compression::None {
-        (last_nonzero_end(&path).map(|end| end.next_multiple_of(8).min(u64::from(segment_size))), true)
+fn partial_status(store: &dyn Store, f: &SegFile, segment_size: u32) -> PartialStatus {
+    let (bytes, approximate) = if f.compression == Compression::None {
+        (last_nonzero_end(store, f).map(|end| end.next_multiple_of(8).min(u64::from(segment_size))), true)
     } else {
-        (compress::decompress_available(&path, seg.compression).ok().map(|d| d.len() as u64), false)
+        (contents::decoded_len(store, &f.file, f.compression, true).ok(), false)
     };
-    let received_lsn = bytes.and_then(|b| id.start_lsn(segment_size).map(|s| Lsn(s.0 + b).to_string()));
-    PartialStatus { file: seg.file.clone(), received_lsn, received_bytes: bytes, approximate }
+    let received_lsn = bytes.and_then(|b| f.id.start_lsn(segment_size).map(|s| Lsn(s.0 + b).to_string()));
+    PartialStatus { file: f.file.clone(), received_lsn, received_bytes: bytes, approximate }
 }
 
-/// Offset just past the last non-zero byte of the file (0 for an all-zero file).
-fn last_nonzero_end(path: &Path) -> Option<u64> {
-    let file = File::open(path).ok()?;
-    let len = file.metadata().ok()?.len();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut end = len;
+/// Offset just past the last non-zero byte of the file (0 for an all-zero file), read backwards in chunks.
+fn last_nonzero_end(store: &dyn Store, f: &SegFile) -> Option<u64> {
+    const STEP: u64 = 1 << 16;
+    let mut end = f.len;
     while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let chunk = &mut buf[..(end - start) as usize];
-        file.read_exact_at(chunk, start).ok()?;
+        let start = end.saturating_sub(STEP);
+        let chunk = store.read_range(&f.file, start, (end - start) as usize).ok()?;
+        if chunk.len() as u64 != end - start {
+            return None; // changed size while read
+        }
         if let Some(pos) = chunk.iter().rposition(|&b| b != 0) {
             return Some(start + pos as u64 + 1);
         }
@@ -259,6 +222,9 @@ pub fn render_text(s: &ArchiveStatus) -> String {
         s.segment_size >> 20,
         if s.segment_size_known { "" } else { " (assumed: no readable segment header)" }
     );
+    if let Some(id) = &s.system_identifier {
+        let _ = writeln!(out, "system id:      {id}");
+    }
     let _ = writeln!(out, "WAL files:      {} ({} bytes)", s.wal_files, s.total_bytes);
     if s.timelines.is_empty() {
         let _ = writeln!(out, "timelines:      none (no WAL segment)");
@@ -269,6 +235,9 @@ pub fn render_text(s: &ArchiveStatus) -> String {
             _ => "no complete segment".to_string(),
         };
         let _ = writeln!(out, "timeline {}:     {range}", t.timeline);
+        for earlier in &t.trailing_partials[..t.trailing_partials.len().saturating_sub(1)] {
+            let _ = writeln!(out, "  partial:      {earlier} (received whole; restore --partial serves it)");
+        }
         if let Some(p) = &t.partial {
             let pos = match (&p.received_lsn, p.approximate) {
                 (Some(l), true) => format!("received up to about {l}"),
@@ -301,6 +270,9 @@ pub fn render_text(s: &ArchiveStatus) -> String {
             let _ = writeln!(out, "newest WAL:     none");
         }
     }
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning:        {w}");
+    }
     let _ = writeln!(
         out,
         "gaps:           {}",
@@ -311,4 +283,53 @@ pub fn render_text(s: &ArchiveStatus) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::store::LocalStore;
+
+    #[test]
+    fn a_trailing_run_is_no_gap_a_leftover_partial_is() {
+        let tmp = crate::archive::catalog::test_archive(&[
+            "000000010000000000000001",
+            "000000010000000000000002.partial",
+            "000000010000000000000003.zst.partial",
+            "000000020000000000000001",
+            "000000020000000000000002.partial",
+            "000000020000000000000003",
+        ]);
+        std::fs::create_dir(tmp.path().join("000000020000000000000004")).unwrap();
+        let s = status(&LocalStore::new(tmp.path())).unwrap();
+        assert!(!s.segment_size_known);
+        let t1 = &s.timelines[0];
+        assert_eq!(
+            t1.trailing_partials,
+            ["000000010000000000000002.partial", "000000010000000000000003.zst.partial"]
+        );
+        assert_eq!(t1.partial.as_ref().unwrap().file, "000000010000000000000003.zst.partial");
+        assert!(t1.gaps.is_empty());
+        let t2 = &s.timelines[1];
+        assert!(t2.trailing_partials.is_empty() && t2.partial.is_none());
+        assert_eq!(
+            t2.gaps,
+            [Gap {
+                first_missing: "000000020000000000000002".into(),
+                last_missing: "000000020000000000000002".into(),
+                count: 1
+            }]
+        );
+        assert_eq!(s.missing_segments, 1);
+        assert_eq!(s.wal_files, 6);
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].ends_with("000000020000000000000004\" is not a regular file"),
+            "{:?}",
+            s.warnings
+        );
+        let text = render_text(&s);
+        assert!(text.contains("  partial:      000000010000000000000002.partial (received whole; restore --partial serves it)\n"), "{text}");
+        assert!(text.contains("warning:        \""), "{text}");
+    }
 }

@@ -18,25 +18,20 @@
 //! Files are read (and decompressed) in large chunks, and the decoder computes CRCs incrementally, so memory
 //! stays at a few MiB whatever the segment size and the speed is that of reading plus CRC32C.
 
-use crate::archive::compress;
+use crate::archive::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
+use crate::archive::contents::{self, CHUNK};
+use crate::archive::store::{Store, StoreError};
+use crate::wal::at_rest::Feed;
 use crate::wal::decoder::{
-    major_for_page_magic, DecodeStatus, DecoderConfig, StreamEnd, WalDecoder, SIZE_OF_LONG_PHD,
-    SIZE_OF_SHORT_PHD, XLOG_BLCKSZ, XLP_LONG_HEADER,
+    major_for_page_magic, DecodeStatus, DecoderConfig, StreamEnd, WalDecoder, SIZE_OF_SHORT_PHD, XLOG_BLCKSZ,
 };
-use crate::wal::segment::{
-    history_file_name, valid_segment_size, Compression, SegmentId, TimeLineId, WalFileName,
-};
-use crate::wal::timeline::{parse_history, timeline_of, timeline_start, HistoryEntry};
+use crate::wal::segment::{history_file_name, Compression, SegmentId, TimeLineId};
+use crate::wal::timeline::{parse_history_of, timeline_of, timeline_start, HistoryEntry};
 use crate::wal::Lsn;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Bytes decoded per step: a multiple of the page size, large enough that per-call costs vanish.
-const CHUNK: usize = 4 << 20;
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
 
 /// What kind of problem (stable names: they appear in `--json` output).
@@ -69,6 +64,8 @@ pub enum ProblemKind {
     HistoryMismatch,
     /// WAL of a timeline beyond the point where a later timeline forked from it.
     BeyondTimelineEnd,
+    /// A WAL-named entry that is not a regular file (a directory, a symlink): never read.
+    NotRegularFile,
     /// A file could not be read (permissions, I/O error): the archive could not be verified.
     Io,
 }
@@ -261,25 +258,6 @@ fn ser_opt_u64_str<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok,
     }
 }
 
-/// The directory itself could not be listed: nothing could be verified.
-#[derive(Debug, thiserror::Error)]
-#[error("could not open directory \"{}\": {source}", path.display())]
-pub struct VerifyError {
-    pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-/// A segment file found in the directory.
-#[derive(Clone, Debug)]
-struct SegFile {
-    file: String,
-    name: String,
-    compression: Compression,
-    partial: bool,
-    disk_len: u64,
-}
-
 /// What the long page header at the start of a segment says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Format {
@@ -294,56 +272,53 @@ struct History {
     entries: Option<Vec<HistoryEntry>>,
 }
 
-/// Verify the WAL archive in `dir`.
-pub fn verify_directory(dir: &Path) -> Result<Report, VerifyError> {
+/// Verify the WAL archive in `store`. Only a store that cannot be listed is an error: everything else is a
+/// problem of the report.
+pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let started = Instant::now();
-    let mut v = Verifier::new(dir);
-    let mut segfiles = Vec::new();
-    let mut history_files: BTreeMap<TimeLineId, String> = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|source| VerifyError { path: dir.to_path_buf(), source })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| VerifyError { path: dir.to_path_buf(), source })?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        match WalFileName::parse(&file) {
-            Some(WalFileName::Segment { name, compression, partial }) => {
-                // PostgreSQL spells names in upper case, and there is no timeline 0: not WAL (as scan does).
-                if name.bytes().any(|b| b.is_ascii_lowercase()) || name.starts_with("00000000") {
-                    continue;
-                }
-                let disk_len = match entry.metadata() {
-                    Ok(m) if m.is_file() => m.len(),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        v.io_problem(&file, e);
-                        continue;
-                    }
-                };
-                segfiles.push(SegFile { file, name, compression, partial, disk_len });
-            }
-            Some(WalFileName::History { timeline }) if file == history_file_name(timeline) => {
-                history_files.insert(timeline, file);
-            }
-            _ => {}
-        }
+    let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    let mut v = Verifier::new(store);
+    for e in catalog.irregular() {
+        let message = NotRegular(store.location_of(&e.name)).to_string();
+        v.problem(ProblemKind::NotRegularFile, Some(&e.name), None, None, message);
     }
-    segfiles.sort_by(|a, b| (&a.name, a.partial, &a.file).cmp(&(&b.name, b.partial, &b.file)));
-    v.summary.segments = segfiles.len();
-    v.summary.partial_segments = segfiles.iter().filter(|s| s.partial).count();
-    v.summary.file_bytes = segfiles.iter().map(|s| s.disk_len).sum();
-    v.summary.history_files = history_files.len();
-    v.read_histories(&history_files);
-    if segfiles.is_empty() {
+    let impossible = catalog.impossible();
+    v.summary.segments = catalog.segments().len() + impossible.len();
+    v.summary.partial_segments = catalog.segments().iter().filter(|s| s.partial).count()
+        + impossible.iter().filter(|e| e.name.ends_with(".partial")).count();
+    v.summary.file_bytes =
+        catalog.segments().iter().map(|s| s.len).chain(impossible.iter().map(|e| e.len)).sum();
+    v.summary.history_files = catalog.histories().len();
+    v.read_histories(&catalog);
+    if v.summary.segments == 0 {
         v.problem(ProblemKind::NoSegments, None, None, None, "no WAL segment files in the directory".into());
-    } else if let Some(format) = v.establish_format(&segfiles) {
-        v.verify_segments(format, segfiles);
+    } else if let Some(format) = v.establish_format(catalog.segments()) {
+        let catalog = if format.segment_size == catalog.segment_size() {
+            catalog
+        } else {
+            catalog.with_segment_size(format.segment_size)
+        };
+        v.verify_segments(format, &catalog);
     }
     v.summary.seconds = started.elapsed().as_secs_f64();
     let problems = v.problems;
     Ok(Report { whole: problems.is_empty(), summary: v.summary, problems })
 }
 
-struct Verifier {
-    dir: PathBuf,
+/// What a `.partial` may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PartialRole {
+    /// The last of its timeline's trailing run (or a second file of a segment, checked alone): its WAL may
+    /// end anywhere.
+    Open,
+    /// An earlier member of the trailing run: received whole.
+    InRun,
+    /// Followed by complete segments of its timeline: restore does not serve it.
+    Leftover,
+}
+
+struct Verifier<'a> {
+    store: &'a dyn Store,
     summary: Summary,
     problems: Vec<Problem>,
     histories: BTreeMap<TimeLineId, History>,
@@ -363,12 +338,12 @@ struct Chain {
     bytes: u64,
 }
 
-impl Verifier {
-    fn new(dir: &Path) -> Verifier {
+impl<'a> Verifier<'a> {
+    fn new(store: &'a dyn Store) -> Verifier<'a> {
         Verifier {
-            dir: dir.to_path_buf(),
+            store,
             summary: Summary {
-                directory: dir.display().to_string(),
+                directory: store.location(),
                 system_identifier: None,
                 major: None,
                 page_magic: None,
@@ -399,67 +374,30 @@ impl Verifier {
         self.problems.push(Problem { kind, file: file.map(str::to_string), timeline, lsn, message });
     }
 
-    fn io_problem(&mut self, file: &str, e: io::Error) {
-        self.problem(ProblemKind::Io, Some(file), None, None, format!("could not read the file: {e}"));
+    fn io_problem(&mut self, file: &str, e: &StoreError) {
+        self.problem(ProblemKind::Io, Some(file), None, None, e.to_string());
     }
 
     /// Read and sanity-check every history file.
-    fn read_histories(&mut self, files: &BTreeMap<TimeLineId, String>) {
-        for (&tli, file) in files {
-            let text = match std::fs::read(self.dir.join(file)) {
+    fn read_histories(&mut self, catalog: &Catalog) {
+        for (&tli, entry) in catalog.histories() {
+            let file = &entry.name;
+            let text = match self.store.read_all(file) {
                 Ok(b) => String::from_utf8_lossy(&b).into_owned(),
                 Err(e) => {
-                    self.io_problem(file, e);
+                    self.io_problem(file, &e);
                     self.histories.insert(tli, History { file: file.clone(), entries: None });
                     continue;
                 }
             };
-            let entries = match parse_history(&text) {
+            let entries = match parse_history_of(tli, &text) {
                 Ok(entries) => Some(entries),
                 Err(e) => {
-                    self.problem(
-                        ProblemKind::InvalidHistory,
-                        Some(file),
-                        Some(tli),
-                        None,
-                        format!("invalid timeline history: {e}"),
-                    );
+                    let message = format!("invalid timeline history: {e}");
+                    self.problem(ProblemKind::InvalidHistory, Some(file), Some(tli), e.lsn(), message);
                     None
                 }
             };
-            let entries = entries.filter(|entries| {
-                if tli == 1 {
-                    return true;
-                }
-                let Some(last) = entries.last() else {
-                    self.problem(
-                        ProblemKind::InvalidHistory,
-                        Some(file),
-                        Some(tli),
-                        None,
-                        format!("timeline history of timeline {tli} lists no parent timeline"),
-                    );
-                    return false;
-                };
-                if let Some(bad) = entries.iter().find(|e| e.timeline == 0 || e.timeline >= tli) {
-                    self.problem(
-                        ProblemKind::InvalidHistory,
-                        Some(file),
-                        Some(tli),
-                        Some(bad.end),
-                        format!(
-                            "timeline history of timeline {tli} names timeline {} (switch point {}) as an ancestor: \
-                             expected a timeline from 1 to {}",
-                            bad.timeline,
-                            bad.end,
-                            tli - 1
-                        ),
-                    );
-                    return false;
-                }
-                let _ = last;
-                true
-            });
             self.histories.insert(tli, History { file: file.clone(), entries });
         }
         // A child's history repeats its parent's, plus one line.
@@ -525,36 +463,24 @@ impl Verifier {
 
     /// The long page header of a segment file, if it has a plausible one.
     fn read_format(&mut self, s: &SegFile) -> Option<Format> {
-        let file = File::open(self.dir.join(&s.file)).ok()?;
-        let mut reader = compress::decoder(s.compression, file).ok()?;
-        let mut h = [0u8; SIZE_OF_LONG_PHD];
-        reader.read_exact(&mut h).ok()?;
-        let info = u16::from_le_bytes([h[2], h[3]]);
-        let magic = u16::from_le_bytes([h[0], h[1]]);
-        let segment_size = u32::from_le_bytes(h[32..36].try_into().ok()?);
-        if magic == 0 || info & XLP_LONG_HEADER == 0 || !valid_segment_size(u64::from(segment_size)) {
-            return None;
-        }
-        let system_id = u64::from_le_bytes(h[24..32].try_into().ok()?);
-        Some(Format { magic, system_id, segment_size })
+        let h = contents::read_header(self.store, &s.file, s.compression, s.partial).ok()?.ok()?;
+        Some(Format { magic: h.magic, system_id: h.system_id, segment_size: h.segment_size })
     }
 
-    fn verify_segments(&mut self, format: Format, segfiles: Vec<SegFile>) {
+    fn verify_segments(&mut self, format: Format, catalog: &Catalog) {
         let seg = format.segment_size;
+        for e in catalog.impossible() {
+            let message = format!("segment file name is impossible with a WAL segment size of {seg} bytes");
+            self.problem(ProblemKind::BadFileName, Some(&e.name), None, None, message);
+        }
         // timeline -> segment number -> files (the complete one first).
-        let mut timelines: BTreeMap<TimeLineId, BTreeMap<u64, Vec<SegFile>>> = BTreeMap::new();
-        for s in segfiles {
-            match SegmentId::parse_name(&s.name, seg) {
-                Some(id) if id.start_lsn(seg).is_some() && id.end_lsn(seg).is_some() => {
-                    timelines.entry(id.timeline).or_default().entry(id.number).or_default().push(s)
-                }
-                _ => self.problem(
-                    ProblemKind::BadFileName,
-                    Some(&s.file),
-                    None,
-                    None,
-                    format!("segment file name is impossible with a WAL segment size of {seg} bytes"),
-                ),
+        let mut timelines: BTreeMap<TimeLineId, BTreeMap<u64, Vec<&SegFile>>> = BTreeMap::new();
+        for s in catalog.segments() {
+            if s.id.end_lsn(seg).is_some() {
+                timelines.entry(s.id.timeline).or_default().entry(s.id.number).or_default().push(s);
+            } else {
+                let message = "segment file name lies past the end of the WAL address space".to_string();
+                self.problem(ProblemKind::BadFileName, Some(&s.file), None, None, message);
             }
         }
         // Where each timeline ends: the latest switch point any history gives for it.
@@ -586,7 +512,8 @@ impl Verifier {
                     }
                 }
             };
-            let summary = self.verify_timeline(format, tli, segments, history, ends.get(&tli).copied());
+            let summary =
+                self.verify_timeline(format, catalog, tli, segments, history, ends.get(&tli).copied());
             summaries.insert(tli, summary);
         }
         self.check_forks(seg, &timelines, &summaries);
@@ -599,7 +526,7 @@ impl Verifier {
     fn check_forks(
         &mut self,
         seg: u32,
-        timelines: &BTreeMap<TimeLineId, BTreeMap<u64, Vec<SegFile>>>,
+        timelines: &BTreeMap<TimeLineId, BTreeMap<u64, Vec<&SegFile>>>,
         summaries: &BTreeMap<TimeLineId, TimelineSummary>,
     ) {
         for (&tli, segments) in timelines {
@@ -662,8 +589,9 @@ impl Verifier {
     fn verify_timeline(
         &mut self,
         format: Format,
+        catalog: &Catalog,
         tli: TimeLineId,
-        segments: &BTreeMap<u64, Vec<SegFile>>,
+        segments: &BTreeMap<u64, Vec<&SegFile>>,
         history: Option<Vec<HistoryEntry>>,
         end: Option<Lsn>,
     ) -> TimelineSummary {
@@ -729,7 +657,14 @@ impl Verifier {
             if chain.decoder.is_none() {
                 chain.decoder = Some(WalDecoder::new(cfg, start));
             }
-            let outcome = self.check_file(&mut chain, main, start, seg_end, number == last);
+            let role = if number == last {
+                PartialRole::Open
+            } else if catalog.in_trailing_run(main) {
+                PartialRole::InRun
+            } else {
+                PartialRole::Leftover
+            };
+            let outcome = self.check_file(&mut chain, main, start, seg_end, role);
             end_lsn = end_lsn.max(outcome.end);
             if main.partial && number == last {
                 partial_summary = outcome.partial;
@@ -745,7 +680,7 @@ impl Verifier {
                     records: 0,
                     bytes: 0,
                 };
-                self.check_file(&mut alone, f, start, seg_end, true);
+                self.check_file(&mut alone, f, start, seg_end, PartialRole::Open);
             }
         }
         TimelineSummary {
@@ -780,29 +715,19 @@ impl Verifier {
         f: &SegFile,
         start: Lsn,
         seg_end: Lsn,
-        last: bool,
+        role: PartialRole,
     ) -> FileOutcome {
         let tli = chain.tli;
         let mut outcome = FileOutcome { end: start, partial: None };
-        let path = self.dir.join(&f.file);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                self.io_problem(&f.file, e);
+        let mut reader = match contents::open(self.store, &f.file, f.compression) {
+            Ok(r) => r,
+            Err(e @ StoreError::Io { op: "decompress", .. }) => {
+                self.problem(ProblemKind::CorruptFile, Some(&f.file), Some(tli), Some(start), e.to_string());
                 chain.decoder = None;
                 return outcome;
             }
-        };
-        let mut reader = match compress::decoder(f.compression, BufReader::with_capacity(256 * 1024, file)) {
-            Ok(r) => r,
             Err(e) => {
-                self.problem(
-                    ProblemKind::CorruptFile,
-                    Some(&f.file),
-                    Some(tli),
-                    Some(start),
-                    format!("cannot decompress: {e}"),
-                );
+                self.io_problem(&f.file, &e);
                 chain.decoder = None;
                 return outcome;
             }
@@ -811,19 +736,20 @@ impl Verifier {
         let mut buf = std::mem::take(&mut self.buf);
         buf.resize(CHUNK.min(seg_len as usize), 0);
         let mut pos = 0u64; // bytes of the segment read so far
-                            // For a .partial: zeros read but not yet fed (they may be padding after the received data).
-        let mut pending_zeros = 0u64;
+        let mut feed = Feed::new(f.partial);
         let mut oversized = false;
         let mut failed = false;
         let mut tli_reported = false;
         let mut beyond = chain.beyond_reported;
         loop {
-            let (n, err) = fill(&mut reader, &mut buf);
+            let (n, err) = contents::fill(&mut reader, &mut buf);
             if let Some(e) = err {
-                let truncation = f.partial && compress_truncation(&e);
-                if !truncation {
+                if !contents::is_open_end(f.partial, f.compression, &e) {
                     if f.compression == Compression::None {
-                        self.io_problem(&f.file, e);
+                        self.io_problem(
+                            &f.file,
+                            &contents::read_error(self.store, &f.file, f.compression, e),
+                        );
                     } else {
                         self.problem(
                             ProblemKind::CorruptFile,
@@ -864,19 +790,7 @@ impl Verifier {
                             }
                         }
                     };
-                    let result = if f.partial {
-                        let nz = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                        let mut r = Ok(());
-                        if nz > 0 {
-                            r = feed_zeros(d, pending_zeros, &mut on_record)
-                                .and_then(|()| d.feed_with(&data[..nz], &mut on_record));
-                            pending_zeros = 0;
-                        }
-                        pending_zeros += (data.len() - nz) as u64;
-                        r
-                    } else {
-                        d.feed_with(data, &mut on_record)
-                    };
+                    let result = feed.push(d, data, &mut on_record);
                     chain.records += records;
                     if let Some(at) = first_beyond {
                         let e = chain.end.expect("set");
@@ -923,14 +837,7 @@ impl Verifier {
         let Some(d) = chain.decoder.as_mut() else { return outcome };
         if f.partial {
             // Zeros at the end: padding, unless feeding them keeps the WAL valid (they end it cleanly).
-            // (A record whose last bytes are zeros completes here.)
-            let mut with_zeros = d.clone();
-            let mut completed = 0u64;
-            let mut count = |_: &crate::wal::decoder::RecordInfo| completed += 1;
-            if feed_zeros(&mut with_zeros, pending_zeros, &mut count).is_ok() {
-                *d = with_zeros;
-                chain.records += completed;
-            }
+            chain.records += feed.finish(d);
             let status = match d.status() {
                 Ok(s) => s,
                 Err(e) => {
@@ -942,7 +849,7 @@ impl Verifier {
             let received = received_lsn(&status);
             outcome.end = received;
             let full = pos == seg_len && !matches!(status.end, StreamEnd::EndOfWal { .. });
-            if !last && !full {
+            if role != PartialRole::Open && !full {
                 self.problem(
                     ProblemKind::IncompleteSegment,
                     Some(&f.file),
@@ -950,8 +857,20 @@ impl Verifier {
                     Some(received),
                     format!("partial segment's valid WAL ends at {received}, but later segments of timeline {tli} follow"),
                 );
-                chain.decoder = None;
-            } else if !full {
+            } else if role == PartialRole::Leftover {
+                let name = f.segment_name();
+                self.problem(
+                    ProblemKind::MissingSegment,
+                    Some(name),
+                    Some(tli),
+                    Some(start),
+                    format!(
+                        "segment {name} is held only by {}, and complete segments of timeline {tli} follow it: restore serves a .partial only at the end of its timeline",
+                        f.file
+                    ),
+                );
+            }
+            if !full {
                 chain.decoder = None;
             }
             outcome.partial = Some(PartialSummary {
@@ -1012,21 +931,6 @@ fn received_lsn(status: &DecodeStatus) -> Lsn {
     }
 }
 
-/// Feed `n` zero bytes.
-fn feed_zeros<F: FnMut(&crate::wal::decoder::RecordInfo)>(
-    d: &mut WalDecoder,
-    mut n: u64,
-    on_record: &mut F,
-) -> Result<(), crate::wal::WalError> {
-    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        d.feed_with(&ZEROS[..k], &mut *on_record)?;
-        n -= k as u64;
-    }
-    Ok(())
-}
-
 /// Every page header in `data` (which starts at `base`, page-aligned) must carry the timeline that owns its
 /// address according to the history: pages copied from the parent before the fork carry the parent's, later
 /// pages the timeline's own. Zeroed headers (after XLOG_SWITCH, past the end of WAL) are skipped.
@@ -1053,25 +957,6 @@ fn page_timeline_problem(chain: &Chain, base: Lsn, data: &[u8]) -> Option<(Lsn, 
         }
     }
     None
-}
-
-/// Read until `buf` is full or the input ends: (bytes read, the error that stopped it, if any).
-fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return (n, Some(e)),
-        }
-    }
-    (n, None)
-}
-
-/// A compressed `.partial` is an open stream: ending before its end mark is expected.
-fn compress_truncation(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("incomplete frame")
 }
 
 #[cfg(test)]

@@ -1,6 +1,13 @@
 use super::*;
 use crate::archive::compress::Compressor;
+use crate::archive::store::LocalStore;
 use crate::wal::encoder::WalEncoder;
+use crate::wal::segment::WalFileName;
+use std::path::Path;
+
+fn verify_dir(dir: &Path) -> Result<Report, StoreError> {
+    verify(&LocalStore::new(dir))
+}
 
 const SEG: u32 = 1 << 20;
 const MAGIC: u16 = 0xD110;
@@ -72,7 +79,7 @@ fn kinds(r: &Report) -> Vec<ProblemKind> {
 fn clean_archive_in_every_compression() {
     for suffix in ["", ".gz", ".zst", ".lz4"] {
         let (dir, e) = simple_archive(suffix);
-        let r = verify_directory(dir.path()).unwrap();
+        let r = verify_dir(dir.path()).unwrap();
         assert!(r.whole, "{suffix}: {:?}", r.problems);
         assert_eq!(r.exit_code(), 0);
         let s = &r.summary;
@@ -107,7 +114,7 @@ fn partial_cut_inside_a_record_reports_the_end_of_valid_data() {
     let mut bytes = e.bytes()[seg4..cut].to_vec();
     bytes.resize(SEG as usize, 0);
     write_file(dir.path(), &format!("{}.partial", name(1, 4)), &bytes);
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert!(r.whole, "{:?}", r.problems);
     let p = r.summary.timelines[0].partial.clone().unwrap();
     assert_eq!(p.ends, "inside_record");
@@ -123,7 +130,7 @@ fn flipped_bit_names_file_and_record() {
     let off = (rec - 2 * u64::from(SEG)) as usize + 26; // inside the record's data
     bytes[off] ^= 0x10;
     std::fs::write(dir.path().join(name(1, 2)), &bytes).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(r.exit_code(), 1);
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
     let p = &r.problems[0];
@@ -137,7 +144,7 @@ fn flipped_bit_names_file_and_record() {
 fn missing_truncated_and_foreign_segments() {
     let (dir, e) = simple_archive(".zst");
     std::fs::remove_file(dir.path().join(format!("{}.zst", name(1, 2)))).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::MissingSegment], "{:?}", r.problems);
     assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 2).as_str()));
     assert_eq!(r.problems[0].lsn, Some(Lsn(2 * u64::from(SEG))));
@@ -146,7 +153,7 @@ fn missing_truncated_and_foreign_segments() {
     let f = dir.path().join(name(1, 3));
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..500_000]).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::TruncatedSegment], "{:?}", r.problems);
     assert_eq!(r.problems[0].lsn, Some(Lsn(3 * u64::from(SEG) + 500_000)));
     assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
@@ -155,7 +162,7 @@ fn missing_truncated_and_foreign_segments() {
     let mut other = WalEncoder::new(MAGIC, SEG, SYSID + 1, 1, u64::from(SEG));
     wal_until(&mut other, 4 * u64::from(SEG));
     put(dir.path(), other.bytes(), 1, 3, &name(1, 3));
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
     assert_eq!(r.problems[0].lsn, Some(Lsn(3 * u64::from(SEG))));
     assert!(r.problems[0].message.contains("different database system"), "{}", r.problems[0].message);
@@ -172,12 +179,12 @@ fn complete_segment_with_zeros_and_partial_in_the_middle() {
     let off = (rec - 3 * u64::from(SEG)) as usize;
     bytes[off..].fill(0);
     std::fs::write(dir.path().join(name(1, 3)), &bytes).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::IncompleteSegment], "{:?}", r.problems);
     assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
     // The same as a .partial followed by segment 4.
     std::fs::rename(dir.path().join(name(1, 3)), dir.path().join(format!("{}.partial", name(1, 3)))).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::IncompleteSegment], "{:?}", r.problems);
     assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
 }
@@ -208,7 +215,7 @@ fn two_timelines() -> (tempfile::TempDir, u64) {
 #[test]
 fn timelines_with_history() {
     let (dir, switch) = two_timelines();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert!(r.whole, "{:?}", r.problems);
     let t = &r.summary.timelines;
     assert_eq!(t.len(), 2);
@@ -220,7 +227,7 @@ fn timelines_with_history() {
     // Switch point moved later: timeline 2's pages before it.
     let hist = dir.path().join("00000002.history");
     std::fs::write(&hist, format!("1\t{}\tx\n", Lsn(switch + 3 * 8192))).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     // ...and timeline 1's WAL stops short of the claimed fork point.
     assert_eq!(
         kinds(&r),
@@ -234,7 +241,7 @@ fn timelines_with_history() {
 
     // Moved earlier: timeline 1 has records past its end.
     std::fs::write(&hist, format!("1\t{}\tx\n", Lsn(switch - 3 * 8192))).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert!(kinds(&r).contains(&ProblemKind::BeyondTimelineEnd), "{:?}", r.problems);
     let p = r.problems.iter().find(|p| p.kind == ProblemKind::BeyondTimelineEnd).unwrap();
     assert_eq!(p.file.as_deref(), Some(format!("{}.partial", name(1, 3)).as_str()));
@@ -242,22 +249,22 @@ fn timelines_with_history() {
 
     // Parent timeline wrong.
     std::fs::write(&hist, format!("3\t{}\tx\n", Lsn(switch))).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidHistory], "{:?}", r.problems);
     assert_eq!(r.problems[0].file.as_deref(), Some("00000002.history"));
 
     // Missing history file.
     std::fs::remove_file(&hist).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::MissingHistory], "{:?}", r.problems);
 }
 
 #[test]
 fn empty_and_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::NoSegments]);
-    assert!(verify_directory(&dir.path().join("nope")).is_err());
+    assert!(verify_dir(&dir.path().join("nope")).is_err());
 }
 
 #[test]
@@ -266,7 +273,7 @@ fn foreign_first_segment_is_the_odd_one_out() {
     let mut other = WalEncoder::new(MAGIC, SEG, SYSID + 7, 1, u64::from(SEG));
     wal_until(&mut other, 2 * u64::from(SEG));
     put(dir.path(), other.bytes(), 1, 1, &name(1, 1));
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(r.summary.system_identifier, Some(SYSID), "the majority wins");
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
     assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 1).as_str()));
@@ -282,7 +289,7 @@ fn record_spanning_segments_is_checked_whole() {
     let mut bytes = std::fs::read(dir.path().join(name(1, 3))).unwrap();
     bytes[100] ^= 1; // past the long page header, inside the continuation
     std::fs::write(dir.path().join(name(1, 3)), &bytes).unwrap();
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
     assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
     assert_eq!(r.problems[0].lsn, Some(Lsn(rec)));
@@ -296,13 +303,50 @@ fn a_stale_partial_beside_its_complete_segment_is_checked_on_its_own() {
     let mut half = e.bytes()[off..off + SEG as usize / 2].to_vec();
     half.resize(SEG as usize, 0);
     write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert!(r.whole, "{:?}", r.problems);
     assert_eq!(r.summary.timelines[0].records, e.records.len() as u64, "counted once");
     // A corrupt one is reported.
     half[5000] ^= 0xFF;
     write_file(dir.path(), &format!("{}.partial", name(1, 3)), &half);
-    let r = verify_directory(dir.path()).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::InvalidWal], "{:?}", r.problems);
     assert_eq!(r.problems[0].file, Some(format!("{}.partial", name(1, 3))));
+}
+
+#[test]
+fn a_trailing_run_of_partials_is_whole() {
+    // The primary died while a record crossing from segment 3 into 4 was incomplete: 3 stays .partial
+    // (received whole), 4 is .partial too.
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = WalEncoder::new(MAGIC, SEG, SYSID, 1, u64::from(SEG));
+    wal_until(&mut e, 4 * u64::from(SEG) + 300_000);
+    put(dir.path(), e.bytes(), 1, 1, &name(1, 1));
+    put(dir.path(), e.bytes(), 1, 2, &name(1, 2));
+    put(dir.path(), e.bytes(), 1, 3, &format!("{}.partial", name(1, 3)));
+    put(dir.path(), e.bytes(), 1, 4, &format!("{}.partial", name(1, 4)));
+    let r = verify_dir(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    assert_eq!((r.summary.partial_segments, r.summary.timelines[0].end_lsn), (2, Lsn(e.pos())));
+    // A .partial followed by a complete segment is not served by restore: a hole for recovery.
+    wal_until(&mut e, 5 * u64::from(SEG) + 1000);
+    std::fs::remove_file(dir.path().join(format!("{}.partial", name(1, 4)))).unwrap();
+    put(dir.path(), e.bytes(), 1, 4, &name(1, 4));
+    let r = verify_dir(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::MissingSegment], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 3).as_str()));
+    assert!(r.problems[0].message.contains("held only by"), "{}", r.problems[0].message);
+}
+
+#[test]
+fn entries_that_are_not_regular_files_are_problems() {
+    let (dir, _e) = simple_archive(".zst");
+    std::fs::create_dir(dir.path().join(name(1, 9))).unwrap();
+    std::os::unix::fs::symlink(dir.path().join(format!("{}.zst", name(1, 1))), dir.path().join(name(1, 8)))
+        .unwrap();
+    let r = verify_dir(dir.path()).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::NotRegularFile, ProblemKind::NotRegularFile], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(1, 8).as_str()));
+    assert!(r.problems[0].message.ends_with("is not a regular file"), "{}", r.problems[0].message);
+    assert_eq!(r.exit_code(), 1);
 }

@@ -2,11 +2,16 @@
 //! [`crate::archive::cleanup`]). Exit codes as pg_archivecleanup's: 2 for an invalid file name or a missing
 //! archive, 1 when a removal fails.
 
-use crate::archive::cleanup::cleanup;
+use crate::archive::cleanup::{plan, remove};
+use crate::archive::lock::ArchiveLock;
+use crate::archive::store::{LocalStore, Store};
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
+
+/// Exit code of a usage error, as pg_archivecleanup's.
+pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Args, Debug, Clone)]
 pub struct CleanupArgs {
@@ -25,16 +30,32 @@ pub struct CleanupArgs {
 }
 
 pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
-    let files = cleanup(&args.directory, &args.oldest_kept, args.clean_backup_history, args.dry_run)
-        .map_err(|e| Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) })?;
-    let mut out = std::io::stdout().lock();
-    for f in &files {
-        if args.dry_run {
+    // One writer per archive. A dry run removes nothing and does not lock; a missing archive is left to
+    // `plan` to report (exit 2, as pg_archivecleanup).
+    let _lock = match args.dry_run || !args.directory.is_dir() {
+        true => None,
+        false => Some(ArchiveLock::acquire(&args.directory).map_err(|e| Exit::error(prog, &e.to_string()))?),
+    };
+    let fail = |e: crate::archive::cleanup::CleanupError| Exit {
+        code: e.exit_code(),
+        message: format!("{}: error: {e}", prog.log_name()),
+    };
+    let store = LocalStore::new(&args.directory);
+    let plan = plan(&store, &args.oldest_kept, args.clean_backup_history).map_err(fail)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    if args.dry_run {
+        let mut out = std::io::stdout().lock();
+        for f in &plan.files {
             // A closed pipe (`| head`) is not an error worth a panic.
-            let _ = writeln!(out, "{}", f.display());
-        } else {
-            tracing::info!("removed \"{}\"", f.display());
+            let _ = writeln!(out, "{}", store.location_of(f));
         }
+        return Ok(());
+    }
+    remove(&store, &plan).map_err(fail)?;
+    for f in &plan.files {
+        tracing::info!("removed \"{}\"", store.location_of(f));
     }
     Ok(())
 }

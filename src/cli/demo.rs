@@ -210,6 +210,7 @@ async fn demo_body(
         slot: Some("walkeeper_demo".into()),
         endpos: Some(end),
         status_interval: Some(Duration::from_secs(10)),
+        receive_timeout: Some(crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT),
         synchronous: false,
         fsync: true,
         compression: Compression::None,
@@ -220,7 +221,7 @@ async fn demo_body(
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();
-    receive(&cfg, rx).await.map_err(|e| e.to_string())?;
+    receive(&cfg, rx, &crate::stream::state::unobserved()).await.map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     crate::outln!("4. walkeeper received WAL up to {end} in {secs:.2}s; the archive:");
     let mut names: Vec<(String, u64)> = std::fs::read_dir(archive)

@@ -44,6 +44,7 @@ struct MessageOnly(String);
 impl tracing::field::Visit for MessageOnly {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
+            // The message field is the `format_args!` of the log call, whose Debug output is its text.
             self.0 = format!("{value:?}");
         }
     }

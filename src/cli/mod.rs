@@ -1,5 +1,6 @@
 //! Command-line interface: clap definitions and the glue from arguments to the library. Errors become one
-//! line on stderr (`walkeeper: error: ...`, or `pg_receivewal: error: ...` under that name) and exit 1.
+//! line on stderr (`walkeeper: error: ...`, or `pg_receivewal: error: ...` under that name); a usage error
+//! adds a hint line and exits with the code of [`usage_exit_code`].
 
 pub mod check;
 pub mod cleanup;
@@ -58,10 +59,27 @@ impl Exit {
     }
 }
 
+/// The exit code of a usage error (unknown or missing option, bad value) of each command. Commands whose
+/// other exit codes mean something to a caller keep usage errors apart from those: `verify` (1: the archive
+/// is not whole), `restore` (1: not in the archive, which ends recovery), `cleanup` (pg_archivecleanup's 2).
+/// Everything else exits 1, as pg_receivewal does.
+pub fn usage_exit_code(command: &str) -> i32 {
+    match command {
+        "verify" => verify::EXIT_CANNOT_VERIFY,
+        "restore" => crate::archive::restore::EXIT_USAGE,
+        "cleanup" => cleanup::EXIT_USAGE,
+        _ => 1,
+    }
+}
+
 /// An option error: the message plus pg_receivewal's hint line.
 pub fn usage_error(prog: &Prog, msg: &str) -> Exit {
+    let command = match prog {
+        Prog::Walkeeper { command } => command,
+        Prog::PgReceivewal => "receive",
+    };
     Exit {
-        code: 1,
+        code: usage_exit_code(command),
         message: format!(
             "{0}: error: {msg}\n{0}: hint: Try \"{1} --help\" for more information.",
             prog.log_name(),
@@ -116,24 +134,28 @@ pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {
     ConnectOptions { prompt, ..ConnectOptions::default() }
 }
 
-/// Turn SIGINT/SIGTERM into `true` on the channel.
-pub async fn forward_signals(tx: tokio::sync::watch::Sender<bool>) {
+/// Turn SIGINT/SIGTERM into `true` on the channel. The handlers are installed at the call, not when the
+/// returned future first runs: a signal right after start (before the first connection) stops cleanly too.
+pub fn forward_signals(tx: tokio::sync::watch::Sender<bool>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
     }
-    let _ = tx.send(true);
 }
 
 #[derive(Parser, Debug)]
 #[command(
     name = "walkeeper",
     version,
+    arg_required_else_help = true,
     about = "PostgreSQL WAL receiver and WAL archive",
     long_about = "walkeeper streams WAL from a PostgreSQL server over a replication connection, validates it, \
                   keeps it durable on disk as pg_receivewal does, and serves it back for recovery."

@@ -1,12 +1,16 @@
 //! `walkeeper receive`: pg_receivewal's command line, option for option, plus walkeeper's additions;
 //! the same refusals and texts; then the receive loop.
 
+use crate::archive::lock::ArchiveLock;
 use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
 use crate::conn::connect;
+use crate::protocol::codec::os_error;
 use crate::protocol::replication as repl;
+use crate::protocol::sqlstate;
 use crate::stream::feedback::ApplyReport;
 use crate::stream::follow::receive;
+use crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT;
 use crate::stream::session::identify;
 use crate::stream::ReceiveConfig;
 use crate::wal::Lsn;
@@ -55,6 +59,9 @@ pub struct ReceiveArgs {
     /// report the flush position as the apply position too, so remote_apply commits return (walkeeper)
     #[arg(long = "report-apply")]
     pub report_apply: bool,
+    /// drop a connection on which the server stayed silent this long, and reconnect (default: 60, 0: never)
+    #[arg(long = "receive-timeout", value_name = "SECS", allow_negative_numbers = true)]
+    pub receive_timeout: Option<String>,
     #[command(flatten)]
     pub conn: ConnectionArgs,
     /// too many command-line arguments
@@ -117,6 +124,8 @@ Options:
 walkeeper options:
       --no-validate      do not check page headers and record CRCs on the way in
       --report-apply     report the flush position as applied (for remote_apply)
+      --receive-timeout=SECS
+                         reconnect when the server stays silent this long (default: 60, 0 disables)
       --log-format=FMT   text (default) or json
 
 Connection options:
@@ -158,6 +167,14 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
             Ok(0) => None,
             Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n as u64)),
             _ => return Err(Exit::error(prog, "-s/--status-interval must be in range 0..2147483")),
+        },
+    };
+    let receive_timeout = match &args.receive_timeout {
+        None => Some(DEFAULT_RECEIVE_TIMEOUT),
+        Some(s) => match s.trim().parse::<i64>() {
+            Ok(0) => None,
+            Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n.unsigned_abs())),
+            _ => return Err(Exit::error(prog, "--receive-timeout must be in range 0..2147483")),
         },
     };
     let endpos = match &args.endpos {
@@ -206,6 +223,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         slot: args.slot.clone(),
         endpos,
         status_interval,
+        receive_timeout,
         synchronous: args.synchronous,
         fsync: !args.no_sync,
         compression: compress.method,
@@ -223,14 +241,9 @@ fn check_directory(dir: &std::path::Path, prog: &Prog) -> Result<(), Exit> {
         Ok(_) => Ok(()),
         Err(e) => Err(Exit::error(
             prog,
-            &format!("could not open directory \"{}\": {}", dir.display(), os_text(&e)),
+            &format!("could not open directory \"{}\": {}", dir.display(), os_error(&e)),
         )),
     }
-}
-
-fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
 }
 
 pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
@@ -243,9 +256,15 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
         Action::CreateSlot { if_not_exists } => create_slot(&cfg, if_not_exists, prog).await,
         Action::DropSlot => drop_slot(&cfg, prog).await,
         Action::Stream => {
+            // One writer per archive, decided before any server is contacted; held until we return.
+            let _lock =
+                ArchiveLock::acquire(&cfg.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(crate::cli::forward_signals(tx));
-            receive(&cfg, rx).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))
+            receive(&cfg, rx, &crate::stream::state::unobserved())
+                .await
+                .map(|_| ())
+                .map_err(|e| Exit::error(prog, &e.to_string()))
         }
     }
 }
@@ -253,6 +272,7 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
 async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> Result<(), Exit> {
     let slot = cfg.slot.as_deref().unwrap_or_default();
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    conn.set_reply_timeout(cfg.receive_timeout);
     identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("creating replication slot \"{slot}\"");
     // As pg_receivewal: no RESERVE_WAL, so the new slot's restart_lsn stays NULL until streaming starts.
@@ -260,7 +280,9 @@ async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> R
     let cmd = format!("CREATE_REPLICATION_SLOT \"{slot}\" PHYSICAL");
     match conn.simple_query(&cmd).await {
         Ok(_) => Ok(()),
-        Err(e) if if_not_exists && e.server_error().is_some_and(|s| s.code == "42710") => {
+        Err(e)
+            if if_not_exists && e.server_error().is_some_and(|s| s.has_code(sqlstate::DUPLICATE_OBJECT)) =>
+        {
             tracing::info!("replication slot \"{slot}\" already exists");
             Ok(())
         }
@@ -271,6 +293,7 @@ async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> R
 async fn drop_slot(cfg: &ReceiveConfig, prog: &Prog) -> Result<(), Exit> {
     let slot = cfg.slot.as_deref().unwrap_or_default();
     let mut conn = connect(&cfg.conn, &cfg.connect).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
+    conn.set_reply_timeout(cfg.receive_timeout);
     identify(&mut conn).await.map_err(|e| Exit::error(prog, &e.to_string()))?;
     tracing::info!("dropping replication slot \"{slot}\"");
     let cmd = repl::drop_slot(slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;

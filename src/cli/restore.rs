@@ -1,24 +1,34 @@
 //! `walkeeper restore -D DIR %f %p`: PostgreSQL's `restore_command`, served from a walkeeper archive.
 //!
-//! Exit codes: 0 served; 1 not in the archive, nothing printed (the end of archive recovery); 2 an error,
-//! reported on stderr (missing archive or destination directory, read error, corrupt or truncated file), or
-//! 126 with `--fatal-errors`; 3 invalid invocation (options, a `%f` that is not a WAL, history or backup
-//! history file name). See
-//! [`crate::archive::restore`] for the checks and [`crate::archive::prefetch`] for the prefetch worker.
+//! Exit codes: 0 served; 1 not in the archive, nothing printed (the end of archive recovery); an error is
+//! one line on stderr and exits 126 in archive recovery (`recovery.signal` in the working directory, which
+//! is the data directory), 1 in standby mode (`standby.signal`), 2 run by hand, 126 with `--fatal-errors`;
+//! 3 invalid invocation. See [`crate::archive::restore`] for the checks and the exit code rule, and
+//! [`crate::archive::prefetch`] for the prefetch worker.
 
 use crate::archive::prefetch::{self, Spool};
-use crate::archive::restore::{self, parse_request, Request, RestoreError, RestoreOptions, EXIT_USAGE};
+use crate::archive::restore::{self, parse_request, Mode, Request, RestoreError, RestoreOptions};
+use crate::archive::store::LocalStore;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The exit codes, for `restore --help`.
+const EXIT_CODES: &str = "Exit codes: 0 served; 1 not in the archive (nothing printed). An error (missing \
+archive, unreadable, damaged or foreign file: every segment is checked record by record before it is served) \
+prints one line and exits 126 in archive recovery (recovery.signal in the working directory, the data \
+directory PostgreSQL runs restore_command in), which stops recovery instead of ending it early; 1 in standby \
+mode (standby.signal), so the standby retries and can fall back to streaming; 2 when run by hand; 126 with \
+--fatal-errors. 3: invalid invocation.";
+
 #[derive(Args, Debug, Clone)]
+#[command(after_help = EXIT_CODES)]
 pub struct RestoreArgs {
     /// the walkeeper archive directory (where `walkeeper receive -D` writes)
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
-    /// serve a segment that exists only as the newest .partial of its timeline (disaster recovery)
+    /// also serve the .partial files at the end of a timeline (after a disaster: every byte received)
     #[arg(long = "partial")]
     pub partial: bool,
     /// segments to fetch and decompress ahead in the background (0: no prefetch)
@@ -27,8 +37,7 @@ pub struct RestoreArgs {
     /// spool directory for prefetched segments (default: .walkeeper-prefetch next to %p, in pg_wal)
     #[arg(long = "spool", value_name = "DIR")]
     pub spool: Option<PathBuf>,
-    /// exit with 126 instead of 2 on errors: PostgreSQL then stops recovery (FATAL) instead of taking the
-    /// error for the end of the archive
+    /// exit with 126 on every error, also in standby mode and run by hand: PostgreSQL then stops (FATAL)
     #[arg(long = "fatal-errors")]
     pub fatal_errors: bool,
     /// the prefetch worker exits after this many milliseconds without a new segment served
@@ -38,74 +47,75 @@ pub struct RestoreArgs {
     #[arg(long = "prefetch-worker", hide = true)]
     pub prefetch_worker: bool,
     /// the file PostgreSQL asks for (%f)
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "FILE", required = true)]
     pub file: Option<String>,
     /// where to put it (%p)
-    #[arg(value_name = "PATH")]
+    #[arg(value_name = "PATH", required = true)]
     pub path: Option<PathBuf>,
 }
 
-fn fail(prog: &Prog, e: &RestoreError) -> Exit {
-    match e {
-        RestoreError::NotFound(_) => Exit { code: e.exit_code(), message: String::new() },
-        _ => Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) },
+/// How errors exit (see [`restore::exit_code`]).
+#[derive(Clone, Copy)]
+struct Failing<'a> {
+    prog: &'a Prog,
+    mode: Mode,
+    fatal_errors: bool,
+}
+
+impl Failing<'_> {
+    fn exit(&self, e: RestoreError) -> Exit {
+        let code = restore::exit_code(&e, self.mode, self.fatal_errors);
+        match e {
+            RestoreError::NotFound(_) => Exit { code, message: String::new() },
+            _ => Exit { code, message: format!("{}: error: {e}", self.prog.log_name()) },
+        }
     }
 }
 
 fn usage(prog: &Prog, msg: &str) -> Exit {
-    Exit {
-        code: EXIT_USAGE,
-        message: format!(
-            "{0}: error: {msg}\n{0}: hint: Try \"{1} --help\" for more information.",
-            prog.log_name(),
-            prog.display()
-        ),
-    }
+    crate::cli::usage_error(prog, msg)
 }
 
 pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
-    let fatal = args.fatal_errors;
-    serve(args, prog).map_err(|mut e| {
-        if fatal && e.code == restore::EXIT_ERROR {
-            e.code = restore::EXIT_FATAL;
-        }
-        e
-    })
-}
-
-fn serve(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
+    // PostgreSQL runs restore_command in the data directory.
+    let data_dir = Path::new(".");
+    let mode = Mode::of_data_directory(data_dir);
+    let failing = Failing { prog, mode, fatal_errors: args.fatal_errors };
+    let store = LocalStore::new(&args.directory);
     if args.prefetch_worker {
         let Some(spool_dir) = &args.spool else { return Err(usage(prog, "--prefetch-worker needs --spool")) };
-        let spool = Spool::open(spool_dir, &args.directory)
+        let spool = Spool::open(spool_dir, &store)
             .map_err(|e| Exit { code: 2, message: format!("{}: error: spool: {e}", prog.log_name()) })?;
         let idle = Duration::from_millis(args.prefetch_idle_ms);
-        return prefetch::run_worker(&spool, args.prefetch.max(1), idle).map_err(|e| fail(prog, &e));
+        return prefetch::run_worker(&spool, &store, args.prefetch.max(1), idle).map_err(|e| failing.exit(e));
     }
     let (Some(file), Some(dest)) = (args.file.as_deref(), args.path.as_deref()) else {
         return Err(usage(prog, "needs the file name (%f) and the destination path (%p)"));
     };
-    let request = parse_request(file).map_err(|e| fail(prog, &e))?;
-    restore::check_archive(&args.directory).map_err(|e| fail(prog, &e))?;
-    restore::check_destination(dest).map_err(|e| fail(prog, &e))?;
+    let request = parse_request(file).map_err(|e| failing.exit(e))?;
+    restore::check_archive(&store).map_err(|e| failing.exit(e))?;
+    restore::check_destination(dest).map_err(|e| failing.exit(e))?;
+    let opts = RestoreOptions {
+        partial: args.partial,
+        system_id: (mode != Mode::ByHand).then(|| restore::data_directory_system_id(data_dir)).flatten(),
+    };
     let Request::Segment { name } = &request else {
-        let opts = RestoreOptions { partial: args.partial };
-        return restore::restore(&args.directory, file, dest, &opts).map(drop).map_err(|e| fail(prog, &e));
+        return restore::restore(&store, file, dest, &opts).map(drop).map_err(|e| failing.exit(e));
     };
     let spool = (args.prefetch > 0)
         .then(|| {
             let dir = args.spool.clone().unwrap_or_else(|| prefetch::default_spool(dest));
-            Spool::open(&dir, &args.directory).ok()
+            Spool::open(&dir, &store).ok()
         })
         .flatten();
-    let served = match spool.as_ref().and_then(|s| s.take(name, dest)) {
+    let served = match spool.as_ref().and_then(|s| s.take(&store, name, dest, opts.system_id)) {
         Some(r) => {
             tracing::info!("restored \"{name}\" from the prefetch spool");
             r
         }
         None => {
-            let opts = RestoreOptions { partial: args.partial };
-            let r = restore::restore(&args.directory, file, dest, &opts).map_err(|e| fail(prog, &e))?;
-            tracing::info!("restored \"{name}\" from \"{}\"", r.source.display());
+            let r = restore::restore(&store, file, dest, &opts).map_err(|e| failing.exit(e))?;
+            tracing::info!("restored \"{name}\" from \"{}\"", r.source);
             r
         }
     };

@@ -1,6 +1,7 @@
 //! `walkeeper status -D DIR [--json]`: what the archive holds (see [`crate::archive::status`]).
 
 use crate::archive::status::{render_text, status};
+use crate::archive::store::LocalStore;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs, prog: &Prog) -> Result<(), Exit> {
-    let s = status(&args.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
+    let s = status(&LocalStore::new(&args.directory)).map_err(|e| Exit::error(prog, &e.to_string()))?;
     let text = if args.json {
         let json = serde_json::to_string_pretty(&s).map_err(|e| Exit::error(prog, &e.to_string()))?;
         format!("{json}\n")

@@ -3,7 +3,8 @@
 //! Exit status: 0 when the archive is whole; 1 when a problem was found (each printed with file, LSN and
 //! cause); 2 when verification could not be done (usage error, unreadable directory or file).
 
-use crate::archive::verify::verify_directory;
+use crate::archive::store::LocalStore;
+use crate::archive::verify::verify;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs, prog: &Prog) -> Result<(), Exit> {
-    let report = match verify_directory(&args.directory) {
+    let report = match verify(&LocalStore::new(&args.directory)) {
         Ok(r) => r,
         Err(e) => {
             if args.json {

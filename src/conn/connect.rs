@@ -7,9 +7,11 @@ use crate::conn::connection::{ConnError, Connection};
 use crate::conn::params::{ConnParams, Endpoint, SslMode, TargetSessionAttrs};
 use crate::conn::pgpass;
 use crate::conn::stream::Socket;
+use crate::conn::tcp::{self, TcpError};
 use crate::conn::tls;
 use crate::protocol::codec::DEFAULT_MAX_MESSAGE;
-use crate::protocol::messages::Backend;
+use crate::protocol::codec::{os_error, type_byte};
+use crate::protocol::messages::{quoted, Backend};
 use crate::protocol::replication::{parse_server_version, parse_show};
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -17,7 +19,7 @@ use std::fmt;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::UnixStream;
 
 /// When to ask for a password on the terminal: pg_receivewal's `-w` (never), default (if the server asks and
 /// none is known), `-W` (always, before connecting).
@@ -305,7 +307,7 @@ async fn resolve(endpoint: &Endpoint) -> Result<Vec<Target>, String> {
     }
 }
 
-async fn open_socket(target: &Target) -> Result<Socket, Failure> {
+async fn open_socket(target: &Target, params: &ConnParams) -> Result<Socket, Failure> {
     match target {
         Target::Unix { path } => UnixStream::connect(path).await.map(Socket::Unix).map_err(|e| {
             Failure::plain(format!(
@@ -313,16 +315,13 @@ async fn open_socket(target: &Target) -> Result<Socket, Failure> {
                 os_error(&e)
             ))
         }),
-        Target::Tcp { addr, .. } => {
-            let s = TcpStream::connect(addr).await.map_err(|e| {
-                Failure::plain(format!(
-                    "{} (is the server running on that host and accepting TCP/IP connections?)",
-                    os_error(&e)
-                ))
-            })?;
-            let _ = s.set_nodelay(true);
-            Ok(Socket::Tcp(s))
-        }
+        Target::Tcp { addr, .. } => tcp::connect(*addr, params).await.map(Socket::Tcp).map_err(|e| match e {
+            TcpError::Connect(e) => Failure::plain(format!(
+                "{} (is the server running on that host and accepting TCP/IP connections?)",
+                os_error(&e)
+            )),
+            other => Failure::plain(other.to_string()),
+        }),
     }
 }
 
@@ -334,15 +333,6 @@ fn ssl_error_text(e: &tls::TlsError) -> String {
         text
     } else {
         format!("SSL error: {text}")
-    }
-}
-
-/// The OS error text without Rust's " (os error N)" suffix, as libpq prints it.
-fn os_error(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
     }
 }
 
@@ -399,7 +389,7 @@ async fn handshake_and_startup(
     tls_setup: Option<&tls::TlsSetup>,
     prompted: &mut Option<String>,
 ) -> Result<Connection, Failure> {
-    let mut socket = open_socket(target).await?;
+    let mut socket = open_socket(target, params).await?;
     if let (Some(setup), Socket::Tcp(_)) = (tls_setup, &socket) {
         let Socket::Tcp(mut tcp) = socket else { unreachable!("matched Tcp above") };
         let mut req = BytesMut::new();
@@ -419,8 +409,8 @@ async fn handshake_and_startup(
             b'N' => return Err(Failure::fatal("server does not support SSL, but SSL was required")),
             other => {
                 return Err(Failure::plain(format!(
-                    "received invalid response to SSL negotiation: {:?}",
-                    char::from(other)
+                    "received invalid response to SSL negotiation: {}",
+                    type_byte(other)
                 )))
             }
         };
@@ -495,8 +485,8 @@ async fn startup(
     }
     let version = conn.parameter("server_version").and_then(parse_server_version).ok_or_else(|| {
         Failure::fatal(format!(
-            "server reported an unusable server_version {:?}",
-            conn.parameter("server_version").unwrap_or("")
+            "server reported an unusable server_version {}",
+            quoted(conn.parameter("server_version").unwrap_or(""))
         ))
     })?;
     conn.set_version_num(version);

@@ -2,13 +2,14 @@
 //! queries (replication commands) and enter CopyBoth mode. Every error names the server it came from.
 
 use crate::conn::stream::Socket;
-use crate::protocol::codec::{BackendCodec, FrameError};
+use crate::protocol::codec::{os_error, BackendCodec, FrameError};
 use crate::protocol::messages::{self, Backend, MalformedMessage, ServerError};
 use crate::protocol::replication::{major_of, ResultSet};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use postgres_protocol::message::frontend;
 use std::collections::HashMap;
+use std::time::Duration;
 use tokio_util::codec::Framed;
 
 /// Read buffer size: large reads keep syscalls per megabyte of WAL low.
@@ -26,8 +27,12 @@ pub enum ConnError {
     Unexpected { server: String, got: String, context: &'static str },
     #[error("{server}: server closed the connection unexpectedly")]
     Closed { server: String },
+    #[error("{server}: could not receive data from server: {}", os_error(error))]
+    Receive { server: String, error: std::io::Error },
     #[error("{server}: could not send data to server: {error}")]
     Send { server: String, error: FrameError },
+    #[error("{server}: no reply from the server within {} seconds {context}", waited.as_secs())]
+    Timeout { server: String, waited: Duration, context: &'static str },
 }
 
 impl ConnError {
@@ -46,12 +51,20 @@ pub struct Connection {
     server: String,
     parameters: HashMap<String, String>,
     version_num: u32,
+    /// How long a command's reply may keep us waiting between two messages (None: forever).
+    reply_timeout: Option<Duration>,
 }
 
 impl Connection {
     pub(crate) fn new(socket: Socket, server: String, max_message: usize) -> Connection {
         let framed = Framed::with_capacity(socket, BackendCodec::new(max_message), READ_BUFFER);
-        Connection { framed, server, parameters: HashMap::new(), version_num: 0 }
+        Connection { framed, server, parameters: HashMap::new(), version_num: 0, reply_timeout: None }
+    }
+
+    /// Bound the wait for each message of a command's reply (`--receive-timeout`; the connection phase is
+    /// bounded by `connect_timeout` instead, as in libpq). Streaming keeps its own watch (`stream::liveness`).
+    pub fn set_reply_timeout(&mut self, timeout: Option<Duration>) {
+        self.reply_timeout = timeout;
     }
 
     pub fn server(&self) -> &str {
@@ -98,6 +111,10 @@ impl Connection {
         loop {
             let frame = match self.framed.next().await {
                 Some(Ok(f)) => f,
+                // An OS error, in libpq's words; a TLS error (an alert, say) reads as itself.
+                Some(Err(FrameError::Io(error))) if error.raw_os_error().is_some() => {
+                    return Err(ConnError::Receive { server: self.server.clone(), error })
+                }
                 Some(Err(error)) => return Err(ConnError::Frame { server: self.server.clone(), error }),
                 None => return Err(ConnError::Closed { server: self.server.clone() }),
             };
@@ -112,10 +129,19 @@ impl Connection {
         }
     }
 
+    /// The next message of a command's reply, within the reply timeout.
+    async fn reply(&mut self, context: &'static str) -> Result<Backend, ConnError> {
+        let Some(waited) = self.reply_timeout else { return self.recv().await };
+        match tokio::time::timeout(waited, self.recv()).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnError::Timeout { server: self.server.clone(), waited, context }),
+        }
+    }
+
     pub(crate) fn unexpected(&self, got: &Backend, context: &'static str) -> ConnError {
         let got = match got {
             Backend::Error(e) => return ConnError::Server { server: self.server.clone(), error: e.clone() },
-            other => format!("{other:?}").chars().take(80).collect(),
+            other => other.to_string(),
         };
         ConnError::Unexpected { server: self.server.clone(), got, context }
     }
@@ -127,7 +153,7 @@ impl Connection {
     /// Wait for ReadyForQuery after an error, so the connection stays usable.
     async fn drain_until_ready(&mut self) -> Result<(), ConnError> {
         loop {
-            if let Backend::ReadyForQuery { .. } = self.recv().await? {
+            if let Backend::ReadyForQuery { .. } = self.reply("after an error").await? {
                 return Ok(());
             }
         }
@@ -142,7 +168,7 @@ impl Connection {
         let mut rs = ResultSet::default();
         let mut failure = None;
         loop {
-            match self.recv().await? {
+            match self.reply("to a command").await? {
                 Backend::RowDescription { columns } => rs.columns = columns,
                 Backend::DataRow { values } => rs.rows.push(values),
                 Backend::CommandComplete { .. } | Backend::EmptyQueryResponse => {}
@@ -163,7 +189,7 @@ impl Connection {
         frontend::query(sql, &mut buf)
             .map_err(|e| ConnError::Send { server: self.server.clone(), error: FrameError::Io(e) })?;
         self.send(buf).await?;
-        match self.recv().await? {
+        match self.reply("to START_REPLICATION").await? {
             Backend::CopyBothResponse => Ok(()),
             Backend::Error(e) => {
                 self.drain_until_ready().await?;
@@ -192,7 +218,7 @@ impl Connection {
     pub async fn finish_copy(&mut self) -> Result<ResultSet, ConnError> {
         let mut rs = ResultSet::default();
         loop {
-            match self.recv().await? {
+            match self.reply("after the end of streaming").await? {
                 Backend::RowDescription { columns } => rs.columns = columns,
                 Backend::DataRow { values } => rs.rows.push(values),
                 Backend::CommandComplete { .. } | Backend::CopyData(_) => {}

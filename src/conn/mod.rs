@@ -1,6 +1,6 @@
 //! Connecting to PostgreSQL as libpq does for a replication client: settings from conninfo strings, URIs,
 //! command-line options and the environment (`params`, `conninfo`, `env`, `pgpass`), then socket, TLS and
-//! authentication (`connect`, `stream`, `tls`, `auth`), and the established `connection`.
+//! authentication (`connect`, `tcp`, `stream`, `tls`, `auth`), and the established `connection`.
 
 pub mod auth;
 pub mod connect;
@@ -10,6 +10,7 @@ pub mod env;
 pub mod params;
 pub mod pgpass;
 pub mod stream;
+pub mod tcp;
 pub mod tls;
 
 pub use connect::{connect, ConnectError, ConnectOptions, PasswordPrompt};

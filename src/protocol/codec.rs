@@ -16,16 +16,34 @@ pub struct Frame {
     pub body: Bytes,
 }
 
+/// A message type byte as messages show it: `'R'`, or `0x01` when it is not a printable character.
+pub fn type_byte(tag: u8) -> String {
+    if tag.is_ascii_graphic() {
+        format!("'{}'", char::from(tag))
+    } else {
+        format!("{tag:#04x}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("server sent a message of {len} bytes (type {tag:?}), more than the limit of {max} bytes")]
-    TooLarge { tag: char, len: u64, max: usize },
-    #[error("server sent a message with an invalid length {len} (type {tag:?})")]
-    BadLength { tag: char, len: i32 },
+    #[error("server sent a message of {len} bytes (type {}), more than the limit of {max} bytes", type_byte(*tag))]
+    TooLarge { tag: u8, len: u64, max: usize },
+    #[error("server sent a message with an invalid length {len} (type {})", type_byte(*tag))]
+    BadLength { tag: u8, len: i32 },
     #[error("connection closed by the server in the middle of a message")]
     Truncated,
-    #[error(transparent)]
+    #[error("{}", os_error(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// An OS error's text without Rust's " (os error N)" suffix, as libpq and PostgreSQL's tools print it.
+pub fn os_error(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// tokio-util codec for backend frames.
@@ -57,16 +75,12 @@ impl Decoder for BackendCodec {
         let tag = src[0];
         let len = i32::from_be_bytes([src[1], src[2], src[3], src[4]]);
         if len < 4 {
-            return Err(FrameError::BadLength { tag: char::from(tag), len });
+            return Err(FrameError::BadLength { tag, len });
         }
         // len ≥ 4 here, so the cast is lossless.
         let body_len = len as usize - 4;
         if body_len > self.max_message {
-            return Err(FrameError::TooLarge {
-                tag: char::from(tag),
-                len: len as u64,
-                max: self.max_message,
-            });
+            return Err(FrameError::TooLarge { tag, len: len as u64, max: self.max_message });
         }
         let total = 5 + body_len;
         if src.len() < total {

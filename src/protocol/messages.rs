@@ -1,7 +1,8 @@
 //! Backend messages a replication client meets, decoded from frames, and the server's error and notice
 //! reports as a typed `ServerError` (severity, SQLSTATE, message, detail, hint).
 
-use crate::protocol::codec::Frame;
+use crate::protocol::codec::{type_byte, Frame};
+use crate::protocol::sqlstate;
 use bytes::{Buf, Bytes};
 use std::fmt;
 
@@ -27,6 +28,38 @@ pub enum Backend {
     NotificationResponse,
 }
 
+/// How messages name a backend message: its protocol name, and for a few the detail that tells them apart
+/// (`CommandComplete "COPY 0"`). Never a dump of its contents.
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Authentication(_) => f.write_str("authentication request"),
+            Backend::ParameterStatus { name, .. } => write!(f, "ParameterStatus {}", quoted(name)),
+            Backend::BackendKeyData { .. } => f.write_str("BackendKeyData"),
+            Backend::ReadyForQuery { .. } => f.write_str("ReadyForQuery"),
+            Backend::RowDescription { columns } => write!(f, "RowDescription ({} columns)", columns.len()),
+            Backend::DataRow { values } => write!(f, "DataRow ({} columns)", values.len()),
+            Backend::CommandComplete { tag } => write!(f, "CommandComplete {}", quoted(tag)),
+            Backend::EmptyQueryResponse => f.write_str("EmptyQueryResponse"),
+            Backend::Error(e) => write!(f, "ErrorResponse ({e})"),
+            Backend::Notice(_) => f.write_str("NoticeResponse"),
+            Backend::CopyBothResponse => f.write_str("CopyBothResponse"),
+            Backend::CopyOutResponse => f.write_str("CopyOutResponse"),
+            Backend::CopyInResponse => f.write_str("CopyInResponse"),
+            Backend::CopyData(d) => write!(f, "CopyData ({} bytes)", d.len()),
+            Backend::CopyDone => f.write_str("CopyDone"),
+            Backend::NegotiateProtocolVersion { .. } => f.write_str("NegotiateProtocolVersion"),
+            Backend::NotificationResponse => f.write_str("NotificationResponse"),
+        }
+    }
+}
+
+/// Text from the server (or another untrusted source) inside one of our messages: in double quotes, with
+/// control characters and quotes escaped, so that the message stays on one line whatever the text holds.
+pub fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.escape_debug())
+}
+
 /// What the server asks for during authentication.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthRequest {
@@ -47,10 +80,10 @@ pub enum AuthRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {what} message (type {tag:?}) from server: {reason}")]
+#[error("malformed {what} message (type {}) from server: {reason}", type_byte(*tag))]
 pub struct MalformedMessage {
     pub what: &'static str,
-    pub tag: char,
+    pub tag: u8,
     pub reason: &'static str,
 }
 
@@ -66,9 +99,14 @@ pub struct ServerError {
 }
 
 impl ServerError {
-    /// SQLSTATE 28P01 invalid_password, 28000 invalid_authorization_specification.
+    /// SQLSTATE class 28: invalid_password, invalid_authorization_specification.
     pub fn is_auth_failure(&self) -> bool {
-        self.code.starts_with("28")
+        self.code.starts_with(sqlstate::CLASS_INVALID_AUTHORIZATION)
+    }
+
+    /// The error carries this SQLSTATE (one of [`sqlstate`]'s constants).
+    pub fn has_code(&self, code: &str) -> bool {
+        self.code == code
     }
 }
 
@@ -90,7 +128,7 @@ impl std::error::Error for ServerError {}
 /// A cursor over a message body with checked reads.
 struct Reader {
     what: &'static str,
-    tag: char,
+    tag: u8,
     buf: Bytes,
 }
 
@@ -145,7 +183,7 @@ impl Reader {
 /// in the middle of a replication session).
 pub fn decode(frame: Frame) -> Result<Backend, MalformedMessage> {
     let what = message_name(frame.tag);
-    let tag = char::from(frame.tag);
+    let tag = frame.tag;
     let mut r = Reader { what, tag, buf: frame.body };
     let msg = match frame.tag {
         b'R' => Backend::Authentication(decode_auth(&mut r)?),
@@ -324,6 +362,22 @@ mod tests {
         assert!(decode(f(b'S', b"no terminator")).is_err());
         assert!(decode(f(b'?', b"")).is_err());
         assert!(decode(f(b'E', b"Mmsg")).is_err());
+    }
+
+    #[test]
+    fn messages_name_backend_messages_without_dumping_them() {
+        assert_eq!(
+            Backend::CommandComplete { tag: "COPY 0".into() }.to_string(),
+            "CommandComplete \"COPY 0\""
+        );
+        assert_eq!(Backend::CopyData(Bytes::from_static(b"wal")).to_string(), "CopyData (3 bytes)");
+        assert_eq!(Backend::ReadyForQuery { status: b'I' }.to_string(), "ReadyForQuery");
+        // Untrusted text stays on one line.
+        assert_eq!(quoted("a\nb\"c"), "\"a\\nb\\\"c\"");
+        assert_eq!(
+            decode(f(0x01, b"")).unwrap_err().to_string(),
+            "malformed backend message (type 0x01) from server: unexpected message type"
+        );
     }
 
     proptest! {

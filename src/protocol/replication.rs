@@ -1,6 +1,7 @@
 //! The replication protocol as text and bytes: commands for servers 13–18 in each version's syntax, their
 //! result rows decoded, and the CopyBoth sub-messages (XLogData, primary keepalive, standby status update).
 
+use crate::protocol::messages::quoted;
 use crate::wal::segment::{valid_segment_size, TimeLineId};
 use crate::wal::Lsn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -10,11 +11,11 @@ pub const OLDEST_MAJOR: u32 = 13;
 pub const NEWEST_MAJOR: u32 = 18;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicationError {
-    #[error("invalid replication slot name {0:?}: use only lower case letters, numbers and underscores, at most 63 characters")]
+    #[error("invalid replication slot name {}: use only lower case letters, numbers and underscores, at most 63 characters", quoted(.0))]
     BadSlotName(String),
     #[error("unexpected result from {command}: {reason}")]
     BadResult { command: &'static str, reason: String },
@@ -154,13 +155,13 @@ fn required<'a>(
 }
 
 fn lsn(command: &'static str, s: &str) -> Result<Lsn, ReplicationError> {
-    s.parse().map_err(|_| bad(command, format!("{s:?} is not an LSN")))
+    s.parse().map_err(|_| bad(command, format!("{} is not an LSN", quoted(s))))
 }
 
 fn timeline(command: &'static str, s: &str) -> Result<TimeLineId, ReplicationError> {
     match s.parse::<TimeLineId>() {
         Ok(t) if t > 0 => Ok(t),
-        _ => Err(bad(command, format!("{s:?} is not a timeline id"))),
+        _ => Err(bad(command, format!("{} is not a timeline id", quoted(s)))),
     }
 }
 
@@ -177,7 +178,9 @@ pub fn parse_identify_system(rs: &ResultSet) -> Result<SystemIdentity, Replicati
     let row = rs.single_row(C, 3)?;
     let sysid = required(C, row, 0)?;
     Ok(SystemIdentity {
-        system_id: sysid.parse().map_err(|_| bad(C, format!("{sysid:?} is not a system identifier")))?,
+        system_id: sysid
+            .parse()
+            .map_err(|_| bad(C, format!("{} is not a system identifier", quoted(sysid))))?,
         timeline: timeline(C, required(C, row, 1)?)?,
         xlogpos: lsn(C, required(C, row, 2)?)?,
     })
@@ -194,19 +197,19 @@ pub fn parse_segment_size(value: &str) -> Result<u32, ReplicationError> {
     const C: &str = "SHOW wal_segment_size";
     let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (num, unit) = value.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad(C, format!("{value:?} is not a size")))?;
+    let n: u64 = num.parse().map_err(|_| bad(C, format!("{} is not a size", quoted(value))))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "kB" => 1 << 10,
         "MB" => 1 << 20,
         "GB" => 1 << 30,
-        _ => return Err(bad(C, format!("{value:?} has an unknown unit"))),
+        _ => return Err(bad(C, format!("{} has an unknown unit", quoted(value)))),
     };
-    let size = n.checked_mul(mult).ok_or_else(|| bad(C, format!("{value:?} overflows")))?;
+    let size = n.checked_mul(mult).ok_or_else(|| bad(C, format!("{} overflows", quoted(value))))?;
     if !valid_segment_size(size) {
         return Err(bad(
             C,
-            format!("{value:?} is not a valid WAL segment size (a power of two from 1MB to 1GB)"),
+            format!("{} is not a valid WAL segment size (a power of two from 1MB to 1GB)", quoted(value)),
         ));
     }
     Ok(size as u32)
@@ -215,7 +218,7 @@ pub fn parse_segment_size(value: &str) -> Result<u32, ReplicationError> {
 /// `SHOW data_directory_mode` ("0700" or "0750") → the mode pg_receivewal gives the files it creates.
 pub fn file_mode_for_data_directory_mode(value: &str) -> Result<u32, ReplicationError> {
     let mode = u32::from_str_radix(value.trim(), 8)
-        .map_err(|_| bad("SHOW data_directory_mode", format!("{value:?} is not an octal mode")))?;
+        .map_err(|_| bad("SHOW data_directory_mode", format!("{} is not an octal mode", quoted(value))))?;
     Ok(if mode & 0o070 != 0 { 0o640 } else { 0o600 })
 }
 
@@ -313,11 +316,6 @@ pub fn now_unix_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// A server timestamp (microseconds since 2000-01-01) as microseconds since the Unix epoch.
-pub fn pg_time_to_unix_us(t: i64) -> i64 {
-    t.saturating_add(PG_EPOCH_OFFSET_US)
 }
 
 #[cfg(test)]

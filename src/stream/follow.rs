@@ -3,6 +3,7 @@
 
 use crate::conn::connect;
 use crate::stream::session::{run_session, SessionError, Stopped};
+use crate::stream::state::{set_phase, Phase, StateSender};
 use crate::stream::ReceiveConfig;
 use crate::wal::Lsn;
 use std::time::Duration;
@@ -29,10 +30,24 @@ pub enum ReceiveError {
 }
 
 /// Run `walkeeper receive` until it stops: Ok on endpos or signal, Err on a failure with `--no-loop`
-/// or on one that retrying cannot fix.
+/// or on one that retrying cannot fix. What happens is published on `state` (see `stream::state`).
 pub async fn receive(
     cfg: &ReceiveConfig,
+    shutdown: watch::Receiver<bool>,
+    state: &StateSender,
+) -> Result<Stopped, ReceiveError> {
+    let result = receive_loop(cfg, shutdown, state).await;
+    if let Err(e) = &result {
+        state.send_modify(|s| s.last_error = Some(e.to_string()));
+    }
+    set_phase(state, Phase::Stopped);
+    result
+}
+
+async fn receive_loop(
+    cfg: &ReceiveConfig,
     mut shutdown: watch::Receiver<bool>,
+    state: &StateSender,
 ) -> Result<Stopped, ReceiveError> {
     let mut failures = 0u32;
     let mut validation_failures: Option<(Lsn, u32)> = None;
@@ -41,7 +56,8 @@ pub async fn receive(
             Err(e) => e.into(),
             Ok(mut conn) => {
                 let started = std::time::Instant::now();
-                let result = run_session(&mut conn, cfg, &mut shutdown, &mut validation_failures).await;
+                let result =
+                    run_session(&mut conn, cfg, &mut shutdown, &mut validation_failures, state).await;
                 conn.close().await;
                 match result {
                     Ok(stopped) => return Ok(stopped),
@@ -63,9 +79,23 @@ pub async fn receive(
         if cfg.no_loop {
             return Err(error);
         }
+        state.send_modify(|s| {
+            s.last_error = Some(error.to_string());
+            s.reconnects += 1;
+            if matches!(error, ReceiveError::Session(SessionError::InvalidWal { .. })) {
+                s.invalid_wal += 1;
+            }
+        });
+        set_phase(state, Phase::Retrying);
         let wait = backoff(failures);
         failures = failures.saturating_add(1);
-        tracing::error!("{error}");
+        match &error {
+            // A planned shutdown or switchover of the server: expected, not an error.
+            ReceiveError::Session(SessionError::ServerEnded { server }) => {
+                tracing::info!("{server}: server ended streaming; reconnecting")
+            }
+            other => tracing::error!("{other}"),
+        }
         tracing::info!("disconnected; waiting {} seconds to try again", wait.as_secs());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}

@@ -1,12 +1,14 @@
 //! A replication session: IDENTIFY_SYSTEM → TIMELINE_HISTORY → START_REPLICATION → the CopyBoth loop,
-//! feedback, end-of-timeline handling (`session`), the reconnect loop around it (`follow`), and what to do
-//! with a server after a failover (`failover`).
+//! feedback, end-of-timeline handling (`session`), the silent-server timeout (`liveness`), the reconnect
+//! loop around it (`follow`), and what to do with a server after a failover (`failover`).
 
 pub mod failover;
 pub mod feedback;
 pub mod follow;
+pub mod liveness;
 pub mod session;
 pub mod slot;
+pub mod state;
 
 use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;
@@ -27,6 +29,8 @@ pub struct ReceiveConfig {
     pub endpos: Option<Lsn>,
     /// None disables periodic status updates (`-s 0`).
     pub status_interval: Option<Duration>,
+    /// `--receive-timeout`: give a silent connection up after this long (None: never); see `liveness`.
+    pub receive_timeout: Option<Duration>,
     pub synchronous: bool,
     /// false with `--no-sync`.
     pub fsync: bool,

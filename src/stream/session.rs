@@ -2,16 +2,20 @@
 //! history, START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports
 //! positions — following end-of-timeline to the next timeline on the same connection.
 
-use crate::archive::identity::directory_system_id;
 use crate::archive::local::{LocalWalDir as WalDir, SegmentWriter};
+use crate::archive::scan::{find_start, ScanError};
+use crate::archive::store::LocalStore;
 use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
 use crate::stream::feedback::Positions;
+use crate::stream::liveness::{Due, Liveness};
 use crate::stream::slot::{slot_start, SlotStart};
+use crate::stream::state::{set_phase, Phase, StateSender};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
+use crate::wal::timeline::parse_history_of;
 use crate::wal::Lsn;
 use futures_util::FutureExt;
 use std::time::Duration;
@@ -20,6 +24,9 @@ use tokio::time::Instant;
 
 /// Write this much before giving the loop a chance to sync and report (bounds latency under a flood).
 const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How often `-v` prints a progress line when status updates are off (`-s 0`); else once per status interval.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Past `--endpos`, how long to keep reading so that a fully received segment gets validated and renamed
 /// (the record crossing its end has to arrive whole) before stopping with it left `.partial`.
@@ -31,6 +38,9 @@ pub enum SessionError {
     Conn(Box<ConnError>),
     #[error("{0}")]
     Archive(Box<crate::archive::error::WalDirError>),
+    /// The archive gives no start position (a file that does not belong, another database system's WAL).
+    #[error(transparent)]
+    Scan(Box<ScanError>),
     #[error("{server}: {error}")]
     Replication { server: String, error: repl::ReplicationError },
     /// The stream failed validation: nothing at or after `lsn` was acknowledged.
@@ -45,6 +55,16 @@ pub enum SessionError {
     NotReady(String),
     #[error("{server}: {message}")]
     Protocol { server: String, message: String },
+    /// The server ended streaming on its own (CommandComplete without CopyDone): a planned shutdown or a
+    /// switchover. Not a failure; the reconnect loop logs it as information.
+    #[error("{server}: server ended streaming (shutdown or switchover)")]
+    ServerEnded { server: String },
+    /// `--receive-timeout`: nothing at all from the server for that long, not even a keepalive.
+    #[error(
+        "{server}: nothing received from the server for {} seconds, not even a keepalive (--receive-timeout)",
+        timeout.as_secs()
+    )]
+    ReceiveTimeout { server: String, timeout: Duration },
 }
 
 impl From<ConnError> for SessionError {
@@ -62,7 +82,11 @@ impl From<crate::archive::error::WalDirError> for SessionError {
 impl SessionError {
     /// Errors after which reconnecting is pointless.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, SessionError::Fatal(_))
+        match self {
+            SessionError::Fatal(_) => true,
+            SessionError::Scan(e) => e.is_fatal(),
+            _ => false,
+        }
     }
 }
 
@@ -114,10 +138,28 @@ pub async fn run_session(
     cfg: &ReceiveConfig,
     shutdown: &mut watch::Receiver<bool>,
     validation_failures: &mut Option<(Lsn, u32)>,
+    state: &StateSender,
 ) -> Result<Stopped, SessionError> {
+    conn.set_reply_timeout(cfg.receive_timeout);
+    set_phase(state, Phase::Connecting);
     let info = identify(conn).await?;
+    state.send_modify(|s| {
+        s.server = Some(conn.server().to_string());
+        s.server_version = conn.parameter("server_version").map(str::to_string);
+        s.system_id = Some(info.identity.system_id);
+        s.segment_size = Some(info.segment_size);
+        s.server_end = Some(info.identity.xlogpos);
+    });
+    tracing::info!(
+        server = conn.server(),
+        server_version = conn.parameter("server_version").unwrap_or(""),
+        timeline = info.identity.timeline,
+        "connected to {} (PostgreSQL {}, timeline {})",
+        conn.server(),
+        conn.parameter("server_version").unwrap_or("?"),
+        info.identity.timeline
+    );
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
-    check_system_identifier(&dir, &info)?;
     let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
     loop {
         start = start.segment_start(info.segment_size);
@@ -128,7 +170,14 @@ pub async fn run_session(
         let cmd = repl::start_replication(cfg.slot.as_deref(), start, timeline)
             .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
         conn.start_copy_both(&cmd).await?;
-        let mut copy = CopyLoop::new(conn, cfg, &dir, &info, start, timeline);
+        state.send_modify(|s| {
+            s.timeline = Some(timeline);
+            s.received = Some(s.received.map_or(start, |r| r.max(start)));
+            s.flushed = Some(s.flushed.map_or(start, |f| f.max(start)));
+            s.last_error = None;
+        });
+        set_phase(state, Phase::Streaming);
+        let mut copy = CopyLoop::new(conn, cfg, &dir, &info, start, timeline, state);
         let result = copy.run(shutdown).await;
         let end = copy.positions.received();
         copy.close().await;
@@ -155,34 +204,22 @@ pub async fn run_session(
     }
 }
 
-/// Refuse a directory that already holds WAL of another database system.
-fn check_system_identifier(dir: &WalDir, info: &ServerInfo) -> Result<(), SessionError> {
-    let found = directory_system_id(dir.path(), info.segment_size).map_err(|e| {
-        SessionError::Fatal(format!("could not read WAL directory \"{}\": {e}", dir.path().display()))
-    })?;
-    match found {
-        Some((id, file)) if id != info.identity.system_id => Err(SessionError::Fatal(format!(
-            "WAL directory \"{}\" belongs to database system {id} (see \"{}\"), but the server's system identifier is {}",
-            dir.path().display(),
-            file.display(),
-            info.identity.system_id
-        ))),
-        _ => Ok(()),
-    }
-}
-
 fn stop_at_endpos(cfg: &ReceiveConfig, pos: Lsn) -> bool {
     cfg.endpos.is_some_and(|e| e < pos)
 }
 
 /// pg_receivewal's rules: continue from the directory, else the slot's restart position, else the server's.
+/// The archive's files are checked to be of this server's database system first (`archive::scan`).
 async fn start_position(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
     dir: &WalDir,
     info: &ServerInfo,
 ) -> Result<(Lsn, TimeLineId), SessionError> {
-    if let Some(found) = crate::archive::scan::find_start(dir.path(), info.segment_size)? {
+    let store = LocalStore::new(dir.path());
+    let found = find_start(&store, info.segment_size, info.identity.system_id)
+        .map_err(|e| SessionError::Scan(Box::new(e)))?;
+    if let Some(found) = found {
         return Ok((found.lsn, found.timeline));
     }
     if let Some(slot) = &cfg.slot {
@@ -193,6 +230,9 @@ async fn start_position(
     Ok((info.identity.xlogpos, info.identity.timeline))
 }
 
+/// TIMELINE_HISTORY for `timeline`, checked before it is stored: the file name, and content that can be
+/// that timeline's history (`parse_history_of`). Garbage from a server never lands in the archive, where
+/// restore would serve it to a recovering server.
 async fn fetch_history(
     conn: &mut Connection,
     dir: &WalDir,
@@ -205,7 +245,14 @@ async fn fetch_history(
     if name != history_file_name(timeline) {
         return Err(SessionError::Protocol {
             server,
-            message: format!("TIMELINE_HISTORY {timeline} returned a file named {name:?}"),
+            message: format!("TIMELINE_HISTORY {timeline} returned a file named \"{}\"", name.escape_debug()),
+        });
+    }
+    // The reason column is free text in the server's encoding; the fields checked are ASCII.
+    if let Err(e) = parse_history_of(timeline, &String::from_utf8_lossy(&content)) {
+        return Err(SessionError::Protocol {
+            server,
+            message: format!("TIMELINE_HISTORY {timeline} returned an invalid history file {name}: {e}"),
         });
     }
     dir.write_history(timeline, &content)?;
@@ -261,11 +308,20 @@ struct CopyLoop<'a> {
     pending: Vec<SegmentWriter>,
     decoder: Option<WalDecoder>,
     last_status: Option<Instant>,
+    /// When `-v` prints the next progress line (a clock apart from status updates, which `--synchronous`
+    /// and keepalive replies send far more often).
+    next_progress: Instant,
+    /// Whether the server is still there (`--receive-timeout`).
+    liveness: Liveness,
     copy_done_sent: bool,
-    /// The server's end of WAL, as last reported in XLogData or keepalive messages.
-    server_end: Lsn,
+    /// The server's end of WAL, as last reported in XLogData or keepalive messages; None until it reports.
+    server_end: Option<Lsn>,
     /// When the received position first went past `--endpos`.
     endpos_passed_at: Option<Instant>,
+    /// Where the loop publishes its positions and counters.
+    state: &'a StateSender,
+    /// WAL bytes received since the last publication.
+    unpublished_bytes: u64,
 }
 
 impl<'a> CopyLoop<'a> {
@@ -276,6 +332,7 @@ impl<'a> CopyLoop<'a> {
         info: &ServerInfo,
         start: Lsn,
         timeline: TimeLineId,
+        state: &'a StateSender,
     ) -> CopyLoop<'a> {
         let decoder = cfg.validate.then(|| {
             WalDecoder::new(
@@ -299,10 +356,28 @@ impl<'a> CopyLoop<'a> {
             pending: Vec::new(),
             decoder,
             last_status: None,
+            next_progress: Instant::now(),
+            liveness: Liveness::new(cfg.receive_timeout, Instant::now()),
             copy_done_sent: false,
-            server_end: start,
+            server_end: None,
             endpos_passed_at: None,
+            state,
+            unpublished_bytes: 0,
         }
+    }
+
+    /// Publish the positions and what arrived since the last publication.
+    fn publish(&mut self) {
+        let (received, flushed, server_end) =
+            (self.positions.received(), self.positions.safe(), self.server_end);
+        let bytes = std::mem::take(&mut self.unpublished_bytes);
+        self.state.send_modify(|s| {
+            s.received = Some(received);
+            s.flushed = Some(flushed);
+            s.server_end = s.server_end.max(server_end);
+            s.received_bytes += bytes;
+            s.last_message = Some(std::time::SystemTime::now());
+        });
     }
 
     async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<CopyEnd, SessionError> {
@@ -314,6 +389,8 @@ impl<'a> CopyLoop<'a> {
             }
             let deadline = self.next_status_deadline();
             let grace_end = self.endpos_passed_at.map(|t| t + ENDPOS_VALIDATION_GRACE);
+            let progress_at = Some(self.next_progress);
+            let alive_until = self.liveness.deadline();
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.changed() => continue,
@@ -322,9 +399,19 @@ impl<'a> CopyLoop<'a> {
                     self.status_tick().await?;
                     continue;
                 }
+                _ = sleep_until_opt(progress_at) => {
+                    self.progress_due();
+                    continue;
+                }
+                _ = sleep_until_opt(alive_until) => {
+                    self.check_liveness().await?;
+                    continue;
+                }
                 _ = sleep_until_opt(grace_end) => None,
             };
+            let heard = msg.is_some();
             if let Some(msg) = msg {
+                self.liveness.heard(Instant::now());
                 if let Some(end) = self.handle(msg).await? {
                     return Ok(end);
                 }
@@ -345,10 +432,14 @@ impl<'a> CopyLoop<'a> {
                 self.sync()?;
                 self.send_status(false).await?;
             }
+            if heard {
+                self.publish();
+            }
             // Under a continuous flood `recv` is always ready: keep the status interval anyway.
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.status_tick().await?;
             }
+            self.progress_due();
             // A segment that is fully received but still waits for the record crossing its end to be
             // validated would stay `.partial` where pg_receivewal renames it: read on until it is renamed,
             // for a bounded time (a standby's WAL can end inside a record whose rest is not coming).
@@ -373,6 +464,21 @@ impl<'a> CopyLoop<'a> {
         self.pending.is_empty() || passed.elapsed() >= ENDPOS_VALIDATION_GRACE
     }
 
+    /// `--receive-timeout`: ask a silent server for a reply at half the timeout; give up at all of it.
+    async fn check_liveness(&mut self) -> Result<(), SessionError> {
+        match self.liveness.due(Instant::now()) {
+            Some(Due::Ping) => {
+                tracing::debug!("nothing from the server for half of --receive-timeout; asking for a reply");
+                self.send_status(true).await
+            }
+            Some(Due::Dead) => Err(SessionError::ReceiveTimeout {
+                server: self.conn.server().to_string(),
+                timeout: self.cfg.receive_timeout.unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn next_status_deadline(&self) -> Option<Instant> {
         let interval = self.cfg.status_interval?;
         Some(match self.last_status {
@@ -388,19 +494,35 @@ impl<'a> CopyLoop<'a> {
             self.sync()?;
             self.complete_validated_segments()?;
         }
-        self.send_status(false).await?;
-        let (received, safe) = (self.positions.received(), self.positions.safe());
-        let lag = self.server_end.0.saturating_sub(received.0);
-        tracing::info!(
-            received = %received,
-            flushed = %safe,
-            server_end = %self.server_end,
-            lag_bytes = lag,
-            "received {received}, flushed {safe}, server at {} (lag {lag} bytes, timeline {})",
-            self.server_end,
-            self.timeline
-        );
-        Ok(())
+        self.send_status(false).await
+    }
+
+    /// The `-v` progress line, once per status interval (or [`PROGRESS_INTERVAL`] with `-s 0`), however
+    /// often status updates go out. The lag is shown only once the server has said where its WAL ends.
+    fn progress_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_progress {
+            return;
+        }
+        self.next_progress = now + self.cfg.status_interval.unwrap_or(PROGRESS_INTERVAL);
+        let (received, safe, tli) = (self.positions.received(), self.positions.safe(), self.timeline);
+        match self.server_end {
+            Some(end) => {
+                let lag = end.0.saturating_sub(received.0);
+                tracing::info!(
+                    received = %received,
+                    flushed = %safe,
+                    server_end = %end,
+                    lag_bytes = lag,
+                    "received {received}, flushed {safe}, server at {end} (lag {lag} bytes, timeline {tli})"
+                );
+            }
+            None => tracing::info!(
+                received = %received,
+                flushed = %safe,
+                "received {received}, flushed {safe} (server position not reported yet, timeline {tli})"
+            ),
+        }
     }
 
     async fn handle(&mut self, msg: Backend) -> Result<Option<CopyEnd>, SessionError> {
@@ -412,11 +534,11 @@ impl<'a> CopyLoop<'a> {
                     error,
                 })? {
                     StreamMessage::XLogData { start, data, wal_end, .. } => {
-                        self.server_end = self.server_end.max(wal_end);
+                        self.server_end = self.server_end.max(Some(wal_end));
                         self.receive_wal(start, &data)?
                     }
                     StreamMessage::Keepalive { reply_requested, wal_end, .. } => {
-                        self.server_end = self.server_end.max(wal_end);
+                        self.server_end = self.server_end.max(Some(wal_end));
                         if reply_requested {
                             // The server may be waiting on us (shutdown, synchronous commit): make what we
                             // have durable first so the reply carries the best flush position.
@@ -438,6 +560,10 @@ impl<'a> CopyLoop<'a> {
                     self.copy_done_sent = true;
                 }
                 Ok(Some(CopyEnd::EndOfTimeline))
+            }
+            // A walsender that is shutting down and has sent everything ends the command without CopyDone.
+            Backend::CommandComplete { .. } => {
+                Err(SessionError::ServerEnded { server: self.conn.server().to_string() })
             }
             other => Err(self.conn.unexpected(&other, "during streaming").into()),
         }
@@ -484,6 +610,7 @@ impl<'a> CopyLoop<'a> {
                 }
             }
             pos = Lsn(pos.0 + n as u64);
+            self.unpublished_bytes += n as u64;
             self.positions.set_received(pos);
             if let Some(d) = &self.decoder {
                 self.positions.set_validated(d.validated_up_to());
@@ -496,13 +623,32 @@ impl<'a> CopyLoop<'a> {
         Ok(())
     }
 
-    /// fsync everything written (pending segments and the current one).
+    /// fsync everything written (pending segments and the current one). A writer may hold back part of
+    /// what it wrote (a re-stream whose old `.partial` differs from the new WAL): the synced position stops
+    /// there.
     fn sync(&mut self) -> Result<(), SessionError> {
+        let checked = self.checked();
+        let mut synced = self.positions.received();
         for w in self.pending.iter_mut().chain(self.current.as_mut()) {
-            w.sync()?;
+            let written = w.written_lsn();
+            let safe = w.sync(checked)?;
+            if safe < written {
+                synced = synced.min(safe);
+            }
         }
-        self.positions.set_synced(self.positions.received());
+        self.positions.set_synced(synced);
+        let flushed = self.positions.safe();
+        self.state.send_if_modified(|s| {
+            let changed = s.flushed != Some(flushed);
+            s.flushed = Some(flushed);
+            changed
+        });
         Ok(())
+    }
+
+    /// The end of what validation has passed (everything received when nothing validates).
+    fn checked(&self) -> Lsn {
+        self.decoder.as_ref().map_or(self.positions.received(), WalDecoder::validated_up_to)
     }
 
     /// Rename fully written segments whose every byte is durable and validated.
@@ -515,6 +661,7 @@ impl<'a> CopyLoop<'a> {
             }
             let w = self.pending.remove(0);
             w.close()?; // fsync + rename + directory fsync
+            self.state.send_modify(|s| s.segments_completed += 1);
             tracing::info!("finished segment at {end} (timeline {})", self.timeline);
         }
         Ok(())
@@ -550,9 +697,10 @@ impl<'a> CopyLoop<'a> {
         // What is left is incomplete or not yet validated: it stays `.partial`, and the next start streams
         // it again from its beginning. A compressed stream is ended, so the `.partial` is a valid
         // compressed file, as pg_receivewal leaves it.
+        let checked = self.checked();
         for w in self.pending.drain(..).chain(self.current.take()) {
             tracing::info!("not renaming \"{}\", segment is not complete", w.path().display());
-            w.close_partial()?;
+            w.close_partial(checked)?;
         }
         Ok(())
     }

@@ -5,8 +5,9 @@
 //! password; database `postgres` unless the connection string names one), and falls back to pg_receivewal's
 //! behaviour, with a warning, only when that session is refused.
 
-use crate::conn::{connect, ConnParams, ConnectOptions, PasswordPrompt};
-use crate::protocol::replication::{self as repl, ResultSet};
+use crate::conn::{connect, ConnParams, ConnectOptions, Connection, PasswordPrompt};
+use crate::protocol::replication::{self as repl, ResultSet, SlotInfo};
+use crate::protocol::sqlstate;
 use crate::stream::session::{ServerInfo, SessionError};
 use crate::stream::ReceiveConfig;
 use crate::wal::segment::TimeLineId;
@@ -19,40 +20,85 @@ pub enum SlotStart {
     NoPosition,
 }
 
+/// What the server knows of a slot, as `receive` and `check` both read it.
+pub enum SlotState {
+    Missing,
+    /// The slot exists (type, restart LSN and, on 15+, its timeline).
+    Found(SlotInfo),
+    /// PostgreSQL 13/14 and the normal session to read `pg_replication_slots` was refused: why.
+    Unknown(String),
+}
+
+/// Read a slot: READ_REPLICATION_SLOT on 15+, else `pg_replication_slots` over a normal session with the
+/// same connection settings.
+pub async fn inspect(
+    conn: &mut Connection,
+    params: &ConnParams,
+    connect_options: &ConnectOptions,
+    major: u32,
+    slot: &str,
+) -> Result<SlotState, SessionError> {
+    let server = conn.server().to_string();
+    let rerr = |error| SessionError::Replication { server: server.clone(), error };
+    let Some(cmd) = repl::read_slot(major, slot).map_err(rerr)? else {
+        return Ok(match read_slot_via_sql(params, connect_options, slot).await {
+            Ok(Some((slot_type, restart_lsn))) => {
+                SlotState::Found(SlotInfo { slot_type, restart_lsn, restart_tli: None })
+            }
+            Ok(None) => SlotState::Missing,
+            Err(why) => SlotState::Unknown(why),
+        });
+    };
+    match conn.simple_query(&cmd).await {
+        Ok(rs) => Ok(match repl::parse_read_slot(&rs).map_err(rerr)? {
+            Some(info) => SlotState::Found(info),
+            None => SlotState::Missing,
+        }),
+        // The server refuses READ_REPLICATION_SLOT on a logical slot (feature_not_supported).
+        Err(e)
+            if e.server_error().is_some_and(|se| {
+                se.has_code(sqlstate::FEATURE_NOT_SUPPORTED)
+                    && se.message.contains("logical replication slot")
+            }) =>
+        {
+            Ok(SlotState::Found(SlotInfo {
+                slot_type: "logical".into(),
+                restart_lsn: None,
+                restart_tli: None,
+            }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The slot's start position; an error when it does not exist or is not physical.
 pub async fn slot_start(
-    conn: &mut crate::conn::Connection,
+    conn: &mut Connection,
     cfg: &ReceiveConfig,
     info: &ServerInfo,
     slot: &str,
 ) -> Result<SlotStart, SessionError> {
-    let server = conn.server().to_string();
-    let rerr = |error| SessionError::Replication { server: server.clone(), error };
-    let (slot_type, restart_lsn, restart_tli) = match repl::read_slot(info.major, slot).map_err(rerr)? {
-        Some(cmd) => match repl::parse_read_slot(&conn.simple_query(&cmd).await?).map_err(rerr)? {
-            Some(s) => (s.slot_type, s.restart_lsn, s.restart_tli),
-            None => return Err(missing(slot)),
-        },
-        None => match read_slot_via_sql(&cfg.conn, &cfg.connect, slot).await {
-            Ok(Some((slot_type, lsn))) => (slot_type, lsn, None),
-            Ok(None) => return Err(missing(slot)),
-            Err(why) => {
-                tracing::warn!(
-                    "could not read the position of replication slot \"{slot}\" ({why}); starting at the \
-                     server's current position, as pg_receivewal does on PostgreSQL {}",
-                    info.major
-                );
-                return Ok(SlotStart::NoPosition);
-            }
-        },
+    let found = match inspect(conn, &cfg.conn, &cfg.connect, info.major, slot).await? {
+        SlotState::Found(found) => found,
+        SlotState::Missing => return Err(missing(slot)),
+        SlotState::Unknown(why) => {
+            tracing::warn!(
+                "could not read the position of replication slot \"{slot}\" ({why}); starting at the \
+                 server's current position, as pg_receivewal does on PostgreSQL {}",
+                info.major
+            );
+            return Ok(SlotStart::NoPosition);
+        }
     };
-    if slot_type != "physical" {
+    if found.slot_type != "physical" {
         return Err(SessionError::Fatal(format!(
-            "{server}: replication slot \"{slot}\" is a {slot_type} slot, walkeeper needs a physical one"
+            "{}: replication slot \"{slot}\" is a {} slot, walkeeper needs a physical one",
+            conn.server(),
+            found.slot_type
         )));
     }
-    let Some(lsn) = restart_lsn else { return Ok(SlotStart::NoPosition) };
-    let timeline = match restart_tli {
+    let Some(lsn) = found.restart_lsn else { return Ok(SlotStart::NoPosition) };
+    let timeline = match found.restart_tli {
         Some(tli) => tli,
         None => timeline_for(conn, info, lsn).await?,
     };
@@ -67,7 +113,7 @@ fn missing(slot: &str) -> SessionError {
 
 /// `(slot_type, restart_lsn)` from `pg_replication_slots` over a normal session with the same settings (database
 /// `postgres` unless they name one); None when there is no such slot; Err(reason) when the session cannot be had.
-pub async fn read_slot_via_sql(
+async fn read_slot_via_sql(
     conn: &ConnParams,
     connect_options: &ConnectOptions,
     slot: &str,
@@ -101,7 +147,7 @@ fn parse_slot_row(rs: &ResultSet) -> Result<Option<(String, Option<Lsn>)>, Strin
 
 /// The timeline that holds `lsn`: the current one, or an ancestor named in its history file.
 async fn timeline_for(
-    conn: &mut crate::conn::Connection,
+    conn: &mut Connection,
     info: &ServerInfo,
     lsn: Lsn,
 ) -> Result<TimeLineId, SessionError> {

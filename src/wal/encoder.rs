@@ -60,10 +60,6 @@ impl WalEncoder {
         &self.out
     }
 
-    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.out
-    }
-
     pub fn into_bytes(self) -> Vec<u8> {
         self.out
     }

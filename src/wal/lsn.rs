@@ -28,10 +28,6 @@ impl Lsn {
     pub fn checked_add(self, n: u64) -> Option<Lsn> {
         self.0.checked_add(n).map(Lsn)
     }
-
-    pub fn is_valid(self) -> bool {
-        self.0 != 0
-    }
 }
 
 impl fmt::Display for Lsn {
@@ -48,7 +44,7 @@ impl fmt::Debug for Lsn {
 
 /// The text was not an LSN of the form `X/X` (hexadecimal, each half at most 8 digits).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid LSN {0:?}: expected two hexadecimal numbers separated by '/', like 0/16B3740")]
+#[error("invalid LSN \"{}\": expected two hexadecimal numbers separated by '/', like 0/16B3740", .0.escape_debug())]
 pub struct ParseLsnError(pub String);
 
 impl FromStr for Lsn {

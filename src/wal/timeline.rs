@@ -21,6 +21,27 @@ pub enum HistoryError {
     NotIncreasing { line: usize, timeline: TimeLineId },
     #[error("line {line}: switch point {lsn} goes back before the previous one")]
     SwitchPointBackwards { line: usize, lsn: Lsn },
+    /// The history file of `of` names a timeline that is not older than `of` as an ancestor.
+    #[error(
+        "timeline {timeline} (switch point {lsn}) cannot be an ancestor of timeline {of}: expected a timeline from 1 to {}",
+        of.saturating_sub(1)
+    )]
+    NotAnAncestor { timeline: TimeLineId, lsn: Lsn, of: TimeLineId },
+    /// The history file of a timeline above 1 names no parent.
+    #[error("the history of timeline {0} lists no parent timeline")]
+    NoParent(TimeLineId),
+}
+
+impl HistoryError {
+    /// The switch point the error is about, if any.
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            HistoryError::SwitchPointBackwards { lsn, .. } | HistoryError::NotAnAncestor { lsn, .. } => {
+                Some(*lsn)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Parse the contents of a history file. Entries come back in file order (oldest timeline first).
@@ -48,6 +69,20 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
             }
         }
         entries.push(HistoryEntry { timeline, end });
+    }
+    Ok(entries)
+}
+
+/// Parse the history file of `timeline` (`TTTTTTTT.history`) and check it can be that timeline's: every entry
+/// names an older timeline, and a timeline above 1 has a parent. A file naming a later (or the same)
+/// timeline as its ancestor would send recovery down a history that cannot exist.
+pub fn parse_history_of(timeline: TimeLineId, text: &str) -> Result<Vec<HistoryEntry>, HistoryError> {
+    let entries = parse_history(text)?;
+    if let Some(e) = entries.iter().find(|e| e.timeline == 0 || e.timeline >= timeline) {
+        return Err(HistoryError::NotAnAncestor { timeline: e.timeline, lsn: e.end, of: timeline });
+    }
+    if timeline > 1 && entries.is_empty() {
+        return Err(HistoryError::NoParent(timeline));
     }
     Ok(entries)
 }
@@ -116,10 +151,27 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_history_names_only_older_timelines() {
+        assert_eq!(parse_history_of(3, SAMPLE).unwrap().len(), 2);
+        let e = parse_history_of(2, "# comment\n3\t0/5000000\tx\n").unwrap_err();
+        assert_eq!(e, HistoryError::NotAnAncestor { timeline: 3, lsn: Lsn(0x5000000), of: 2 });
+        assert_eq!(
+            e.to_string(),
+            "timeline 3 (switch point 0/05000000) cannot be an ancestor of timeline 2: expected a timeline from 1 to 1"
+        );
+        assert_eq!(e.lsn(), Some(Lsn(0x5000000)));
+        assert!(matches!(parse_history_of(2, "2\t0/5\n"), Err(HistoryError::NotAnAncestor { .. })));
+        assert!(matches!(parse_history_of(2, "0\t0/5\n"), Err(HistoryError::NotAnAncestor { .. })));
+        assert_eq!(parse_history_of(2, "# nothing\n"), Err(HistoryError::NoParent(2)));
+        assert_eq!(parse_history_of(1, ""), Ok(vec![]));
+    }
+
     proptest! {
         #[test]
-        fn never_panics(s in "(?s).{0,200}") {
+        fn never_panics(s in "(?s).{0,200}", tli: u32) {
             let _ = parse_history(&s);
+            let _ = parse_history_of(tli, &s);
         }
     }
 }

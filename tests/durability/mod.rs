@@ -3,14 +3,12 @@
 //! pg_wal byte for byte.
 #![allow(dead_code)]
 
-use crate::support::{format_lsn, parse_lsn, pg_tool, wait_until, Cluster};
+use crate::support::{format_lsn, parse_lsn, pg_tool, wait_until, walkeeper, Cluster, WALKEEPER};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-pub const WALKEEPER: &str = env!("CARGO_BIN_EXE_walkeeper");
 
 /// A small deterministic PRNG (xorshift64*), seeded from the test so a failing run can be repeated.
 pub struct Rng(u64);
@@ -55,21 +53,12 @@ impl Walkeeper {
     pub fn start(cluster: &Cluster, dir: &Path, extra: &[&str], log: &Path) -> Walkeeper {
         let out = OpenOptions::new().create(true).append(true).open(log).expect("open walkeeper log");
         let err = out.try_clone().unwrap();
-        let mut cmd = Command::new(WALKEEPER);
+        let mut cmd = walkeeper();
         cmd.arg("receive").arg("-D").arg(dir);
         cmd.args(["-h", cluster.host(), "-p", &cluster.port().to_string(), "-U", "postgres", "-v"]);
         cmd.args(extra);
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(|k| k.starts_with("PG")) {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {WALKEEPER}: {e}"));
+        let child =
+            cmd.stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("cannot run {WALKEEPER}: {e}"));
         Walkeeper { child, log: log.to_path_buf() }
     }
 
@@ -303,8 +292,9 @@ pub fn list_archive(dir: &Path, seg_size: u64, comp: Comp) -> Vec<ArchFile> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        // History files, and temporary names (a segment being preallocated): not segments.
-        if name.ends_with(".history") || name.ends_with(".tmp") {
+        // History files, temporary names (a segment being preallocated or streamed again) and the lock
+        // file: not segments.
+        if name.ends_with(".history") || name.ends_with(".tmp") || name == crate::support::LOCK_FILE {
             continue;
         }
         let (base, complete) = match name.strip_suffix(".partial") {

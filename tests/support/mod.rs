@@ -16,12 +16,23 @@
 //! standby.wait_for_replay(end);
 //! ```
 //!
+//! Run the binary with [`walkeeper`] or [`run_walkeeper`] (`bin.rs`: a clean environment, a [`Run`] with the
+//! exit code, both outputs and the one error line); play a misbehaving server with [`fake_walsender`], or
+//! make a real one misbehave through a [`proxy`]. A test that cannot run here calls [`cannot_run`] or
+//! [`require_major`], which fail under CI.
+//!
 //! The whole suite runs against another major with `WALKEEPER_PG_BIN=$PWD/.pg/17/package/native/bin cargo
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+mod bin;
+pub mod fake_walsender;
+pub mod proxy;
+pub mod s3;
 mod tls;
 
+#[allow(unused_imports)] // each test binary uses some of them
+pub use bin::{run_walkeeper, walkeeper, Run, WALKEEPER};
 pub use tls::TestPki;
 
 use std::ffi::CString;
@@ -146,6 +157,21 @@ pub fn cannot_run(reason: &str) {
         panic!("this test could not run, and WALKEEPER_CI is set: {reason}");
     }
     eprintln!("SKIPPED (set WALKEEPER_CI=1 to make this a failure): {reason}");
+}
+
+/// [`PgInstall::for_major`], or [`cannot_run`] when that major is not here: a per-major test that skips a
+/// missing major fails under CI instead of passing without having run.
+pub fn require_major(major: u32) -> Option<PgInstall> {
+    let found = PgInstall::for_major(major);
+    if found.is_none() {
+        cannot_run(&format!("PostgreSQL {major} is not available (run scripts/fetch-postgres.sh {major})"));
+    }
+    found
+}
+
+/// Every major from 13 to 18 that is here, after [`cannot_run`] for each one that is not.
+pub fn require_majors(majors: impl IntoIterator<Item = u32>) -> Vec<PgInstall> {
+    majors.into_iter().filter_map(require_major).collect()
 }
 
 /// Polls `cond` (10 ms, backing off to 100 ms) until it is true or `timeout` passes; returns its last value.
@@ -855,10 +881,16 @@ impl Cluster {
 // Reading an archive directory (independently of walkeeper's own code, as a cross-check)
 // ---------------------------------------------------------------------------------------------------------
 
-/// The file names in `dir`, sorted.
+/// walkeeper's lock file in an archive it writes to: not part of the archive's contents.
+pub const LOCK_FILE: &str = ".walkeeper.lock";
+
+/// The file names in `dir`, sorted, without [`LOCK_FILE`].
 pub fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != LOCK_FILE)
+        .collect();
     v.sort();
     v
 }

@@ -11,12 +11,33 @@
 //! may ever become restore's "not in the archive".
 
 pub mod local;
+pub mod s3;
 
 pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
 
 use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
+
+/// Opens the store at `location`: `s3://BUCKET[/PREFIX]` (endpoint and credentials from the standard AWS
+/// environment, see docs/s3.md), or else a local directory. Other `scheme://` locations are refused rather than
+/// taken for a directory. Makes no request and touches no file: errors show at the first operation.
+pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    if location.starts_with("s3://") {
+        return Ok(Box::new(S3Store::open(location, &S3Options::default())?));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) {
+            return Err(StoreError::Io {
+                op: "open",
+                location: location.to_string(),
+                source: format!("\"{scheme}://\" is not a supported store (s3:// or a directory)").into(),
+            });
+        }
+    }
+    Ok(Box::new(LocalStore::new(location)))
+}
 
 /// One file of a directory or one object of a bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,5 +135,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// object storage.
     fn local_dir(&self) -> Option<&Path> {
         None
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn open_picks_the_store_by_location() {
+        let dir = open("/var/lib/walkeeper/archive").unwrap();
+        assert_eq!(dir.local_dir(), Some(Path::new("/var/lib/walkeeper/archive")));
+        let bucket = open("s3://bucket/wal/main").unwrap();
+        assert_eq!(bucket.location(), "s3://bucket/wal/main");
+        assert_eq!(bucket.location_of("00000002.history"), "s3://bucket/wal/main/00000002.history");
+        assert!(bucket.local_dir().is_none());
+        for (bad, why) in [("gs://bucket/x", "\"gs://\" is not a supported store"), ("s3://", "no bucket")] {
+            let err = open(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("could not open \"{bad}\"")) && err.contains(why), "{err}");
+        }
     }
 }

@@ -1,0 +1,111 @@
+//! What a source publishes about itself, for everyone who watches it from outside the receive loop: the
+//! service's metrics, health and status endpoints, the uploader and the walsender read a
+//! `watch::Receiver<SourceState>`; nobody reaches into the loop (as ripgrep's searcher never knows who prints).
+//!
+//! The receive loop updates it after each batch of messages (positions, the server's end of WAL), after each
+//! sync (the flushed position: durable *and* validated, the only WAL that may be acknowledged or served
+//! downstream), when a segment is completed, and when a session starts or fails. Counters only grow.
+
+use crate::wal::segment::TimeLineId;
+use crate::wal::Lsn;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// Where a source is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Not connected yet.
+    #[default]
+    Starting,
+    /// Connected, before START_REPLICATION (identify, history, slot).
+    Connecting,
+    /// In the CopyBoth loop.
+    Streaming,
+    /// The last session failed; waiting to try again.
+    Retrying,
+    /// The receive loop ended (endpos, signal, a fatal error).
+    Stopped,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Connecting => "connecting",
+            Phase::Streaming => "streaming",
+            Phase::Retrying => "retrying",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// One source's state, as last published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceState {
+    pub phase: Phase,
+    /// When `phase` last changed.
+    pub phase_since: Option<SystemTime>,
+    /// `host:port` of the server of the current (or last) session.
+    pub server: Option<String>,
+    pub server_version: Option<String>,
+    pub system_id: Option<u64>,
+    pub segment_size: Option<u32>,
+    /// Timeline being streamed.
+    pub timeline: Option<TimeLineId>,
+    /// End of the WAL written to the archive's files.
+    pub received: Option<Lsn>,
+    /// End of the WAL that is durable and validated: what the server is told is flushed, and the only WAL
+    /// that may be served downstream.
+    pub flushed: Option<Lsn>,
+    /// The server's end of WAL, as it last reported it.
+    pub server_end: Option<Lsn>,
+    /// When the last message from the server arrived.
+    pub last_message: Option<SystemTime>,
+    /// The error that ended the last failed session (cleared when a session streams again).
+    pub last_error: Option<String>,
+    pub segments_completed: u64,
+    /// WAL bytes received (re-streamed bytes count again).
+    pub received_bytes: u64,
+    /// Sessions that failed and were retried.
+    pub reconnects: u64,
+    /// Sessions that ended on WAL failing validation.
+    pub invalid_wal: u64,
+}
+
+/// The sending side, owned by the receive loop.
+pub type StateSender = watch::Sender<SourceState>;
+
+/// A sender nobody listens to, for `walkeeper receive` run alone.
+pub fn unobserved() -> StateSender {
+    watch::Sender::new(SourceState::default())
+}
+
+/// Set the phase (and its time) if it changed.
+pub fn set_phase(state: &StateSender, phase: Phase) {
+    state.send_if_modified(|s| {
+        if s.phase == phase {
+            return false;
+        }
+        s.phase = phase;
+        s.phase_since = Some(SystemTime::now());
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_changes_are_stamped_once() {
+        let tx = unobserved();
+        let mut rx = tx.subscribe();
+        set_phase(&tx, Phase::Streaming);
+        assert!(rx.has_changed().unwrap());
+        let since = rx.borrow_and_update().phase_since;
+        assert!(since.is_some());
+        set_phase(&tx, Phase::Streaming);
+        assert!(!rx.has_changed().unwrap(), "same phase: no notification");
+        assert_eq!(Phase::Retrying.name(), "retrying");
+    }
+}
