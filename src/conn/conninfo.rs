@@ -670,6 +670,13 @@ const TARGET_SESSION_ATTRS: &[(&str, TargetSessionAttrs)] = &[
     ("prefer-standby", TargetSessionAttrs::PreferStandby),
 ];
 
+impl TargetSessionAttrs {
+    /// The value as a connection string spells it.
+    pub fn name(self) -> &'static str {
+        TARGET_SESSION_ATTRS.iter().find(|(_, a)| *a == self).map_or("any", |(name, _)| name)
+    }
+}
+
 /// The choice named by `value` (exact, case-sensitive, as libpq compares), `default` when unset.
 fn choose<T: Copy>(
     value: Option<&str>,
