@@ -231,7 +231,10 @@ async fn connect_endpoint(
             None => attempt.await,
         };
         match result {
-            Ok(conn) => return Outcome::Connected(Box::new(conn)),
+            Ok(mut conn) => {
+                conn.set_endpoint(endpoint.clone());
+                return Outcome::Connected(Box::new(conn));
+            }
             Err(mut f) => {
                 if let Some(first) = f.first_attempt.take() {
                     failures.push(AttemptFailure {

@@ -41,7 +41,15 @@ struct Answer {
     conn: Connection,
     role: ServerRole,
     timeline: u32,
-    plan: Result<Plan, String>,
+    plan: Result<Plan, PassedOver>,
+}
+
+/// Why a host that answered cannot be streamed from.
+enum PassedOver {
+    /// `target_session_attrs` does not take its role (a standby under read-write: expected).
+    Attrs(String),
+    /// The archive refuses it (`failover::Refusal`).
+    Refused(String),
 }
 
 impl Hunt {
@@ -113,7 +121,8 @@ impl Hunt {
                 continue;
             }
             let (why, level) = match (&a.plan, &newest) {
-                (Err(why), _) => (why.clone(), tracing::Level::WARN),
+                (Err(PassedOver::Attrs(why)), _) => (why.clone(), tracing::Level::INFO),
+                (Err(PassedOver::Refused(why)), _) => (why.clone(), tracing::Level::WARN),
                 (Ok(_), Some((server, timeline))) if *timeline > a.timeline => {
                     (format!("{server} is on the newer timeline {timeline}"), tracing::Level::INFO)
                 }
@@ -157,18 +166,21 @@ async fn look(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
     wanted: &[TargetSessionAttrs],
-) -> Result<(ServerRole, u32, Result<Plan, String>), SessionError> {
+) -> Result<(ServerRole, u32, Result<Plan, PassedOver>), SessionError> {
     conn.set_reply_timeout(cfg.receive_timeout);
     let info = identify(conn).await?;
     let role = server_role(conn).await?;
     let timeline = info.identity.timeline;
     if let Some(reason) = wanted.iter().map(|&w| role.refusal(w)).reduce(|a, b| a.and(b)).flatten() {
         let attrs = cfg.conn.target_session_attrs;
-        return Ok((role, timeline, Err(format!("{reason} (target_session_attrs={})", attrs.name()))));
+        let why = format!("{reason} (target_session_attrs={})", attrs.name());
+        return Ok((role, timeline, Err(PassedOver::Attrs(why))));
     }
     match plan_start(conn, cfg, info, role).await {
         Ok(plan) => Ok((role, timeline, Ok(plan))),
-        Err(SessionError::Refused { refusal, .. }) => Ok((role, timeline, Err(refusal.to_string()))),
+        Err(SessionError::Refused { refusal, .. }) => {
+            Ok((role, timeline, Err(PassedOver::Refused(refusal.to_string()))))
+        }
         Err(e) => Err(e),
     }
 }

@@ -48,7 +48,12 @@ pub async fn inspect(
     let server = conn.server().to_string();
     let rerr = |error| SessionError::Replication { server: server.clone(), error };
     let Some(cmd) = repl::read_slot(major, slot).map_err(rerr)? else {
-        return Ok(match read_slot_via_sql(params, connect_options, slot).await {
+        // The same server as `conn`, whichever host of several it is.
+        let mut params = params.clone();
+        if let Some(endpoint) = conn.endpoint() {
+            params.endpoints = vec![endpoint.clone()];
+        }
+        return Ok(match read_slot_via_sql(&params, connect_options, slot).await {
             Ok(Some((slot_type, restart_lsn))) => {
                 SlotState::Found(SlotInfo { slot_type, restart_lsn, restart_tli: None })
             }
