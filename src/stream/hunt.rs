@@ -102,16 +102,7 @@ impl Hunt {
                 }
             }
         }
-        let chosen = wanted.iter().find_map(|&w| {
-            let fit = |a: &Answer| a.plan.is_ok() && a.role.refusal(w).is_none();
-            // The newest timeline, the first listed among equals.
-            answers
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| fit(a))
-                .max_by_key(|(i, a)| (a.timeline, usize::MAX - i))
-        });
-        let chosen = chosen.map(|(i, _)| i);
+        let chosen = choose(answers.iter().map(|a| (a.role, a.timeline, a.plan.is_ok())), &wanted);
         let newest = chosen.map(|i| (answers[i].conn.server().to_string(), answers[i].timeline));
         let mut found = None;
         for (i, a) in answers.into_iter().enumerate() {
@@ -160,6 +151,19 @@ impl Hunt {
     }
 }
 
+/// Which host to stream from, of those that answered as (role, timeline, the archive can continue there):
+/// in the first pass of `target_session_attrs` that takes any, the newest timeline, the first listed among
+/// equals.
+fn choose(
+    answers: impl Iterator<Item = (ServerRole, u32, bool)> + Clone,
+    wanted: &[TargetSessionAttrs],
+) -> Option<usize> {
+    wanted.iter().find_map(|&w| {
+        let fit = answers.clone().enumerate().filter(|(_, (role, _, ok))| *ok && role.refusal(w).is_none());
+        fit.max_by_key(|&(i, (_, timeline, _))| (timeline, std::cmp::Reverse(i))).map(|(i, _)| i)
+    })
+}
+
 /// What a host is: its role and timeline, and its plan — or why it cannot be streamed from: no pass of
 /// `target_session_attrs` takes its role, or the archive refuses it.
 async fn look(
@@ -182,5 +186,40 @@ async fn look(
             Ok((role, timeline, Err(PassedOver::Refused(refusal.to_string()))))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TargetSessionAttrs::*;
+
+    const PRIMARY: ServerRole = ServerRole { in_recovery: Some(false), read_only: false };
+    const STANDBY: ServerRole = ServerRole { in_recovery: Some(true), read_only: true };
+
+    fn pick(answers: &[(ServerRole, u32, bool)], attrs: TargetSessionAttrs) -> Option<usize> {
+        choose(answers.iter().copied(), &passes(attrs))
+    }
+
+    #[test]
+    fn the_newest_timeline_that_qualifies_wins() {
+        // The old primary restarted without a rewind, listed first, and the promoted standby.
+        let after_failover = [(PRIMARY, 1, true), (PRIMARY, 2, true), (STANDBY, 2, true)];
+        assert_eq!(pick(&after_failover, ReadWrite), Some(1));
+        // Refused by the archive: passed over whatever its timeline.
+        assert_eq!(pick(&[(PRIMARY, 1, true), (PRIMARY, 3, false)], ReadWrite), Some(0));
+        // Among equals, the first listed.
+        assert_eq!(pick(&[(STANDBY, 2, true), (PRIMARY, 2, true), (PRIMARY, 2, true)], ReadWrite), Some(1));
+        assert_eq!(pick(&[(STANDBY, 2, true), (PRIMARY, 2, true)], Any), Some(0));
+        // Nothing qualifies: standbys only, under read-write.
+        assert_eq!(pick(&[(STANDBY, 1, true), (STANDBY, 1, true)], ReadWrite), None);
+        assert_eq!(pick(&[], ReadWrite), None);
+    }
+
+    #[test]
+    fn prefer_standby_takes_a_standby_first_then_anything() {
+        assert_eq!(pick(&[(PRIMARY, 2, true), (STANDBY, 2, true)], PreferStandby), Some(1));
+        assert_eq!(pick(&[(PRIMARY, 2, true), (STANDBY, 2, false)], PreferStandby), Some(0));
+        assert_eq!(pick(&[(PRIMARY, 3, true), (STANDBY, 2, true)], Standby), Some(1));
     }
 }

@@ -199,23 +199,9 @@ pub async fn plan_start(
     Ok(Plan { info, role, start, timeline, tail })
 }
 
-/// Connect's follow-up: plan, then stream until stopped (endpos, signal) or an error. `shutdown` flips to
-/// true on SIGINT/SIGTERM.
-pub async fn run_session(
-    conn: &mut Connection,
-    cfg: &ReceiveConfig,
-    shutdown: &mut watch::Receiver<bool>,
-    validation_failures: &mut Option<(Lsn, u32)>,
-    state: &StateSender,
-) -> Result<Stopped, SessionError> {
-    set_phase(state, Phase::Connecting);
-    state.send_modify(|s| s.server = Some(conn.server().to_string()));
-    let plan = plan(conn, cfg).await?;
-    run_planned(conn, cfg, plan, shutdown, validation_failures, state).await
-}
-
 /// Stream from a planned server: say where, create the slot if asked to, report the diverged tail left
-/// behind, then stream until stopped or an error.
+/// behind, then stream until stopped (endpos, signal: `shutdown` flips to true on SIGINT/SIGTERM) or an
+/// error.
 pub async fn run_planned(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
@@ -248,9 +234,9 @@ pub async fn run_planned(
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
     if let (Some(slot), true) = (&cfg.slot, cfg.create_slot) {
         if create_if_missing(conn, info.major, slot).await? {
-            tracing::info!(
-                "{}: created replication slot \"{slot}\" (physical, reserving WAL from the server's last \
-                 checkpoint)",
+            tracing::warn!(
+                "{}: replication slot \"{slot}\" was missing; created it (physical, reserving WAL from the \
+                 server's last checkpoint on)",
                 conn.server()
             );
         }
