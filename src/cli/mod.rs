@@ -123,10 +123,7 @@ pub fn resolve_conn_with_default_attrs(
     prog: &Prog,
     attrs: &str,
 ) -> Result<ConnParams, Exit> {
-    let env = |var: &str| {
-        conninfo::process_env(var).or_else(|| (var == "PGTARGETSESSIONATTRS").then(|| attrs.to_string()))
-    };
-    resolve_conn_env(args, prog, &env)
+    resolve_conn_env(args, prog, &conninfo::with_default_target_session_attrs(&conninfo::process_env, attrs))
 }
 
 fn resolve_conn_env(
