@@ -30,12 +30,9 @@ use durability::{replication_row, reported_write, Walkeeper};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use support::{
-    chown_to_server, parse_lsn, run_as_server_user, wait_until, walkeeper, Cluster, PgInstall, Run,
-};
+use support::{parse_lsn, run_as_server_user, wait_until, walkeeper, Cluster, PgInstall, Run};
 
 /// Walkeeper must stream from a newly promoted server within this long (a functional bound; see the module
 /// docs): generous, because the machine is shared and several servers start at once.
@@ -62,12 +59,7 @@ struct Archive {
 
 impl Archive {
     fn new() -> Archive {
-        let root = tempfile::Builder::new().prefix("walkeeper-failover-").tempdir_in("/tmp").unwrap();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        fs::create_dir(root.path().join("archive")).unwrap();
-        chown_to_server(root.path());
-        chown_to_server(&root.path().join("archive"));
-        Archive { root }
+        Archive { root: support::server_owned_archive("walkeeper-failover-") }
     }
 
     fn dir(&self) -> PathBuf {
@@ -181,6 +173,37 @@ impl Rows {
     }
 }
 
+/// What a failover with the archive ahead of the promoted standby lost.
+struct Lost {
+    /// The time of the last commit the standby never had.
+    last_commit: String,
+    /// The old primary's end of WAL.
+    end: u64,
+    /// Seconds from the promotion until walkeeper streamed from the promoted standby.
+    took: f64,
+}
+
+/// The archive gets ahead of `standby`: a few shared commits, then the standby is cut off from `primary`,
+/// which commits `lost` = (phase, transactions, bytes each) that walkeeper receives; the primary dies and the
+/// standby is promoted.
+fn diverge_and_fail_over(
+    primary: &mut Cluster,
+    standby: &Cluster,
+    wk: &Walkeeper,
+    rows: &mut Rows,
+    lost: (&str, u32, usize),
+) -> Lost {
+    rows.commit(primary, &lost.0.replace("lost", "shared"), 3, 20_000);
+    standby.wait_for_replay(primary.current_lsn());
+    cut_off(standby, primary);
+    let last_commit = rows.commit(primary, lost.0, lost.1, lost.2);
+    wait_received(primary, wk);
+    let end = flush_lsn(primary);
+    primary.crash();
+    let took = promote_and_follow(standby, wk);
+    Lost { last_commit, end, took }
+}
+
 /// The switch points of a history file: timeline → where it ended.
 fn history_ends(text: &str) -> BTreeMap<u32, u64> {
     text.lines()
@@ -238,14 +261,8 @@ fn failover_chain(install: &PgInstall) {
     let mut took = Vec::new();
 
     // 1. Timeline 1 → 2: the archive ahead by several complete segments.
-    rows.commit(&p, "shared-1", 3, 50_000);
-    s1.wait_for_replay(p.current_lsn());
-    cut_off(&s1, &p);
-    let lost1_time = rows.commit(&p, "lost-1", 20, 200_000);
-    wait_received(&p, &wk);
-    let lost1_end = flush_lsn(&p);
-    p.crash();
-    took.push(promote_and_follow(&s1, &wk));
+    let lost1 = diverge_and_fail_over(&mut p, &s1, &wk, &mut rows, ("lost-1", 20, 200_000));
+    took.push(lost1.took);
     rows.commit(&s1, "after-1", 3, 20_000);
     // `check` sees the five hosts: the old primary down, the new one, three standbys now on timeline 2.
     let check =
@@ -282,16 +299,10 @@ fn failover_chain(install: &PgInstall) {
     assert!(!streaming_from(&p));
     p.crash();
 
-    // 2. Timeline 2 → 3: the archive ahead within one segment.
+    // 2. Timeline 2 → 3: the archive ahead within one segment (a fresh one).
     s1.switch_wal();
-    rows.commit(&s1, "shared-2", 2, 10_000);
-    s2.wait_for_replay(s1.current_lsn());
-    cut_off(&s2, &s1);
-    let lost2_time = rows.commit(&s1, "lost-2", 5, 1_000);
-    wait_received(&s1, &wk);
-    let lost2_end = flush_lsn(&s1);
-    s1.crash();
-    took.push(promote_and_follow(&s2, &wk));
+    let lost2 = diverge_and_fail_over(&mut s1, &s2, &wk, &mut rows, ("lost-2", 5, 1_000));
+    took.push(lost2.took);
     rows.commit(&s2, "after-2", 3, 20_000);
 
     // 3. Timeline 3 → 4: the standby had everything.
@@ -318,7 +329,7 @@ fn failover_chain(install: &PgInstall) {
         support::format_lsn(history_ends(&fs::read_to_string(s1.wal_segment_path("00000002.history")).unwrap())[&1])
     );
     let warning = log.lines().find(|l| l.contains(&warned)).unwrap_or_else(|| panic!("{warned}\n{log}"));
-    assert!(warning.contains(&format!(", 20 commits, the last at {lost1_time} in ")), "{warning}");
+    assert!(warning.contains(&format!(", 20 commits, the last at {} in ", lost1.last_commit)), "{warning}");
     for server in [&s1, &s2, &s3, &s4] {
         let created =
             format!("127.0.0.1:{}: replication slot \"arch\" was missing; created it", server.port());
@@ -349,8 +360,8 @@ fn failover_chain(install: &PgInstall) {
         "{t1:#}"
     );
     assert_eq!(t1["commits"], 20, "{t1:#}");
-    assert_eq!(t1["last_commit"], lost1_time.as_str(), "{t1:#}");
-    assert!(parse_lsn(t1["to"].as_str().unwrap()) <= lost1_end, "{t1:#}");
+    assert_eq!(t1["last_commit"], lost1.last_commit.as_str(), "{t1:#}");
+    assert!(parse_lsn(t1["to"].as_str().unwrap()) <= lost1.end, "{t1:#}");
     assert!(t1["bytes"].as_u64().unwrap() > 3 << 20 && t1["files"].as_array().unwrap().len() >= 4, "{t1:#}");
     let t2 = tail(2);
     assert_eq!(
@@ -360,11 +371,11 @@ fn failover_chain(install: &PgInstall) {
     );
     assert_eq!(
         (t2["commits"].as_u64(), t2["last_commit"].as_str()),
-        (Some(5), Some(lost2_time.as_str())),
+        (Some(5), Some(lost2.last_commit.as_str())),
         "{t2:#}"
     );
     assert_eq!(t2["files"].as_array().unwrap().len(), 1, "within one segment: {t2:#}");
-    assert!(parse_lsn(t2["to"].as_str().unwrap()) <= lost2_end, "{t2:#}");
+    assert!(parse_lsn(t2["to"].as_str().unwrap()) <= lost2.end, "{t2:#}");
     // The standby had everything, the switchover lost nothing: no transaction past those forks.
     for t in tails.iter().filter(|t| t["timeline"] != 1 && t["timeline"] != 2) {
         assert_eq!(t["commits"], 0, "{t:#}");

@@ -8,7 +8,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -29,14 +28,7 @@ struct ArchiveDir {
 
 impl ArchiveDir {
     fn new() -> ArchiveDir {
-        let root = tempfile::Builder::new().prefix("walkeeper-pitr-").tempdir_in("/tmp").unwrap();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let archive = root.path().join("archive");
-        fs::create_dir(&archive).unwrap();
-        fs::set_permissions(&archive, fs::Permissions::from_mode(0o755)).unwrap();
-        chown_to_server(root.path());
-        chown_to_server(&archive);
-        ArchiveDir { root }
+        ArchiveDir { root: support::server_owned_archive("walkeeper-pitr-") }
     }
 
     fn path(&self) -> PathBuf {

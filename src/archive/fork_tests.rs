@@ -1,10 +1,9 @@
 use super::*;
 use crate::archive::catalog::SegmentSize;
-use crate::archive::compress::Compressor;
 use crate::archive::store::LocalStore;
 use crate::wal::encoder::WalEncoder;
 use crate::wal::records::{RM_XACT_ID, XLOG_XACT_COMMIT};
-use crate::wal::segment::{SegmentId, WalFileName};
+use crate::wal::segment::SegmentId;
 use std::path::Path;
 
 const SEG: u32 = 1 << 20;
@@ -19,20 +18,7 @@ fn put(dir: &Path, e: &WalEncoder, n: u64, file: &str) {
     let off = ((n - 1) * u64::from(SEG)) as usize;
     let mut seg = e.bytes()[off.min(e.bytes().len())..(off + SEG as usize).min(e.bytes().len())].to_vec();
     seg.resize(SEG as usize, 0);
-    let Some(WalFileName::Segment { compression, partial, .. }) = WalFileName::parse(file) else { panic!() };
-    let out = match Compressor::new(compression, None).unwrap() {
-        None => seg,
-        Some(mut c) => {
-            c.write(&seg).unwrap();
-            if partial {
-                c.sync_flush().unwrap();
-                std::mem::take(c.output())
-            } else {
-                c.finish().unwrap()
-            }
-        }
-    };
-    std::fs::write(dir.join(file), out).unwrap();
+    crate::archive::catalog::write_wal_file(dir, file, &seg);
 }
 
 fn commit(e: &mut WalEncoder, time: i64) -> u64 {

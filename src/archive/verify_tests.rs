@@ -1,8 +1,6 @@
 use super::*;
-use crate::archive::compress::Compressor;
 use crate::archive::store::LocalStore;
 use crate::wal::encoder::WalEncoder;
-use crate::wal::segment::WalFileName;
 use std::path::Path;
 
 fn verify_dir(dir: &Path) -> Result<Report, StoreError> {
@@ -40,23 +38,7 @@ fn put(dir: &Path, e_bytes: &[u8], first: u64, n: u64, file: &str) {
 }
 
 fn write_file(dir: &Path, file: &str, bytes: &[u8]) {
-    let Some(WalFileName::Segment { compression, partial, .. }) = WalFileName::parse(file) else {
-        std::fs::write(dir.join(file), bytes).unwrap();
-        return;
-    };
-    let out = match Compressor::new(compression, None).unwrap() {
-        None => bytes.to_vec(),
-        Some(mut c) => {
-            c.write(bytes).unwrap();
-            if partial {
-                c.sync_flush().unwrap();
-                std::mem::take(c.output())
-            } else {
-                c.finish().unwrap()
-            }
-        }
-    };
-    std::fs::write(dir.join(file), out).unwrap();
+    crate::archive::catalog::write_wal_file(dir, file, bytes);
 }
 
 /// Timeline 1: segments 1..=3 complete, 4 partial (WAL ends inside it).

@@ -850,6 +850,19 @@ pub fn chown_to_server(path: &Path) {
     give_to_server(path);
 }
 
+/// A temporary directory under /tmp (named `prefix…`) holding an empty `archive/`, both owned by the server
+/// user and readable by all: where a walkeeper run as that user archives and `restore_command` reads.
+pub fn server_owned_archive(prefix: &str) -> tempfile::TempDir {
+    let root = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap();
+    let archive = root.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    for dir in [root.path(), archive.as_path()] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        give_to_server(dir);
+    }
+    root
+}
+
 impl Cluster {
     /// A base backup of this running cluster (pg_basebackup, fast checkpoint, `-X none`: no WAL in it, so
     /// recovery needs every segment from an archive) as a new, stopped cluster with the same options. Start
