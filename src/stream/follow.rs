@@ -4,6 +4,7 @@
 //! or after the server is lost — never the 1 to 30 s backoff, which stays for failures of the archive.
 
 use crate::conn::{connect, Connection};
+use crate::protocol::sqlstate;
 use crate::stream::hunt::Hunt;
 use crate::stream::session::{plan, run_planned, Plan, SessionError, Stopped};
 use crate::stream::state::{set_phase, Phase, StateSender};
@@ -44,13 +45,16 @@ impl ReceiveError {
     fn ends_in_hunting(&self) -> bool {
         match self {
             ReceiveError::NoServer(_) | ReceiveError::Connect(_) => true,
+            // A server that answered with an error (a slot in use, say) would say the same a second later,
+            // unless it is going away.
+            ReceiveError::Session(SessionError::Conn(c)) => {
+                c.server_error().is_none_or(|se| se.code.starts_with(sqlstate::CLASS_OPERATOR_INTERVENTION))
+            }
             ReceiveError::Session(e) => matches!(
                 e,
-                SessionError::Conn(_)
-                    | SessionError::ServerEnded { .. }
+                SessionError::ServerEnded { .. }
                     | SessionError::ReceiveTimeout { .. }
                     | SessionError::Refused { .. }
-                    | SessionError::NotReady(_)
             ),
             ReceiveError::PersistentInvalidWal { .. } => false,
         }
@@ -194,6 +198,31 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hunting_follows_a_lost_server_not_a_server_that_says_no() {
+        let conn = |e: crate::conn::ConnError| ReceiveError::Session(SessionError::from(e));
+        let server_error = |code: &str| {
+            let error = crate::protocol::messages::ServerError {
+                severity: "FATAL".into(),
+                code: code.into(),
+                message: "x".into(),
+                detail: None,
+                hint: None,
+            };
+            conn(crate::conn::ConnError::Server { server: "db1:5432".into(), error })
+        };
+        assert!(conn(crate::conn::ConnError::Closed { server: "db1:5432".into() }).ends_in_hunting());
+        assert!(
+            server_error("57P01").ends_in_hunting(),
+            "terminating connection due to administrator command"
+        );
+        assert!(!server_error("55006").ends_in_hunting(), "replication slot is active");
+        assert!(ReceiveError::NoServer(vec![]).ends_in_hunting());
+        let ended = ReceiveError::Session(SessionError::ServerEnded { server: "db1:5432".into() });
+        assert!(ended.ends_in_hunting());
+        assert!(!ReceiveError::Session(SessionError::NotReady("slot".into())).ends_in_hunting());
+    }
 
     #[test]
     fn backoff_doubles_up_to_thirty_seconds() {
