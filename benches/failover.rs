@@ -62,10 +62,21 @@ fn round(bin: &Path) -> Round {
     );
     let mut cmd = Command::new(bin);
     cmd.arg("receive").arg("-D").arg(dir.path()).args(["--failover", "-S", "arch", "-w", "-d", &conninfo]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).current_dir(dir.path());
+    let log = dir.path().join("receive.log");
+    let out = std::fs::File::create(&log).expect("receive.log");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .current_dir(dir.path())
+        .env("HOME", dir.path());
     run_as_server_user(&mut cmd);
     let mut child: Child = cmd.spawn().expect("start walkeeper");
-    assert!(wait_until(Duration::from_secs(60), || streaming_from(&primary)), "walkeeper did not start");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(60), || streaming_from(&primary)),
+        "walkeeper did not start:\n{}",
+        log_text()
+    );
     for i in 0..20 {
         primary.psql(&format!(
             "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, {}) g",
@@ -87,7 +98,9 @@ fn round(bin: &Path) -> Round {
     });
     let _ = child.kill();
     let _ = child.wait();
-    let at = streaming_at.expect("walkeeper did not stream from the promoted standby within 60 s");
+    let at = streaming_at.unwrap_or_else(|| {
+        panic!("walkeeper did not stream from the promoted standby within 60 s:\n{}", log_text())
+    });
     Round {
         from_promote: at.duration_since(promoted_at).as_secs_f64(),
         from_writable: at.saturating_duration_since(writable_at).as_secs_f64(),
