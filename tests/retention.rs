@@ -301,3 +301,63 @@ fn a_directory_the_service_holds_is_refused() {
         "walkeeper: warning: nothing removed: no restorable base backup found in the WAL\n"
     );
 }
+
+/// The same retention over an S3 bucket (a real SeaweedFS): a real archive uploaded object by object, the
+/// backups found through the store (the index kept as an object), keep_min_age read from the objects'
+/// last-modified times, and exactly the objects before the newest backup's start deleted.
+#[test]
+fn over_a_bucket() {
+    use std::time::{Duration, SystemTime};
+    use walkeeper::archive::retention::{run, Policy};
+    use walkeeper::archive::store::{S3Store, Store};
+    let Some(s3) = support::s3::S3Cluster::start() else { return };
+    let primary = Cluster::builder().segment_size_mb(1).start();
+    let archive = ArchiveDir::new();
+    create_slot(&archive, &primary, "keep");
+    let mut rx = Receiver::start(&archive, &primary, &["-S", "keep"]);
+    primary.psql("CREATE TABLE kept (id int PRIMARY KEY)");
+    let first = take_backup(&primary);
+    primary.generate_wal(3);
+    let newest = take_backup(&primary);
+    primary.generate_wal(1);
+    let last = primary.switch_wal();
+    rx.wait_archived(&archive, &last);
+    rx.stop();
+    let bucket = S3Store::open(&s3.url("retention"), &s3.options()).unwrap();
+    let names: Vec<String> = archive.files().into_iter().filter(|f| !f.starts_with('.')).collect();
+    for name in &names {
+        let data = fs::read(archive.path().join(name)).unwrap();
+        match name.ends_with(".partial") {
+            true => bucket.put_replace(name, &data).unwrap(),
+            false => assert!(bucket.put_new(name, &data).is_ok(), "{name}"),
+        }
+    }
+    let st = walkeeper::archive::status::status(&bucket).unwrap();
+    let starts: Vec<u64> = st.backups.found.iter().map(|b| parse_lsn(&b.start_lsn)).collect();
+    assert_eq!(starts, [first.start, newest.start], "{:?}", st.backups);
+    assert!(bucket.stat(".walkeeper-backups").unwrap().is_some(), "the index is an object");
+
+    let policy = Policy { keep_backups: 1, keep_min_age: Duration::from_secs(3600), floor: None };
+    let expected = complete_below(&names, newest.start / primary.segment_size());
+    let young = run(&bucket, &policy, false, SystemTime::now()).unwrap();
+    assert_eq!(
+        (young.plan.remove.len(), young.plan.kept_young),
+        (0, expected.len()),
+        "{}",
+        young.plan.summary()
+    );
+    assert_eq!(young.found.segments_decoded, 0, "the index object was read");
+
+    let done =
+        run(&bucket, &Policy { keep_min_age: Duration::ZERO, ..policy }, false, SystemTime::now()).unwrap();
+    assert_eq!(
+        done.plan.remove.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{}",
+        done.plan.summary()
+    );
+    let left: BTreeSet<String> = bucket.list().unwrap().into_iter().map(|e| e.name).collect();
+    let mut want: BTreeSet<String> = names.iter().filter(|n| !expected.contains(*n)).cloned().collect();
+    want.insert(".walkeeper-backups".into());
+    assert_eq!(left, want);
+}
