@@ -4,7 +4,9 @@
 //! must remove exactly the segment files before the start of the N-th newest backup — and a point-in-time
 //! recovery from that backup must still work afterwards, every row there. Across a failover (timeline 1,
 //! then 2) the same, and a backup taken from a standby is invisible (it writes no backup-end record). A
-//! directory held by `walkeeper service` is refused.
+//! directory held by `walkeeper service` is refused. On every major 13–18, a backup through the SQL functions
+//! is listed with `pg_backup_start()`'s and `pg_backup_stop()`'s LSNs; over an S3 bucket (SeaweedFS), the
+//! same retention through the store.
 
 mod support;
 
@@ -24,27 +26,24 @@ struct Taken {
     start: u64,
     checkpoint: u64,
     end: u64,
-    /// Unix seconds: the server's clock before and after the backup, and pg_control_checkpoint()'s
-    /// checkpoint time right after it when its redo pointer is the backup's start.
-    before: i64,
-    after: i64,
-    control_time: Option<i64>,
+    /// pg_control_checkpoint()'s checkpoint time right after it (Unix seconds): the backup's own
+    /// checkpoint is the latest, the next timed one comes checkpoint_timeout later.
+    checkpoint_time: i64,
 }
 
-fn epoch(server: &Cluster) -> i64 {
-    server.psql("SELECT extract(epoch FROM clock_timestamp())::bigint").parse().unwrap()
+/// A timestamp (as status prints it) in Unix seconds, as the server reads it.
+fn epoch_of(server: &Cluster, time: &str) -> i64 {
+    server.psql(&format!("SELECT extract(epoch FROM '{time}'::timestamptz)::bigint")).parse().unwrap()
 }
 
 /// `pg_basebackup -X none` of `server`, and its facts.
 fn take_backup(server: &Cluster) -> Taken {
-    let before = epoch(server) - 1;
     let cluster = server.base_backup();
     let (redo, control_time) = server
         .psql("SELECT redo_lsn || ' ' || extract(epoch FROM checkpoint_time)::bigint FROM pg_control_checkpoint()")
         .split_once(' ')
         .map(|(l, t)| (parse_lsn(l), t.parse::<i64>().unwrap()))
         .unwrap();
-    let after = epoch(server) + 1;
     let label = fs::read_to_string(cluster.data_dir().join("backup_label")).unwrap();
     let field = |key: &str| {
         let line = label.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("{key} in {label}"));
@@ -57,9 +56,8 @@ fn take_backup(server: &Cluster) -> Taken {
     let range = &manifest["WAL-Ranges"][0];
     assert_eq!(parse_lsn(range["Start-LSN"].as_str().unwrap()), start, "{manifest}");
     let end = parse_lsn(range["End-LSN"].as_str().unwrap());
-    // A timed checkpoint may have come since (rarely): then only the clock bounds the time.
-    let control_time = (redo == start).then_some(control_time);
-    Taken { cluster, start, checkpoint, end, before, after, control_time }
+    assert_eq!(redo, start, "the latest checkpoint is the backup's");
+    Taken { cluster, start, checkpoint, end, checkpoint_time: control_time }
 }
 
 fn status_json(archive: &Path) -> serde_json::Value {
@@ -80,15 +78,7 @@ fn assert_status_lists(server: &Cluster, archive: &Path, taken: &[&Taken]) -> se
             (t.start, t.end, t.checkpoint),
             "{f}"
         );
-        let time = f["checkpoint_time"].as_str().unwrap();
-        let secs: i64 = server
-            .psql(&format!("SELECT extract(epoch FROM '{time}'::timestamptz)::bigint"))
-            .parse()
-            .unwrap();
-        match t.control_time {
-            Some(control) => assert_eq!(secs, control, "{f}"),
-            None => assert!((t.before..=t.after).contains(&secs), "{f}: {} .. {}", t.before, t.after),
-        }
+        assert_eq!(epoch_of(server, f["checkpoint_time"].as_str().unwrap()), t.checkpoint_time, "{f}");
         assert_eq!(f["restorable"], true, "{f}");
     }
     st
@@ -119,6 +109,78 @@ fn cleanup(archive: &Path, args: &[&str]) -> Run {
     let mut all = vec!["cleanup", "-D", archive.to_str().unwrap()];
     all.extend_from_slice(args);
     run_walkeeper(&all)
+}
+
+/// `pg_backup_start()`/`pg_backup_stop()` (13/14: `pg_start_backup`/`pg_stop_backup`) in one psql session
+/// reading its script from stdin, the control file's checkpoint read in between: (start, checkpoint LSN,
+/// redo LSN, checkpoint time in Unix seconds, stop LSN).
+fn sql_backup(server: &Cluster) -> (u64, u64, u64, i64, u64) {
+    let (start, stop) = match server.major() >= 15 {
+        true => ("pg_backup_start('retention', true)", "pg_backup_stop()"),
+        false => ("pg_start_backup('retention', true, false)", "pg_stop_backup(false)"),
+    };
+    let script = format!(
+        "SELECT {start};\n\
+         SELECT checkpoint_lsn, redo_lsn, extract(epoch FROM checkpoint_time)::bigint FROM pg_control_checkpoint();\n\
+         SELECT lsn FROM {stop};\n"
+    );
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        server.socket_dir().display(),
+        server.port()
+    );
+    let mut child = std::process::Command::new(support::pg_tool("psql"))
+        .args(["-X", "-A", "-t", "-q", "-F", " ", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "psql: {}{text}", String::from_utf8_lossy(&out.stderr));
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words.len(), 5, "{text}");
+    (
+        parse_lsn(words[0]),
+        parse_lsn(words[1]),
+        parse_lsn(words[2]),
+        words[3].parse().unwrap(),
+        parse_lsn(words[4]),
+    )
+}
+
+/// On every major: a backup through the SQL functions while receive streams; status gives pg_backup_start's
+/// LSN, the control file's checkpoint, and pg_backup_stop's LSN.
+#[test]
+fn status_agrees_with_pg_backup_stop_on_every_major() {
+    for install in support::require_majors(13..=18) {
+        let major = install.major;
+        let server = Cluster::builder().install(&install).segment_size_mb(1).start();
+        let archive = ArchiveDir::new();
+        create_slot(&archive, &server, "keep");
+        let rx = Receiver::start(&archive, &server, &["-S", "keep"]);
+        server.generate_wal(1);
+        let (start, checkpoint, redo, time, stop) = sql_backup(&server);
+        let last = server.switch_wal();
+        rx.wait_archived(&archive, &last);
+        let st = status_json(&archive.path());
+        let found = st["backups"]["found"].as_array().unwrap();
+        assert_eq!(found.len(), 1, "PostgreSQL {major}: {:#}", st["backups"]);
+        let f = &found[0];
+        let lsn = |key: &str| parse_lsn(f[key].as_str().unwrap());
+        assert_eq!((lsn("start_lsn"), lsn("end_lsn")), (start, stop), "PostgreSQL {major}: {f}");
+        assert_eq!(f["restorable"], true, "PostgreSQL {major}: {f}");
+        // The backup's own checkpoint is the latest (the next timed one comes checkpoint_timeout later).
+        assert_eq!(redo, start, "PostgreSQL {major}");
+        let secs = epoch_of(&server, f["checkpoint_time"].as_str().unwrap());
+        assert_eq!((lsn("checkpoint_lsn"), secs), (checkpoint, time), "PostgreSQL {major}: {f}");
+        eprintln!(
+            "PostgreSQL {major}: backup {} .. {} found as pg_backup_stop() says",
+            f["start_lsn"], f["end_lsn"]
+        );
+    }
 }
 
 /// Backups at three points; keep 2: exactly the WAL before the start of the second newest goes, and a
