@@ -21,9 +21,9 @@ pub struct ServiceArgs {
 
 pub fn run(args: ServiceArgs, prog: &Prog) -> Result<(), Exit> {
     if let Some(url) = &args.health_check {
-        return match crate::cli::block_on(crate::service::http::probe(url)) {
-            Ok(200) => Ok(()),
-            Ok(code) => Err(Exit::error(prog, &format!("{url} answered {code}"))),
+        return match crate::cli::block_on(crate::service::http::get(url)) {
+            Ok((200, _)) => Ok(()),
+            Ok((code, _)) => Err(Exit::error(prog, &format!("{url} answered {code}"))),
             Err(e) => Err(Exit::error(prog, &e)),
         };
     }

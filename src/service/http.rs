@@ -1,13 +1,13 @@
 //! The HTTP endpoints (axum, on the service's main runtime — never on a source's thread): `/metrics`
-//! (Prometheus text format), `/health` (200 or 503 with JSON), `/status` (JSON), `/` (their list). And the
-//! client side of `/health` for container health checks: [`probe`], a plain HTTP/1.1 GET.
+//! (Prometheus text format), `/health` (200 or 503 with JSON), `/status` (JSON), `/` (their list). And a
+//! client, [`get`]: a plain HTTP/1.1 GET, for container health checks and the demo.
 
 use crate::service::shared::Shared;
 use crate::service::{health, metrics, status};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing;
 use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +17,10 @@ const JSON: &str = "application/json";
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/", get(index))
-        .route("/metrics", get(metrics_page))
-        .route("/health", get(health_page))
-        .route("/status", get(status_page))
+        .route("/", routing::get(index))
+        .route("/metrics", routing::get(metrics_page))
+        .route("/health", routing::get(health_page))
+        .route("/status", routing::get(status_page))
         .with_state(shared)
 }
 
@@ -63,11 +63,15 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     text
 }
 
-/// How long [`probe`] waits for the whole answer.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`get`] waits for the whole answer.
+pub const GET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// GET `url` (`http://HOST:PORT/PATH`) and return the status code: a health check without curl.
-pub async fn probe(url: &str) -> Result<u16, String> {
+/// Answers are read up to this many bytes (a /metrics page of a thousand sources fits).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// GET `url` (`http://HOST:PORT/PATH`, HTTP/1.1, `Connection: close`): the status code and the body. A
+/// client without curl for container health checks (`walkeeper service --health-check URL`) and the demo.
+pub async fn get(url: &str) -> Result<(u16, String), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| format!("\"{url}\" is not an http:// URL"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
@@ -80,26 +84,22 @@ pub async fn probe(url: &str) -> Result<u16, String> {
         let mut stream = tokio::net::TcpStream::connect(authority).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
-        // The status line is all we need; read a bounded amount.
-        let mut head = vec![0u8; 512];
-        let mut len = 0;
-        while len < head.len() && !head[..len].contains(&b'\n') {
-            match stream.read(&mut head[len..]).await? {
-                0 => break,
-                n => len += n,
-            }
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..len]).into_owned())
+        let mut answer = Vec::new();
+        stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
     };
-    let head = tokio::time::timeout(PROBE_TIMEOUT, exchange)
+    let answer = tokio::time::timeout(GET_TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("{url}: no answer within {} seconds", PROBE_TIMEOUT.as_secs()))?
+        .map_err(|_| format!("{url}: no answer within {} seconds", GET_TIMEOUT.as_secs()))?
         .map_err(|e| format!("{url}: {}", crate::protocol::codec::os_error(&e)))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
         .lines()
         .next()
         .filter(|l| l.starts_with("HTTP/1."))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok());
-    code.ok_or_else(|| format!("{url}: not an HTTP answer"))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| format!("{url}: not an HTTP answer"))?;
+    Ok((code, body.to_string()))
 }
