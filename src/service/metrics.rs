@@ -264,6 +264,21 @@ mod tests {
     }
 
     #[test]
+    fn every_metric_is_documented_and_the_alert_rules_are_the_docs_ones() {
+        let docs = include_str!("../../docs/service.md");
+        let text = render(vec![Sample { source: "x".into(), state: SourceState::default() }]);
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/service.md's metrics table"
+            );
+        }
+        let rules = include_str!("../../docker/alerts.yml");
+        assert!(docs.contains(rules), "docs/service.md does not show docker/alerts.yml as it is");
+    }
+
+    #[test]
     fn lag_is_never_negative() {
         let s = SourceState { server_end: Some(Lsn(10)), flushed: Some(Lsn(20)), ..SourceState::default() };
         assert_eq!(lag_bytes(&s), 0);
