@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// How often the archives are listed again.
-pub const REFRESH: Duration = Duration::from_secs(10);
+const REFRESH: Duration = Duration::from_secs(10);
 
 /// One archive, as last listed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub type Target = (PathBuf, Option<u32>);
 pub type Summaries = Arc<Mutex<HashMap<PathBuf, ArchiveSummary>>>;
 
 /// List `dir` now.
-pub fn summarize(dir: &std::path::Path, segment_size: Option<u32>) -> ArchiveSummary {
+fn summarize(dir: &std::path::Path, segment_size: Option<u32>) -> ArchiveSummary {
     let listed_at_unix =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let size = segment_size.map_or(SegmentSize::FromHeaders, SegmentSize::Known);

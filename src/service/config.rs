@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the HTTP endpoints listen when `[service] listen` is not set.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
 
 /// A configuration file larger than this is refused (a few hundred sources take a few tens of kB).
 const MAX_FILE_BYTES: u64 = 1 << 20;

@@ -64,7 +64,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// How long [`get`] waits for the whole answer.
-pub const GET_TIMEOUT: Duration = Duration::from_secs(5);
+const GET_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers are read up to this many bytes (a /metrics page of a thousand sources fits).
 const MAX_ANSWER: u64 = 16 << 20;

@@ -10,16 +10,16 @@
 //! This module is the main loop: the HTTP server, the signals and the watchdog on one single-threaded
 //! runtime that no source's I/O ever runs on.
 
-pub mod archives;
+mod archives;
 pub mod config;
-pub mod health;
+mod health;
 pub mod http;
-pub mod metrics;
-pub mod notify;
-pub mod runner;
-pub mod shared;
-pub mod status;
-pub mod supervisor;
+mod metrics;
+mod notify;
+mod runner;
+mod shared;
+mod status;
+mod supervisor;
 
 use crate::conn::conninfo::process_env;
 use crate::protocol::codec::os_error;
