@@ -6,6 +6,7 @@
 //! `cli` (argument parsing, exit codes).
 
 pub mod archive;
+pub mod calendar;
 pub mod cli;
 pub mod conn;
 pub mod protocol;
