@@ -328,8 +328,8 @@ fn source(
     }
     match s.keep_backups {
         Some(0) => return Err(("keep_backups", "must be at least 1".into())),
-        // RETENTION: call site. Once archive retention lands, keep_backups/keep_min_age go into the
-        // source and the runner applies them periodically (see service::runner).
+        // RETENTION: once archive retention lands, keep_backups/keep_min_age go into `Source` and the
+        // runner applies them periodically (its call site is marked in service::runner::run).
         Some(_) => return Err(("keep_backups", not_available("retention (keep_backups)"))),
         None => {}
     }

@@ -127,6 +127,10 @@ fn give_up(state: &StateSender, error: String) {
 }
 
 /// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request.
+///
+/// RETENTION (not available yet; `keep_backups` is refused by `config`): once archive retention lands as a
+/// library function, this is where it runs — on a timer beside `receive`, in `spawn_blocking` on this
+/// source's own runtime, so its deletions never hold up this source's loop nor any other source.
 async fn run(cfg: &ReceiveConfig, stop: watch::Receiver<bool>, state: &StateSender) {
     let mut asked = stop.clone();
     let abandon = async {

@@ -1,13 +1,12 @@
 //! `walkeeper service` as the service tests run it: a config file written from sources, the process (stopped
-//! with SIGKILL on drop if a test leaves it running), its HTTP endpoints read with a plain HTTP/1.1 GET, its
+//! with SIGKILL on drop if a test leaves it running), its HTTP endpoints read with walkeeper's own HTTP/1.1 GET, its
 //! metrics as a map, and each source's row of `pg_stat_replication` (every source connects with its name as
 //! `application_name`).
 #![allow(dead_code)]
 
 use crate::support::{wait_until, walkeeper, Cluster, TIMEOUT};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::Duration;
@@ -118,19 +117,9 @@ impl Service {
         status
     }
 
-    /// GET `path`: status code and body, or the connection error.
+    /// GET `path` (walkeeper's own client): status code and body, or the connection error.
     pub fn try_get(&self, path: &str) -> Result<(u16, String), String> {
-        let mut stream =
-            TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr)
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-        let text = String::from_utf8(raw).map_err(|e| e.to_string())?;
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status code")?;
-        Ok((code, body.to_string()))
+        walkeeper::cli::block_on(walkeeper::service::http::get(&format!("http://{}{path}", self.addr)))
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
