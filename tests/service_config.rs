@@ -1,6 +1,6 @@
 //! `walkeeper service` refusing configurations at start: one error line naming file, source and key, exit
 //! 1, and nothing created in any directory (not even a lock file). Also `--check`, `--health-check` and the
-//! usage errors. No server is needed: nothing here gets as far as connecting.
+//! usage errors, and SIGINT. No server is needed: these sources never get as far as streaming.
 
 mod service_support;
 mod support;
@@ -146,10 +146,21 @@ fn health_check_exits_zero_only_on_200() {
         last = Some(r);
         done
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGINT stops it like SIGTERM: exit 0.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut status = None;
+    support::wait_until(std::time::Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let last = last.unwrap();
     assert!(answered, "{last}");
+    assert!(status.is_some_and(|s| s.success()), "SIGINT: {status:?}");
     assert_eq!((last.code, last.error_line()), (Some(1), &*format!("walkeeper: error: {url} answered 503")));
     let r = Run::of(walkeeper().args(["service", "--health-check", "ftp://x"]));
     assert_eq!(r.error_line(), "walkeeper: error: \"ftp://x\" is not an http:// URL");
