@@ -7,6 +7,7 @@
 //!
 //! Defaults are those of `walkeeper receive` without options. docs/service.md is the reference.
 
+use crate::archive::retention::{parse_age, Policy};
 use crate::cli::compress::parse_compress;
 use crate::conn::conninfo::{self, Sources};
 use crate::conn::{ConnectOptions, PasswordPrompt};
@@ -55,6 +56,8 @@ pub struct Source {
     pub name: String,
     /// What the receive loop runs with; its directory is canonical.
     pub receive: ReceiveConfig,
+    /// `keep_backups` (and `keep_min_age`), applied every `interval`; None without `keep_backups`.
+    pub retention: Option<Retention>,
     /// The settings as written, to tell a changed source from an untouched one on reload.
     settings: SourceSettings,
 }
@@ -70,6 +73,17 @@ impl Source {
         self.settings == other.settings && self.receive.directory == other.receive.directory
     }
 }
+
+/// Retention by base backups (`archive::retention`) for one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub policy: Policy,
+    /// How often it runs.
+    pub interval: Duration,
+}
+
+/// `retention_interval` when not set.
+const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The file as written. Unknown keys are refused at every level.
 #[derive(Deserialize)]
@@ -103,6 +117,7 @@ struct SourceSettings {
     failover: bool,
     keep_backups: Option<u32>,
     keep_min_age: Option<toml::Value>,
+    retention_interval: Option<toml::Value>,
     status_interval: Option<toml::Value>,
     receive_timeout: Option<toml::Value>,
 }
@@ -320,22 +335,35 @@ fn source(
     if s.failover {
         return Err(("failover", not_available("failover = true")));
     }
-    if let Some(age) = &s.keep_min_age {
-        duration(age).map_err(|m| ("keep_min_age", m))?;
-        if s.keep_backups.is_none() {
-            return Err(("keep_min_age", "applies to keep_backups, which is not set".into()));
-        }
-    }
-    match s.keep_backups {
+    let retention = match s.keep_backups {
         Some(0) => return Err(("keep_backups", "must be at least 1".into())),
-        // RETENTION: once archive retention lands, keep_backups/keep_min_age go into `Source` and the
-        // runner applies them periodically (its call site is marked in service::runner::run).
-        Some(_) => return Err(("keep_backups", not_available("retention (keep_backups)"))),
-        None => {}
-    }
+        Some(keep_backups) => {
+            let age = s.keep_min_age.as_ref().map(duration).transpose().map_err(|m| ("keep_min_age", m))?;
+            let interval = match &s.retention_interval {
+                None => DEFAULT_RETENTION_INTERVAL,
+                Some(v) => bounded(duration(v)).map_err(|m| ("retention_interval", m))?,
+            };
+            if interval.is_zero() {
+                return Err(("retention_interval", "must be at least 1 second".into()));
+            }
+            let policy = Policy { keep_backups, keep_min_age: age.unwrap_or_default(), floor: None };
+            Some(Retention { policy, interval })
+        }
+        None => {
+            for (key, set) in [
+                ("keep_min_age", s.keep_min_age.is_some()),
+                ("retention_interval", s.retention_interval.is_some()),
+            ] {
+                if set {
+                    return Err((key, "applies to keep_backups, which is not set".into()));
+                }
+            }
+            None
+        }
+    };
     let optional = |value: &Option<toml::Value>, key: &'static str, default: Duration| match value {
         None => Ok(Some(default)),
-        Some(v) => match duration(v).map_err(|m| (key, m))? {
+        Some(v) => match bounded(duration(v)).map_err(|m| (key, m))? {
             Duration::ZERO => Ok(None),
             d => Ok(Some(d)),
         },
@@ -358,7 +386,7 @@ fn source(
         validate: true,
         apply_report: ApplyReport::Invalid,
     };
-    Ok(Source { name: s.name.clone(), receive, settings: s })
+    Ok(Source { name: s.name.clone(), receive, retention, settings: s })
 }
 
 fn not_available(what: &str) -> String {
@@ -382,38 +410,28 @@ fn directory(given: &Path, base: &Path) -> Result<PathBuf, String> {
     Ok(canonical)
 }
 
-/// A duration: a number of seconds, or a string such as `"90s"`, `"15m"`, `"12h"`, `"7d"`, `"2w"`.
+/// A duration: a number of seconds, or a string such as `"90s"`, `"15m"`, `"12h"`, `"7d"`, `"2w"` (the
+/// ages `cleanup --keep-min-age` takes).
 fn duration(value: &toml::Value) -> Result<Duration, String> {
-    let expected =
-        "expected a duration: a number of seconds, or a string such as \"90s\", \"15m\", \"12h\", \"7d\"";
-    let seconds = match value {
-        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{expected}, got {n}"))?,
-        toml::Value::String(s) => {
-            parse_duration(s).ok_or_else(|| format!("{expected}, got \"{}\"", s.escape_debug()))?
-        }
-        other => return Err(format!("{expected}, got a {}", other.type_str())),
-    };
-    if seconds > MAX_SECONDS {
-        return Err(format!("{seconds} seconds is more than the maximum of {MAX_SECONDS}"));
+    match value {
+        toml::Value::Integer(n) => u64::try_from(*n).map(Duration::from_secs).map_err(|_| {
+            format!("expected a duration (a number of seconds, or a string such as \"7d\"), got {n}")
+        }),
+        toml::Value::String(s) => parse_age(s),
+        other => Err(format!(
+            "expected a duration (a number of seconds, or a string such as \"7d\"), got a {}",
+            other.type_str()
+        )),
     }
-    Ok(Duration::from_secs(seconds))
 }
 
-/// `"7d"` → seconds; None when it is not a whole number with one of the units s, m, h, d, w (or none).
-fn parse_duration(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let scale = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return None,
-    };
-    n.checked_mul(scale)
+/// pg_receivewal's bound on `-s`, for the intervals and timeouts of a source.
+fn bounded(d: Result<Duration, String>) -> Result<Duration, String> {
+    let d = d?;
+    if d.as_secs() > MAX_SECONDS {
+        return Err(format!("{} seconds is more than the maximum of {MAX_SECONDS}", d.as_secs()));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -566,8 +584,13 @@ receive_timeout = 0
         assert!(one("create_slot = true").contains("key \"create_slot\": needs a slot"));
         assert!(one("keep_min_age = \"7d\"").contains("key \"keep_min_age\": applies to keep_backups"));
         assert!(one("keep_backups = 0").contains("key \"keep_backups\": must be at least 1"));
+        assert!(one("status_interval = \"5 parsecs\"").contains("key \"status_interval\": invalid age"));
         assert!(
-            one("status_interval = \"5 parsecs\"").contains("key \"status_interval\": expected a duration")
+            one("retention_interval = 60").contains("key \"retention_interval\": applies to keep_backups")
+        );
+        assert!(one("keep_backups = 1\nretention_interval = 0").contains("must be at least 1 second"));
+        assert!(
+            one("keep_backups = 1\nkeep_min_age = \"7 days\"").contains("key \"keep_min_age\": invalid age")
         );
         assert!(one("receive_timeout = -1").contains("key \"receive_timeout\": expected a duration"));
         assert!(one("receive_timeout = 99999999").contains("more than the maximum"));
@@ -597,18 +620,33 @@ receive_timeout = 0
     }
 
     #[test]
+    fn retention_keys() {
+        let (_dir, result) = setup(
+            "[[source]]\nname = \"s\"\nconninfo = \"\"\ndirectory = \"a\"\nkeep_backups = 2\nkeep_min_age = \"7d\"\n\
+             [[source]]\nname = \"t\"\nconninfo = \"\"\ndirectory = \"b\"\nkeep_backups = 1\nretention_interval = \"1m\"\n\
+             [[source]]\nname = \"u\"\nconninfo = \"\"\ndirectory = \"c\"\n",
+        );
+        let cfg = result.unwrap();
+        let r = cfg.sources[0].retention.unwrap();
+        assert_eq!(
+            r.policy,
+            Policy { keep_backups: 2, keep_min_age: Duration::from_secs(604_800), floor: None }
+        );
+        assert_eq!(r.interval, DEFAULT_RETENTION_INTERVAL);
+        let r = cfg.sources[1].retention.unwrap();
+        assert_eq!((r.policy.keep_min_age, r.interval), (Duration::ZERO, Duration::from_secs(60)));
+        assert_eq!(cfg.sources[2].retention, None);
+    }
+
+    #[test]
     fn durations() {
-        assert_eq!(parse_duration("90"), Some(90));
-        assert_eq!(parse_duration("90s"), Some(90));
-        assert_eq!(parse_duration("15m"), Some(900));
-        assert_eq!(parse_duration(" 12 h "), Some(43_200));
-        assert_eq!(parse_duration("7d"), Some(604_800));
-        assert_eq!(parse_duration("2w"), Some(1_209_600));
-        assert_eq!(parse_duration("1.5h"), None);
-        assert_eq!(parse_duration("h"), None);
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("99999999999999999999w"), None);
-        assert_eq!(parse_duration("9999999999999999999w"), None, "overflow");
+        let d = |v: toml::Value| duration(&v);
+        assert_eq!(d(toml::Value::Integer(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(d(toml::Value::String("15m".into())), Ok(Duration::from_secs(900)));
+        assert!(d(toml::Value::Integer(-1)).is_err());
+        assert!(d(toml::Value::Boolean(true)).unwrap_err().ends_with("got a boolean"));
+        assert!(bounded(Ok(Duration::from_secs(MAX_SECONDS + 1))).is_err());
+        assert!(bounded(Ok(Duration::from_secs(MAX_SECONDS))).is_ok());
     }
 
     proptest::proptest! {

@@ -5,14 +5,19 @@
 //! (docs/design.md, "The service"). The runner holds the archive's lock and releases it only after the loop
 //! has ended, so a restarted source never overlaps its predecessor.
 //!
-//! Everything the rest of the service learns about the source comes from its `SourceState` channel.
+//! A source with `keep_backups` also runs retention on that thread's runtime (its blocking pool), under the
+//! same lock. Everything the rest of the service learns about the source comes from its `SourceState`
+//! channel and its log lines.
 
 use crate::archive::lock::ArchiveLock;
-use crate::service::config::Source;
+use crate::archive::retention;
+use crate::archive::store::LocalStore;
+use crate::service::config::{Retention, Source};
 use crate::stream::follow::receive;
 use crate::stream::state::{set_phase, Phase, SourceState, StateSender};
 use crate::stream::ReceiveConfig;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -39,9 +44,10 @@ impl Runner {
         let state = sender.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
         let cfg = source.receive.clone();
+        let retention = source.retention;
         let name = source.name.clone();
         let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
-            run_thread(&name, &cfg, stop_rx, &sender);
+            run_thread(&name, &cfg, retention, stop_rx, &sender);
             // The loop has ended: no more writes. Now the next writer may have the directory.
             drop(lock);
             let _ = done_tx.send(());
@@ -103,15 +109,23 @@ fn thread_name(source: &str) -> String {
 
 /// The thread's body: a runtime of its own, the receive loop in a `source` span (log lines carry its name),
 /// and a published error if anything escapes (a runtime that cannot be built, a panic).
-fn run_thread(name: &str, cfg: &ReceiveConfig, stop: watch::Receiver<bool>, state: &StateSender) {
+fn run_thread(
+    name: &str,
+    cfg: &ReceiveConfig,
+    retention: Option<Retention>,
+    stop: watch::Receiver<bool>,
+    state: &StateSender,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return give_up(state, format!("could not start a runtime for the source: {e}")),
     };
     let span = tracing::info_span!("source", source = %name);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run(cfg, stop, state).instrument(span))
+        runtime.block_on(run(cfg, retention, stop, state).instrument(span))
     }));
+    // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
+    drop(runtime);
     if result.is_err() {
         give_up(
             state,
@@ -126,12 +140,14 @@ fn give_up(state: &StateSender, error: String) {
     set_phase(state, Phase::Stopped);
 }
 
-/// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request.
-///
-/// RETENTION (not available yet; `keep_backups` is refused by `config`): once archive retention lands as a
-/// library function, this is where it runs — on a timer beside `receive`, in `spawn_blocking` on this
-/// source's own runtime, so its deletions never hold up this source's loop nor any other source.
-async fn run(cfg: &ReceiveConfig, stop: watch::Receiver<bool>, state: &StateSender) {
+/// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request; beside it, retention when
+/// the source has `keep_backups`.
+async fn run(
+    cfg: &ReceiveConfig,
+    retention: Option<Retention>,
+    stop: watch::Receiver<bool>,
+    state: &StateSender,
+) {
     let mut asked = stop.clone();
     let abandon = async {
         // A dropped sender means the service is gone: stop as well.
@@ -147,6 +163,31 @@ async fn run(cfg: &ReceiveConfig, stop: watch::Receiver<bool>, state: &StateSend
             state,
             format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
         ),
+        () = retain(&cfg.directory, retention) => {}
+    }
+}
+
+/// Apply retention every `interval` (the first time one interval after the start), forever. Each run
+/// lists the archive, finds its base backups and removes what the policy lets go
+/// (`archive::retention::run`), on the runtime's blocking pool: this source's own loop keeps streaming
+/// meanwhile, and the runner holds the directory's lock throughout.
+async fn retain(directory: &Path, retention: Option<Retention>) {
+    let Some(Retention { policy, interval }) = retention else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let dir = directory.to_path_buf();
+        let run = tokio::task::spawn_blocking(move || {
+            retention::run(&LocalStore::new(&dir), &policy, false, SystemTime::now())
+        });
+        match run.await {
+            Ok(Ok(outcome)) => tracing::info!("retention: {}", outcome.plan.summary()),
+            Ok(Err(e)) => tracing::error!("retention: {e}"),
+            Err(e) => tracing::error!("retention: internal error: {e}"),
+        }
     }
 }
 
