@@ -9,6 +9,7 @@ pub mod demo;
 pub mod logging;
 pub mod receive;
 pub mod restore;
+pub mod service;
 pub mod status;
 pub mod verify;
 
@@ -190,10 +191,13 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),
+    /// Archive many servers in one long-running process, with /metrics, /health and /status (see --config)
+    Service(service::ServiceArgs),
 }
 
 /// The subcommand names, for `Prog` before a command line has parsed (usage-error hints).
-pub const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
+pub const SUBCOMMANDS: [&str; 8] =
+    ["receive", "check", "demo", "restore", "status", "cleanup", "verify", "service"];
 
 impl Command {
     /// The name it is invoked by.
@@ -206,6 +210,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Cleanup(_) => "cleanup",
             Command::Verify(_) => "verify",
+            Command::Service(_) => "service",
         }
     }
 }
