@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use support::archive::ArchiveDir;
 use support::{parse_lsn, run_as_server_user, wait_until, walkeeper, Cluster, PgInstall, Run};
 
 /// Walkeeper must stream from a newly promoted server within this long (a functional bound; see the module
@@ -54,16 +55,16 @@ fn chain_member(install: &PgInstall, conf: &[&str]) -> Cluster {
 
 /// The archive directory, owned by the server user (restore runs as that user), and walkeeper's log.
 struct Archive {
-    root: tempfile::TempDir,
+    dir: ArchiveDir,
 }
 
 impl Archive {
     fn new() -> Archive {
-        Archive { root: support::server_owned_archive("walkeeper-failover-") }
+        Archive { dir: ArchiveDir::new() }
     }
 
     fn dir(&self) -> PathBuf {
-        self.root.path().join("archive")
+        self.dir.path()
     }
 
     /// `walkeeper receive --failover` over `hosts`, as the server user.
@@ -72,13 +73,9 @@ impl Archive {
         cmd.arg("receive").arg("-D").arg(self.dir());
         cmd.args(["--failover", "-S", "arch", "-s", "1", "-v", "-w", "-d", &conninfo(hosts)]);
         cmd.args(extra);
-        cmd.current_dir(self.root.path()).env("HOME", self.root.path());
+        cmd.current_dir(self.dir.root()).env("HOME", self.dir.root());
         run_as_server_user(&mut cmd);
-        Walkeeper::spawn(cmd, &self.root.path().join("receive.log"))
-    }
-
-    fn restore_command(&self) -> String {
-        format!("restore_command = '{} restore -D {} %f %p'", support::WALKEEPER, self.dir().display())
+        Walkeeper::spawn(cmd, &self.dir.root().join("receive.log"))
     }
 
     fn json(&self, command: &str) -> (Option<i32>, Value) {
@@ -321,7 +318,7 @@ fn failover_chain(install: &PgInstall) {
     assert!(wait_until(WAIT, || complete.exists()), "{last} not archived\n{}", wk.log_tail(30));
     let expected_rows = table_rows(&s4);
     assert!(wk.terminate().success());
-    let log = fs::read_to_string(archive.root.path().join("receive.log")).unwrap();
+    let log = fs::read_to_string(archive.dir.root().join("receive.log")).unwrap();
     let warned = format!(
         "127.0.0.1:{}: the archive holds WAL this server never had, kept as it is (a diverged tail): timeline 1 \
          continues past {}, where timeline 2 forked from it: ",
@@ -407,7 +404,7 @@ fn failover_chain(install: &PgInstall) {
     assert_eq!((2..=5).filter(|t| archive.dir().join(format!("{t:08X}.history")).exists()).count(), 4);
 
     // Point-in-time recovery through the four forks ends with the last primary's rows.
-    let restore = archive.restore_command();
+    let restore = archive.dir.restore_command("");
     backup.start_recovery(&[&restore, "recovery_target_timeline = 'latest'"]);
     backup.wait_promoted();
     let recovered = table_rows(&backup);

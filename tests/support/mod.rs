@@ -25,6 +25,7 @@
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+pub mod archive;
 mod bin;
 pub mod fake_walsender;
 pub mod proxy;
@@ -848,19 +849,6 @@ pub fn run_as_server_user(cmd: &mut Command) {
 /// Hands `path` to the server user (no-op when not root): e.g. an archive directory the server reads.
 pub fn chown_to_server(path: &Path) {
     give_to_server(path);
-}
-
-/// A temporary directory under /tmp (named `prefix…`) holding an empty `archive/`, both owned by the server
-/// user and readable by all: where a walkeeper run as that user archives and `restore_command` reads.
-pub fn server_owned_archive(prefix: &str) -> tempfile::TempDir {
-    let root = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap();
-    let archive = root.path().join("archive");
-    fs::create_dir(&archive).unwrap();
-    for dir in [root.path(), archive.as_path()] {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-        give_to_server(dir);
-    }
-    root
 }
 
 impl Cluster {
