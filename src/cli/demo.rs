@@ -222,6 +222,8 @@ async fn demo_body(
         no_loop: true,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        failover: false,
+        create_slot: false,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();
