@@ -281,10 +281,31 @@ struct History {
     entries: Option<Vec<HistoryEntry>>,
 }
 
+/// How many times a verification starts again because a listed file vanished before it was read.
+const ATTEMPTS: usize = 3;
+
 /// Verify the WAL archive in `store`. Only a store that cannot be listed is an error: everything else is a
 /// problem of the report.
+///
+/// A receiver may be writing the archive meanwhile (readers never lock): a `.partial` listed, then renamed
+/// to its final name when its segment completed, is gone when read. That is no damage, so a pass in which a
+/// listed file vanished is started again from a new listing, up to [`ATTEMPTS`] times; a file that keeps
+/// vanishing is then reported.
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        let (mut report, vanished) = verify_once(store)?;
+        if !vanished || attempt == ATTEMPTS {
+            report.summary.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+        attempt += 1;
+    }
+}
+
+/// One pass over a listing; true when a listed file was gone when read.
+fn verify_once(store: &dyn Store) -> Result<(Report, bool), StoreError> {
     let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
     let mut v = Verifier::new(store);
     for e in catalog.irregular() {
@@ -309,9 +330,8 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
         };
         v.verify_segments(format, &catalog);
     }
-    v.summary.seconds = started.elapsed().as_secs_f64();
     let problems = v.problems;
-    Ok(Report { whole: problems.is_empty(), summary: v.summary, problems })
+    Ok((Report { whole: problems.is_empty(), summary: v.summary, problems }, v.vanished))
 }
 
 /// What a `.partial` may hold.
@@ -332,6 +352,8 @@ struct Verifier<'a> {
     problems: Vec<Problem>,
     histories: BTreeMap<TimeLineId, History>,
     buf: Vec<u8>,
+    /// A listed file was gone when read (see [`verify`]).
+    vanished: bool,
 }
 
 /// Per-timeline decoding state.
@@ -371,6 +393,7 @@ impl<'a> Verifier<'a> {
             problems: Vec::new(),
             histories: BTreeMap::new(),
             buf: Vec::new(),
+            vanished: false,
         }
     }
 
@@ -386,6 +409,7 @@ impl<'a> Verifier<'a> {
     }
 
     fn io_problem(&mut self, file: &str, e: &StoreError) {
+        self.vanished |= e.is_not_found();
         self.problem(ProblemKind::Io, Some(file), None, None, e.to_string());
     }
 

@@ -392,3 +392,78 @@ fn entries_that_are_not_regular_files_are_problems() {
     assert!(r.problems[0].message.ends_with("is not a regular file"), "{}", r.problems[0].message);
     assert_eq!(r.exit_code(), 1);
 }
+
+/// A receiver writing the archive while verify reads it. `partial` is listed, but when it is opened: with
+/// `complete`, the receiver has just completed it (the `.partial` is gone, the final name written) the first
+/// time; without, it has vanished every time.
+#[derive(Debug)]
+struct Racing {
+    local: LocalStore,
+    partial: String,
+    complete: Option<Vec<u8>>,
+    opened: std::sync::atomic::AtomicBool,
+}
+
+impl Store for Racing {
+    fn location(&self) -> String {
+        self.local.location()
+    }
+    fn location_of(&self, name: &str) -> String {
+        self.local.location_of(name)
+    }
+    fn list(&self) -> Result<Vec<crate::archive::store::Entry>, StoreError> {
+        self.local.list()
+    }
+    fn stat(&self, name: &str) -> Result<Option<crate::archive::store::Entry>, StoreError> {
+        self.local.stat(name)
+    }
+    fn open(&self, name: &str) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+        if name != self.partial {
+            return self.local.open(name);
+        }
+        match &self.complete {
+            Some(complete) if !self.opened.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                let dir = self.local.local_dir().unwrap();
+                std::fs::remove_file(dir.join(name)).unwrap();
+                write_file(dir, name.trim_end_matches(".partial"), complete);
+            }
+            None => return Err(StoreError::NotFound { location: self.local.location_of(name) }),
+            Some(_) => {}
+        }
+        self.local.open(name)
+    }
+    fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        self.local.read_range(name, offset, len)
+    }
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<crate::archive::store::Put, StoreError> {
+        self.local.put_new(name, data)
+    }
+    fn put_replace(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        self.local.put_replace(name, data)
+    }
+    fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.local.delete(name)
+    }
+}
+
+#[test]
+fn a_partial_completed_while_verify_reads_is_no_damage() {
+    let (dir, mut e) = simple_archive("");
+    wal_until(&mut e, 5 * u64::from(SEG) + 1000);
+    let off = 3 * SEG as usize;
+    let partial = format!("{}.partial", name(1, 4));
+    let racing = |dir: &Path, complete| Racing {
+        local: LocalStore::new(dir),
+        partial: partial.clone(),
+        complete,
+        opened: false.into(),
+    };
+    let r = verify(&racing(dir.path(), Some(e.bytes()[off..off + SEG as usize].to_vec()))).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    assert_eq!((r.summary.segments, r.summary.partial_segments), (4, 0), "the second listing is reported");
+    // A file that vanishes every time is reported once the attempts are spent.
+    let (dir, _) = simple_archive("");
+    let r = verify(&racing(dir.path(), None)).unwrap();
+    assert_eq!(kinds(&r), vec![ProblemKind::Io], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(partial.as_str()));
+}
