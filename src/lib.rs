@@ -8,5 +8,6 @@ pub mod archive;
 pub mod cli;
 pub mod conn;
 pub mod protocol;
+pub mod serve;
 pub mod stream;
 pub mod wal;

@@ -23,5 +23,7 @@ pub const NAME_TOO_LONG: &str = "42622";
 pub const UNDEFINED_OBJECT: &str = "42704";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 pub const UNDEFINED_FILE: &str = "58P01";
 pub const INTERNAL_ERROR: &str = "XX000";
+pub const DATA_CORRUPTED: &str = "XX001";
