@@ -98,6 +98,8 @@ impl Slots {
 pub enum Next {
     /// Send ReadyForQuery and read the next query.
     Ready,
+    /// The command failed with this error (already written): send ReadyForQuery.
+    Failed(ServerError),
     /// CopyBothResponse has been written: stream WAL.
     Stream(StreamRequest),
 }
@@ -128,7 +130,7 @@ pub fn answer(query: &[u8], facts: &Facts, slots: &mut Slots, out: &mut BytesMut
                     out,
                 );
             }
-            Next::Ready
+            Next::Failed(e)
         }
     }
 }
@@ -356,7 +358,7 @@ mod tests {
         let (_, msgs) = run("START_REPLICATION 0/3000000 TIMELINE 4", &f, &mut slots);
         assert_eq!(error_of(&msgs).message, "requested timeline 4 is not in this server's history");
         let (next, msgs) = run("START_REPLICATION 0/A000000 TIMELINE 3", &f, &mut slots);
-        assert_eq!(next, Next::Ready);
+        assert!(matches!(next, Next::Failed(_)));
         assert!(matches!(msgs[0], Backend::CopyBothResponse), "COPY first, then the error");
         assert!(error_of(&msgs)
             .message

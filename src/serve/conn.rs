@@ -63,8 +63,8 @@ pub(crate) struct Conn {
     pub peer: SocketAddr,
 }
 
-/// A message from the client, or why none can come.
-pub(crate) type Incoming = Result<Frontend, FrontendError>;
+/// A message from the client; `None` when it closed the connection between messages.
+pub(crate) type Incoming = Result<Option<Frontend>, FrontendError>;
 
 impl Conn {
     /// `buf` holds bytes already read past the startup phase (a pipelining client's first messages).
@@ -72,7 +72,7 @@ impl Conn {
         Conn { sock, buf, codec: FrontendCodec::default(), peer }
     }
 
-    /// The next message; `Truncated` when the client closed the connection (between messages too).
+    /// The next message.
     pub async fn next(&mut self) -> Incoming {
         read_message(&mut self.sock, &mut self.buf, &mut self.codec).await
     }
@@ -95,7 +95,7 @@ impl Conn {
         let task = tokio::spawn(async move {
             loop {
                 let msg = read_message(&mut rd, &mut buf, &mut codec).await;
-                let last = !matches!(msg, Ok(Frontend::CopyData(_)));
+                let last = !matches!(msg, Ok(Some(Frontend::CopyData(_))));
                 if tx.send(msg).await.is_err() || last {
                     return (rd, buf, codec);
                 }
@@ -129,13 +129,10 @@ async fn read_message<R: AsyncRead + Unpin>(
 ) -> Incoming {
     loop {
         if let Some(m) = codec.decode(buf)? {
-            return Ok(m);
+            return Ok(Some(m));
         }
         if sock.read_buf(buf).await? == 0 {
-            return match codec.decode_eof(buf)? {
-                Some(m) => Ok(m),
-                None => Err(FrontendError::Truncated),
-            };
+            return codec.decode_eof(buf);
         }
     }
 }

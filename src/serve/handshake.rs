@@ -235,8 +235,9 @@ async fn authenticate(conn: &mut Conn, cfg: &ServeConfig, user: &str) -> Result<
 /// The next SASL message ('p'); anything else is PostgreSQL's protocol violation.
 async fn sasl_message(conn: &mut Conn) -> Result<bytes::Bytes, HandshakeError> {
     match conn.next().await? {
-        Frontend::Password(body) => Ok(body),
-        other => Err(HandshakeError::refused(errors::expected_sasl_response(tag_of(&other)))),
+        Some(Frontend::Password(body)) => Ok(body),
+        Some(other) => Err(HandshakeError::refused(errors::expected_sasl_response(tag_of(&other)))),
+        None => Err(HandshakeError::Closed),
     }
 }
 

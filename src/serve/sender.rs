@@ -375,7 +375,7 @@ impl Sender<'_> {
     /// A message from the standby.
     async fn incoming(&mut self, msg: Incoming, wr: &mut WriteHalf<Socket>) -> Result<(), Stop> {
         match msg {
-            Ok(Frontend::CopyData(body)) => {
+            Ok(Some(Frontend::CopyData(body))) => {
                 self.last_reply = Instant::now();
                 self.ping_sent = false;
                 match copy::parse_standby_message(&body).map_err(Stop::Error)? {
@@ -404,7 +404,7 @@ impl Sender<'_> {
                 }
                 Ok(())
             }
-            Ok(Frontend::CopyDone) => {
+            Ok(Some(Frontend::CopyDone)) => {
                 // The standby ends streaming: answer CopyDone if we have not already.
                 if !self.done_sending {
                     backend::copy_done(&mut self.out);
@@ -413,8 +413,12 @@ impl Sender<'_> {
                 let next = self.end_of_timeline.map(|(switch, next)| (next, switch));
                 Err(Ended::CopyDone { next }.into())
             }
-            Ok(Frontend::Terminate) => Err(Ended::Closed.into()),
-            Ok(other) => {
+            Ok(Some(Frontend::Terminate)) => Err(Ended::Closed.into()),
+            Ok(None) => {
+                tracing::info!("{}: disconnected", self.who);
+                Err(Ended::Closed.into())
+            }
+            Ok(Some(other)) => {
                 let tag = match other {
                     Frontend::CopyFail(_) => 'f',
                     Frontend::Query(_) => 'Q',

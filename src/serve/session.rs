@@ -110,9 +110,13 @@ impl Session<'_> {
             };
             let mut out = BytesMut::new();
             match msg {
-                Ok(Frontend::Query(q)) if !skip_to_sync => match self.facts().await {
+                Ok(Some(Frontend::Query(q))) if !skip_to_sync => match self.facts().await {
                     Ok(facts) => match commands::answer(&q, &facts, &mut self.slots, &mut out) {
                         Next::Ready => backend::ready_for_query(&mut out),
+                        Next::Failed(e) => {
+                            tracing::info!("{}: {}: {}", self.who, String::from_utf8_lossy(&q), e.message);
+                            backend::ready_for_query(&mut out);
+                        }
                         Next::Stream(req) => {
                             if !self.send(&out).await {
                                 return;
@@ -134,21 +138,21 @@ impl Session<'_> {
                         backend::ready_for_query(&mut out);
                     }
                 },
-                Ok(Frontend::ExtendedQuery(_) | Frontend::FunctionCall) if !skip_to_sync => {
+                Ok(Some(Frontend::ExtendedQuery(_) | Frontend::FunctionCall)) if !skip_to_sync => {
                     skip_to_sync = true;
                     let _ = backend::error_response(&errors::extended_query_not_supported(), &mut out);
                 }
-                Ok(Frontend::Sync) => {
+                Ok(Some(Frontend::Sync)) => {
                     skip_to_sync = false;
                     backend::ready_for_query(&mut out);
                 }
-                Ok(Frontend::Terminate) => return,
-                Ok(Frontend::Password(_)) if !skip_to_sync => {
+                Ok(Some(Frontend::Terminate) | None) => return,
+                Ok(Some(Frontend::Password(_))) if !skip_to_sync => {
                     self.send_error(&errors::invalid_frontend_message_type(b'p')).await;
                     return;
                 }
                 // Flush, stray COPY messages (PostgreSQL ignores them outside COPY), anything before Sync.
-                Ok(_) => {}
+                Ok(Some(_)) => {}
                 Err(e) => {
                     if let Some(report) = e.report() {
                         self.send_error(&report).await;

@@ -171,9 +171,14 @@ pub async fn run_session(
             .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
         conn.start_copy_both(&cmd).await?;
         state.send_modify(|s| {
+            // Positions are per timeline. On the same one they never go back (a `.partial` streamed again
+            // keeps its durable bytes until the new stream passes them). On a new timeline nothing is in
+            // its files yet: its first segment's copy of the old timeline's WAL arrives with the stream, and
+            // the walsender reads the new timeline's files up to `flushed`.
+            let same = s.timeline == Some(timeline);
             s.timeline = Some(timeline);
-            s.received = Some(s.received.map_or(start, |r| r.max(start)));
-            s.flushed = Some(s.flushed.map_or(start, |f| f.max(start)));
+            s.received = Some(s.received.filter(|_| same).map_or(start, |r| r.max(start)));
+            s.flushed = Some(s.flushed.filter(|_| same).map_or(start, |f| f.max(start)));
             s.last_error = None;
         });
         set_phase(state, Phase::Streaming);
