@@ -188,12 +188,14 @@ impl Walsender {
 
     /// A libpq connection string to the walsender.
     pub fn conninfo(&self, user: &str, password: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password}", self.port())
+        let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("host=127.0.0.1 port={} user={user} password='{quoted}'", self.port())
     }
 
     /// The `primary_conninfo` line of a standby streaming from the walsender.
     pub fn primary_conninfo(&self, user: &str, password: &str, application_name: &str) -> String {
-        format!("primary_conninfo = '{} application_name={application_name}'", self.conninfo(user, password))
+        let conninfo = format!("{} application_name={application_name}", self.conninfo(user, password));
+        format!("primary_conninfo = {}", super::conf_literal(&conninfo))
     }
 
     /// The flushed position the standby named `application_name` last reported, if connected.
