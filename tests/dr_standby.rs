@@ -45,7 +45,9 @@ fn primary_with_receiver(
     opts: ReceiverOptions,
 ) -> Option<(Cluster, tempfile::TempDir, Receiver)> {
     let install = require_major(major)?;
-    let primary = Cluster::builder().install(&install).segment_size_mb(1).start();
+    // No reply requests from the primary's walsender: only walkeeper's own rules make it sync.
+    let primary =
+        Cluster::builder().install(&install).segment_size_mb(1).conf("wal_sender_timeout = 0").start();
     primary.psql("SELECT pg_create_physical_replication_slot('walkeeper', true)");
     primary.psql("CREATE TABLE t (id bigint, pad text)");
     let archive = tempfile::tempdir().unwrap();
@@ -55,11 +57,13 @@ fn primary_with_receiver(
 }
 
 /// A base backup taken before a load of several segments catches up from the archive through walkeeper,
-/// then follows new commits; the primary knows nothing of it.
+/// then follows new commits; the primary knows nothing of it. Without status updates (`-s 0`) the receive
+/// loop would sync only complete segments: live commits reach the standby because it syncs every batch
+/// while a standby streams.
 fn catch_up_then_follow(major: u32, compression: walkeeper::wal::segment::Compression) {
-    let opts = ReceiverOptions { compression, ..ReceiverOptions::default() };
+    let opts = ReceiverOptions { compression, status_interval: None, ..ReceiverOptions::default() };
     let Some((mut primary, archive, receiver)) = primary_with_receiver(major, opts) else { return };
-    let ws = Walsender::start(archive.path(), Some(receiver.subscribe()), USERS, None);
+    let ws = Walsender::start(archive.path(), Some(receiver.feed()), USERS, None);
     let mut dr = primary.standby_copy();
 
     primary.psql("INSERT INTO t SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, 20000) g");
@@ -170,7 +174,7 @@ fn rpo_zero_through_walkeeper() {
         wait_until(TIMEOUT, || primary.psql("SELECT sync_state FROM pg_stat_replication") == "sync"),
         "walkeeper never became the synchronous standby"
     );
-    let ws = Walsender::start(archive.path(), Some(receiver.subscribe()), USERS, None);
+    let ws = Walsender::start(archive.path(), Some(receiver.feed()), USERS, None);
     let mut dr = primary.standby_copy();
     let mut late = primary.standby_copy();
     dr.start_standby(&[&ws.primary_conninfo("standby", "s3cret", "dr")]);
@@ -223,7 +227,7 @@ fn standby_follows_a_timeline_switch() {
         failover.port()
     );
     let receiver = Receiver::start_conninfo(&conninfo, archive.path(), ReceiverOptions::default());
-    let ws = Walsender::start(archive.path(), Some(receiver.subscribe()), USERS, None);
+    let ws = Walsender::start(archive.path(), Some(receiver.feed()), USERS, None);
     let mut live = primary.standby_copy();
     let mut after = primary.standby_copy();
     live.start_standby(&[&ws.primary_conninfo("standby", "s3cret", "live")]);

@@ -30,7 +30,7 @@ fn psql_identify_system_and_refusals() {
     primary.create_role("copied", Some("from the primary"), PasswordEncryption::Scram, true);
     let verifier = primary.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'copied'");
     let users = [("standby", "s3cret"), ("copied", verifier.as_str())];
-    let ws = Walsender::start(archive.path(), Some(receiver.subscribe()), &users, None);
+    let ws = Walsender::start(archive.path(), Some(receiver.feed()), &users, None);
     let replication =
         |user: &str, password: &str| format!("{} replication=true", ws.conninfo(user, password));
 
@@ -71,7 +71,7 @@ fn tls_require_verify_full_and_a_standby_over_tls() {
     let pki = TestPki::generate(pki_dir.path());
     let ws = Walsender::start(
         archive.path(),
-        Some(receiver.subscribe()),
+        Some(receiver.feed()),
         &[("standby", "s3cret")],
         Some(pki.server_cert_and_key()),
     );
@@ -111,7 +111,7 @@ fn tls_require_verify_full_and_a_standby_over_tls() {
 #[test]
 fn pg_receivewal_catches_up_through_walkeeper() {
     let (primary, archive, receiver) = archived_primary();
-    let ws = Walsender::start(archive.path(), Some(receiver.subscribe()), &[("standby", "s3cret")], None);
+    let ws = Walsender::start(archive.path(), Some(receiver.feed()), &[("standby", "s3cret")], None);
     // Start pg_receivewal after the oldest complete segment: it streams the rest from the walsender.
     let mut complete: Vec<String> =
         support::names(archive.path()).into_iter().filter(|n| n.len() == 24).collect();

@@ -231,6 +231,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         no_loop: args.no_loop,
         validate: !args.no_validate,
         apply_report: if args.report_apply { ApplyReport::Flush } else { ApplyReport::Invalid },
+        live_readers: Default::default(),
     };
     Ok(Plan { cfg, action })
 }

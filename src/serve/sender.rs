@@ -127,6 +127,7 @@ pub(crate) async fn stream(
         slots: ctx.slots,
         who: ctx.who,
     };
+    let _live = ctx.source.live_reader();
     match s.run(reader, wr, ctx.shutdown).await {
         Ok(()) => Ended::Closed,
         Err(Stop::Ended(e)) => e,

@@ -16,7 +16,7 @@ use super::commands::Facts;
 use super::reader::SegmentFile;
 use crate::archive::catalog::{Catalog, SegFile, SegmentSize};
 use crate::archive::store::{Store, StoreError};
-use crate::stream::state::{Phase, SourceState};
+use crate::stream::state::{LiveReaders, Phase, SourceState};
 use crate::wal::at_rest::Feed;
 use crate::wal::decoder::{major_for_page_magic, page_magic_for_major, DecoderConfig, WalDecoder};
 use crate::wal::segment::TimeLineId;
@@ -42,6 +42,7 @@ pub struct Identity {
 pub struct WalSource {
     store: Arc<dyn Store>,
     state: Option<watch::Receiver<SourceState>>,
+    live_readers: LiveReaders,
     identity: Mutex<Option<Identity>>,
     at_rest: Mutex<Option<AtRest>>,
 }
@@ -56,7 +57,25 @@ struct AtRest {
 impl WalSource {
     /// Serve `store`; `state` is the receive loop's channel when one fills the archive.
     pub fn new(store: Arc<dyn Store>, state: Option<watch::Receiver<SourceState>>) -> WalSource {
-        WalSource { store, state, identity: Mutex::new(None), at_rest: Mutex::new(None) }
+        WalSource {
+            store,
+            state,
+            live_readers: LiveReaders::default(),
+            identity: Mutex::new(None),
+            at_rest: Mutex::new(None),
+        }
+    }
+
+    /// Share `readers` with the receive loop (its `ReceiveConfig::live_readers`): each streaming standby
+    /// counts in it, and the loop then makes WAL durable batch by batch.
+    pub fn with_live_readers(mut self, readers: LiveReaders) -> WalSource {
+        self.live_readers = readers;
+        self
+    }
+
+    /// Count a standby streaming live until the guard drops.
+    pub fn live_reader(&self) -> crate::stream::state::LiveReader {
+        self.live_readers.join()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -125,7 +144,9 @@ impl WalSource {
         let Some(timeline) = live.map(|(t, _)| t).max(newest_file) else { return Ok(None) };
         let live_end = live.filter(|(t, _)| *t == timeline).map(|(_, f)| f);
         let end = if streaming(before.as_ref(), timeline) {
-            live_end
+            // Complete segments are durable and validated whatever `flushed` says (it is published at
+            // syncs, which without status updates come only for live readers).
+            live_end.max(complete_end(&catalog, timeline, id.segment_size))
         } else {
             let rest = self.at_rest_end(&catalog, timeline, &id)?;
             // The receive loop may have begun writing while the files were read: then only its own
@@ -174,8 +195,7 @@ impl WalSource {
         id: &Identity,
     ) -> Result<Option<Lsn>, StoreError> {
         let size = id.segment_size;
-        let files = catalog.timelines().get(&timeline).copied().unwrap_or_default();
-        let complete_end = files.iter().filter(|s| !s.partial).filter_map(|s| s.id.end_lsn(size)).max();
+        let complete_end = complete_end(catalog, timeline, size);
         let run = catalog.trailing_partials(timeline);
         let Some(first) = run.first() else { return Ok(complete_end) };
         let key: Vec<_> = run.iter().map(|f| (f.file.clone(), f.len, f.modified)).collect();
@@ -195,6 +215,12 @@ impl WalSource {
         *lock(&self.at_rest) = Some(AtRest { files: key, end });
         Ok(complete_end.max(Some(end)))
     }
+}
+
+/// The end of timeline `timeline`'s newest complete segment file.
+fn complete_end(catalog: &Catalog, timeline: TimeLineId, size: u32) -> Option<Lsn> {
+    let files = catalog.timelines().get(&timeline).copied().unwrap_or_default();
+    files.iter().filter(|s| !s.partial).filter_map(|s| s.id.end_lsn(size)).max()
 }
 
 /// True while the receive loop writes `timeline`: its files are then not at rest.
@@ -302,13 +328,21 @@ mod tests {
         let (tx, rx) = watch::channel(SourceState {
             phase: Phase::Streaming,
             timeline: Some(1),
-            flushed: Some(Lsn(u64::from(SEG) + 4096)),
+            flushed: Some(Lsn(2 * u64::from(SEG) + 4096)),
             system_id: Some(SYSID),
             segment_size: Some(SEG),
             ..SourceState::default()
         });
         let src = WalSource::new(store, Some(rx));
-        assert_eq!(src.facts().unwrap().unwrap().flush, Lsn(u64::from(SEG) + 4096), "never past flushed");
+        assert_eq!(
+            src.facts().unwrap().unwrap().flush,
+            Lsn(2 * u64::from(SEG) + 4096),
+            "the open .partial: never past flushed"
+        );
+        // Complete segments count whatever flushed says (it is published at syncs only).
+        tx.send_modify(|s| s.flushed = Some(Lsn(u64::from(SEG))));
+        assert_eq!(src.facts().unwrap().unwrap().flush, Lsn(2 * u64::from(SEG)));
+        tx.send_modify(|s| s.flushed = Some(Lsn(2 * u64::from(SEG) + 4096)));
         // Upstream gone: the files are at rest again, and their valid WAL is served.
         tx.send_modify(|s| s.phase = Phase::Retrying);
         assert!(src.facts().unwrap().unwrap().flush > Lsn(2 * u64::from(SEG)));

@@ -38,6 +38,8 @@ pub struct ReceiveConfig {
     pub no_loop: bool,
     pub validate: bool,
     pub apply_report: ApplyReport,
+    /// Standbys reading this archive live through the walsender: while any do, every batch is synced.
+    pub live_readers: state::LiveReaders,
 }
 
 impl ReceiveConfig {

@@ -436,6 +436,11 @@ impl<'a> CopyLoop<'a> {
             if self.cfg.synchronous && self.positions.needs_sync() {
                 self.sync()?;
                 self.send_status(false).await?;
+            } else if self.cfg.live_readers.any() && self.positions.needs_sync() {
+                // Standbys stream from the archive: make the batch durable now, so the walsender may send
+                // it, rather than at the next status interval.
+                self.sync()?;
+                self.complete_validated_segments()?;
             }
             if heard {
                 self.publish();

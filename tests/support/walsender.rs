@@ -18,7 +18,7 @@ use walkeeper::conn::conninfo::{self, Sources};
 use walkeeper::conn::ConnectOptions;
 use walkeeper::serve::{Downstreams, ServeConfig, WalSource};
 use walkeeper::stream::feedback::ApplyReport;
-use walkeeper::stream::state::SourceState;
+use walkeeper::stream::state::{LiveReaders, SourceState};
 use walkeeper::stream::ReceiveConfig;
 use walkeeper::wal::segment::Compression;
 use walkeeper::wal::Lsn;
@@ -33,6 +33,9 @@ pub struct ReceiverOptions {
     pub slot: Option<String>,
     /// Reported to the server as application_name.
     pub application_name: String,
+    /// `--status-interval` (None: `-s 0`, files synced only when a segment is complete, or for standbys
+    /// streaming from the walsender).
+    pub status_interval: Option<std::time::Duration>,
 }
 
 impl Default for ReceiverOptions {
@@ -42,6 +45,7 @@ impl Default for ReceiverOptions {
             compression: Compression::None,
             slot: None,
             application_name: "walkeeper".into(),
+            status_interval: Some(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -49,6 +53,7 @@ impl Default for ReceiverOptions {
 /// `walkeeper receive` on a thread of its own, publishing its state.
 pub struct Receiver {
     state: watch::Receiver<SourceState>,
+    live_readers: LiveReaders,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -68,13 +73,14 @@ impl Receiver {
 
     pub fn start_conninfo(conninfo: &str, dir: &Path, opts: ReceiverOptions) -> Receiver {
         let sources = Sources { conninfo: Some(conninfo), ..Sources::default() };
+        let live_readers = LiveReaders::default();
         let cfg = ReceiveConfig {
             conn: conninfo::resolve(&sources, &|_| None).unwrap(),
             connect: ConnectOptions::default(),
             directory: dir.to_path_buf(),
             slot: opts.slot,
             endpos: None,
-            status_interval: Some(std::time::Duration::from_secs(1)),
+            status_interval: opts.status_interval,
             receive_timeout: Some(std::time::Duration::from_secs(60)),
             synchronous: opts.synchronous,
             fsync: true,
@@ -83,6 +89,7 @@ impl Receiver {
             no_loop: false,
             validate: true,
             apply_report: ApplyReport::Invalid,
+            live_readers: live_readers.clone(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let state_tx = walkeeper::stream::state::unobserved();
@@ -92,7 +99,7 @@ impl Receiver {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
-        Receiver { state, stop, thread: Some(thread) }
+        Receiver { state, live_readers, stop, thread: Some(thread) }
     }
 
     /// The state as last published.
@@ -100,9 +107,9 @@ impl Receiver {
         self.state.borrow().clone()
     }
 
-    /// A receiver of the state channel, for the walsender.
-    pub fn subscribe(&self) -> watch::Receiver<SourceState> {
-        self.state.clone()
+    /// What the walsender needs from the receive loop: its state channel and the live readers count.
+    pub fn feed(&self) -> Feed {
+        Feed { state: self.state.clone(), live_readers: self.live_readers.clone() }
     }
 
     /// Waits until the flushed position reaches `lsn`; false after [`TIMEOUT`].
@@ -130,6 +137,13 @@ impl Drop for Receiver {
     }
 }
 
+/// What a walsender gets from a receive loop filling its archive.
+#[derive(Clone)]
+pub struct Feed {
+    pub state: watch::Receiver<SourceState>,
+    pub live_readers: LiveReaders,
+}
+
 /// The walsender on a runtime of its own.
 pub struct Walsender {
     rt: Option<tokio::runtime::Runtime>,
@@ -140,11 +154,11 @@ pub struct Walsender {
 }
 
 impl Walsender {
-    /// Serve the archive in `dir` (with the receive loop's `state` when one fills it) to `users`, with TLS
-    /// when a certificate and key are given.
+    /// Serve the archive in `dir` (fed by a receive loop, or at rest) to `users`, with TLS when a
+    /// certificate and key are given.
     pub fn start(
         dir: &Path,
-        state: Option<watch::Receiver<SourceState>>,
+        feed: Option<Feed>,
         users: &[(&str, &str)],
         tls: Option<(PathBuf, PathBuf)>,
     ) -> Walsender {
@@ -171,7 +185,11 @@ impl Walsender {
         cfg.listen = "127.0.0.1:0".into();
         let store: Arc<dyn walkeeper::archive::store::Store> =
             Arc::new(walkeeper::archive::store::LocalStore::new(dir));
-        let source = Arc::new(WalSource::new(store, state));
+        let source = match feed {
+            Some(f) => WalSource::new(store, Some(f.state)).with_live_readers(f.live_readers),
+            None => WalSource::new(store, None),
+        };
+        let source = Arc::new(source);
         let downstreams = Downstreams::new();
         let ws = rt
             .block_on(walkeeper::serve::Walsender::bind(cfg, source.clone(), downstreams.clone()))
