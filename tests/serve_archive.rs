@@ -256,3 +256,39 @@ async fn missing_segments_and_reply_requests() {
     };
     assert_eq!((bye.severity.as_str(), bye.code.as_str()), ("FATAL", "57P01"));
 }
+
+#[tokio::test]
+async fn too_many_clients_are_refused_in_postgresql_s_words() {
+    let e = wal();
+    let dir = tempfile::tempdir().unwrap();
+    write_archive(dir.path(), &e, Compression::None);
+    let server = serve(dir.path()).await;
+    let mut held = Vec::new();
+    for _ in 0..walkeeper::serve::listener::MAX_CLIENTS {
+        held.push(client(server.port).await);
+    }
+    let params = ConnParams {
+        endpoints: vec![Endpoint::Tcp { host: "127.0.0.1".into(), hostaddr: None, port: server.port }],
+        user: "standby".into(),
+        password: Some("pw".into()),
+        passfile: Some("/nonexistent/walkeeper-tests/pgpass".into()),
+        ..ConnParams::default()
+    };
+    let opts = ConnectOptions { prompt: PasswordPrompt::Never, ..ConnectOptions::default() };
+    let refused = connect(&params, &opts).await.err().expect("one client too many");
+    assert_eq!(refused.sqlstate(), Some("53300"), "{refused}");
+    assert!(refused.to_string().contains("sorry, too many clients already"), "{refused}");
+    // One leaves: the next gets in.
+    drop(held.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        match connect(&params, &opts).await {
+            Ok(c) => {
+                again = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "a freed place was not given to the next client");
+}

@@ -21,6 +21,7 @@ pub const SYNTAX_ERROR: &str = "42601";
 pub const INVALID_NAME: &str = "42602";
 pub const NAME_TOO_LONG: &str = "42622";
 pub const UNDEFINED_OBJECT: &str = "42704";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";

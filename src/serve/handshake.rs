@@ -69,6 +69,8 @@ pub(crate) struct Greeting<'a> {
     /// client is then refused as a starting PostgreSQL refuses it, and retries).
     pub server_version: Option<&'a str>,
     pub process_id: i32,
+    /// As many clients as the walsender serves are connected: refuse this one after its startup packet.
+    pub busy: bool,
 }
 
 /// Run the startup phase on `sock` within [`AUTHENTICATION_TIMEOUT`].
@@ -122,6 +124,9 @@ async fn startup_phase(
     let mut out = BytesMut::new();
     if startup.replication != ReplicationMode::Physical {
         return Err(refuse(&mut sock, errors::physical_replication_only(&startup.user)).await);
+    }
+    if id.busy {
+        return Err(refuse(&mut sock, errors::too_many_connections()).await);
     }
     let Some(server_version) = id.server_version else {
         return Err(refuse(&mut sock, errors::no_wal_yet()).await);

@@ -18,6 +18,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// After a failed accept (e.g. out of file descriptors), wait this long before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Clients served at once (PostgreSQL's max_wal_senders is 10 by default). Up to as many more are told
+/// "sorry, too many clients already"; beyond that, connections are closed at once.
+pub const MAX_CLIENTS: usize = 64;
+
 /// A bound walsender, ready to run.
 #[derive(Debug)]
 pub struct Walsender {
@@ -54,10 +58,15 @@ impl Walsender {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((sock, peer)) => {
+                        if sessions.len() >= 2 * MAX_CLIENTS {
+                            tracing::warn!("walsender on {addr}: {} connections already; closing the one from {peer}", sessions.len());
+                            continue;
+                        }
+                        let busy = sessions.len() >= MAX_CLIENTS;
                         // Both only tune the socket: a failure leaves it usable.
                         let _ = sock.set_nodelay(true);
                         let _ = socket2::SockRef::from(&sock).set_keepalive(true);
-                        sessions.spawn(session::run(sock, peer, self.shared.clone(), shutdown.clone()));
+                        sessions.spawn(session::run(sock, peer, self.shared.clone(), shutdown.clone(), busy));
                     }
                     Err(e) => {
                         tracing::warn!("walsender on {addr}: could not accept a connection: {e}");

@@ -222,7 +222,14 @@ impl Sender<'_> {
                     }
                     self.refresh_limit().await?;
                 }
-                _ = tokio::time::sleep_until(timer) => self.timer(wr).await?,
+                _ = tokio::time::sleep_until(timer) => {
+                    self.timer(wr).await?;
+                    // Without a receive loop in this process nothing announces new WAL: look again at
+                    // each keepalive (an archive written by another process, served at rest).
+                    if self.state.is_none() {
+                        self.refresh_limit().await?;
+                    }
+                }
                 _ = shutdown.changed() => {}
             }
         }

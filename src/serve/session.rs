@@ -31,12 +31,13 @@ pub(crate) struct Shared {
     pub downstreams: Downstreams,
 }
 
-/// Serve one connection until it closes.
+/// Serve one connection until it closes; `busy`: refuse it (too many clients) after its startup packet.
 pub(crate) async fn run(
     sock: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    busy: bool,
 ) {
     let id = next_id();
     let process_id = i32::try_from(id % i32::MAX as u64).unwrap_or(1).max(1);
@@ -48,7 +49,7 @@ pub(crate) async fn run(
         }
     };
     let version = identity.map(|i| commands::server_version(i.major));
-    let greeting = Greeting { server_version: version.as_deref(), process_id };
+    let greeting = Greeting { server_version: version.as_deref(), process_id, busy };
     let session = tokio::select! {
         s = handshake::accept(sock, peer, &shared.cfg, &greeting) => s,
         _ = stopped(&mut shutdown) => return,

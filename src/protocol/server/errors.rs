@@ -16,7 +16,7 @@ pub use crate::protocol::sqlstate::{
     ADMIN_SHUTDOWN, CANNOT_CONNECT_NOW, CONNECTION_FAILURE, DATA_CORRUPTED, DUPLICATE_OBJECT,
     FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_NAME,
     INVALID_PARAMETER_VALUE, INVALID_PASSWORD, NAME_TOO_LONG, OBJECT_NOT_IN_PREREQUISITE_STATE,
-    PROTOCOL_VIOLATION, SYNTAX_ERROR, UNDEFINED_FILE, UNDEFINED_OBJECT,
+    PROTOCOL_VIOLATION, SYNTAX_ERROR, TOO_MANY_CONNECTIONS, UNDEFINED_FILE, UNDEFINED_OBJECT,
 };
 
 /// Severities as PostgreSQL sends them (the `S` and `V` fields carry the same English word).
@@ -227,6 +227,11 @@ pub fn persistent_slot_not_kept(slot: &str) -> ServerError {
         error(FEATURE_NOT_SUPPORTED, format!("walkeeper keeps no replication slots: cannot create slot \"{slot}\"")),
         "Create a TEMPORARY slot or none (remove primary_slot_name from the standby): walkeeper keeps the WAL its connected standbys still need without one.",
     )
+}
+
+/// More clients than the walsender serves at once (PostgreSQL's words when max_connections is reached).
+pub fn too_many_connections() -> ServerError {
+    fatal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
 }
 
 /// The walsender has no WAL to serve yet (an empty archive and a source that never streamed).
