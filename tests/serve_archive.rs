@@ -103,7 +103,7 @@ async fn serve(dir: &Path) -> Server {
     Server { port, downstreams, stop }
 }
 
-async fn client(port: u16) -> Connection {
+async fn try_client(port: u16) -> Result<Connection, walkeeper::conn::ConnectError> {
     let params = ConnParams {
         endpoints: vec![Endpoint::Tcp { host: "127.0.0.1".into(), hostaddr: None, port }],
         user: "standby".into(),
@@ -113,7 +113,11 @@ async fn client(port: u16) -> Connection {
         ..ConnParams::default()
     };
     let opts = ConnectOptions { prompt: PasswordPrompt::Never, ..ConnectOptions::default() };
-    tokio::time::timeout(DEADLINE, connect(&params, &opts)).await.unwrap().unwrap_or_else(|e| panic!("{e}"))
+    tokio::time::timeout(DEADLINE, connect(&params, &opts)).await.expect("connecting hung")
+}
+
+async fn client(port: u16) -> Connection {
+    try_client(port).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What a stream delivered: the WAL from its start, each XLogData's (start, length), and the error that
@@ -267,22 +271,14 @@ async fn too_many_clients_are_refused_in_postgresql_s_words() {
     for _ in 0..walkeeper::serve::listener::MAX_CLIENTS {
         held.push(client(server.port).await);
     }
-    let params = ConnParams {
-        endpoints: vec![Endpoint::Tcp { host: "127.0.0.1".into(), hostaddr: None, port: server.port }],
-        user: "standby".into(),
-        password: Some("pw".into()),
-        passfile: Some("/nonexistent/walkeeper-tests/pgpass".into()),
-        ..ConnParams::default()
-    };
-    let opts = ConnectOptions { prompt: PasswordPrompt::Never, ..ConnectOptions::default() };
-    let refused = connect(&params, &opts).await.err().expect("one client too many");
+    let refused = try_client(server.port).await.err().expect("one client too many");
     assert_eq!(refused.sqlstate(), Some("53300"), "{refused}");
     assert!(refused.to_string().contains("sorry, too many clients already"), "{refused}");
     // One leaves: the next gets in.
     drop(held.pop());
     let mut again = None;
     for _ in 0..100 {
-        match connect(&params, &opts).await {
+        match try_client(server.port).await {
             Ok(c) => {
                 again = Some(c);
                 break;
