@@ -1,6 +1,7 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
 //! durable rename), compression, and the read side (restore, verify, status, cleanup).
 
+pub mod backups;
 pub mod catalog;
 pub mod cleanup;
 pub mod compress;
@@ -13,6 +14,7 @@ pub mod lock;
 pub mod prefetch;
 pub mod restore;
 mod restream;
+pub mod retention;
 pub mod scan;
 pub mod status;
 pub mod store;

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod logging;
 pub mod receive;
 pub mod restore;
+pub mod service;
 pub mod status;
 pub mod verify;
 
@@ -183,16 +184,20 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve a file of the archive to PostgreSQL: restore_command = 'walkeeper restore -D DIR %f %p'
     Restore(restore::RestoreArgs),
-    /// Show what the archive holds: timelines, segments, gaps, the open .partial, age of the newest WAL
+    /// Show what the archive holds: timelines, segments, gaps, the open .partial, age of the newest WAL, base
+    /// backups
     Status(status::StatusArgs),
-    /// Remove segments older than a given one (pg_archivecleanup semantics)
+    /// Remove segments older than a given one (pg_archivecleanup semantics) or than the N newest base backups
     Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),
+    /// Archive many servers in one long-running process, with /metrics, /health and /status (see --config)
+    Service(service::ServiceArgs),
 }
 
 /// The subcommand names, for `Prog` before a command line has parsed (usage-error hints).
-pub const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
+pub const SUBCOMMANDS: [&str; 8] =
+    ["receive", "check", "demo", "restore", "status", "cleanup", "verify", "service"];
 
 impl Command {
     /// The name it is invoked by.
@@ -205,6 +210,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Cleanup(_) => "cleanup",
             Command::Verify(_) => "verify",
+            Command::Service(_) => "service",
         }
     }
 }
