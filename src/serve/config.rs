@@ -42,9 +42,10 @@ impl fmt::Debug for ServeSection {
     }
 }
 
-/// A `[source.serve]` section that cannot be used, one line naming the setting.
+/// A `[source.serve]` section that cannot be used, one line naming the setting (the service adds the file,
+/// the source and `serve`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("[source.serve] {0}")]
+#[error("{0}")]
 pub struct ServeConfigError(String);
 
 /// A checked, ready-to-use walsender configuration.
@@ -146,14 +147,13 @@ mod tests {
             tls_cert: None,
             tls_key: None,
         };
-        assert!(bad(with("5499", &[("a", "b")]))
-            .starts_with("[source.serve] listen = \"5499\": expected host:port"));
+        assert!(bad(with("5499", &[("a", "b")])).starts_with("listen = \"5499\": expected host:port"));
         assert!(bad(with("[::1]:0", &[("a", "b")])).contains("expected host:port"));
         assert!(ServeConfig::from_section(&with("[::1]:5499", &[("a", "b")])).is_ok());
         assert!(bad(with("h:1", &[])).contains("users: no user may connect"));
         assert!(bad(with("h:1", &[("a", "")])).contains("users.a: empty password"));
         let e = bad(with("h:1", &[("a", "SCRAM-SHA-256$4096:bad")]));
-        assert!(e.starts_with("[source.serve] users.a: invalid SCRAM verifier"), "{e}");
+        assert!(e.starts_with("users.a: invalid SCRAM verifier"), "{e}");
         assert!(!e.contains("bad"), "a secret is never quoted: {e}");
         let mut half = with("h:1", &[("a", "b")]);
         half.tls_cert = Some("/x.crt".into());

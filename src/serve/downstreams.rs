@@ -117,8 +117,9 @@ impl Downstreams {
     }
 }
 
-/// The oldest position needed among `list` (the lowest LSN).
-fn oldest(list: &[Downstream]) -> Option<Needed> {
+/// The oldest position needed among `list` (the lowest LSN), as [`Downstreams::oldest_needed`] gives it for
+/// the live registry; for a copy of its list (a scrape, a status report).
+pub fn oldest(list: &[Downstream]) -> Option<Needed> {
     list.iter()
         .map(|d| Needed { timeline: d.timeline, lsn: d.needs_from() })
         .min_by_key(|n| (n.lsn, n.timeline))
