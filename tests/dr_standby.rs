@@ -183,7 +183,7 @@ fn rpo_zero_through_walkeeper() {
     let (acked, writer) = committing_writer(&primary);
     primary.generate_wal(2); // commits in flight across segment boundaries
     assert!(wait_until(TIMEOUT, || acked.lock().unwrap().len() >= 300), "the writer got stuck");
-    primary.kill();
+    primary.crash();
     let why = writer.join().unwrap();
     let acked = acked.lock().unwrap().clone();
     assert!(!acked.is_empty(), "{why}");

@@ -34,6 +34,8 @@ fn config(cluster: &Cluster, dir: &std::path::Path) -> ReceiveConfig {
         validate: true,
         apply_report: ApplyReport::Invalid,
         live_readers: Default::default(),
+        failover: false,
+        create_slot: false,
     }
 }
 

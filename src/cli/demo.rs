@@ -223,6 +223,8 @@ async fn demo_body(
         validate: true,
         apply_report: ApplyReport::Invalid,
         live_readers: Default::default(),
+        failover: false,
+        create_slot: false,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();

@@ -114,6 +114,24 @@ pub struct ConnectionArgs {
 
 /// Merge conninfo, options and environment into connection parameters.
 pub fn resolve_conn(args: &ConnectionArgs, prog: &Prog) -> Result<ConnParams, Exit> {
+    resolve_conn_env(args, prog, &conninfo::process_env)
+}
+
+/// [`resolve_conn`] with `target_session_attrs` defaulting to `attrs` when neither the connection string nor
+/// `PGTARGETSESSIONATTRS` sets it (`receive --failover` streams from a read-write server unless told otherwise).
+pub fn resolve_conn_with_default_attrs(
+    args: &ConnectionArgs,
+    prog: &Prog,
+    attrs: &str,
+) -> Result<ConnParams, Exit> {
+    resolve_conn_env(args, prog, &conninfo::with_default_target_session_attrs(&conninfo::process_env, attrs))
+}
+
+fn resolve_conn_env(
+    args: &ConnectionArgs,
+    prog: &Prog,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ConnParams, Exit> {
     let sources = Sources {
         conninfo: args.dbname.as_deref(),
         host: args.host.as_deref(),
@@ -121,7 +139,7 @@ pub fn resolve_conn(args: &ConnectionArgs, prog: &Prog) -> Result<ConnParams, Ex
         user: args.username.as_deref(),
         fallback_application_name: Some(prog.application_name()),
     };
-    conninfo::resolve(&sources, &conninfo::process_env).map_err(|e| Exit::error(prog, &e.to_string()))
+    conninfo::resolve(&sources, env).map_err(|e| Exit::error(prog, &e.to_string()))
 }
 
 pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {

@@ -334,22 +334,23 @@ fn source(
         fallback_application_name: Some("walkeeper"),
         ..Sources::default()
     };
-    let conn = conninfo::resolve(&sources, env).map_err(|e| ("conninfo", e.to_string()))?;
+    // Under failover the primary is the server to follow: libpq's target_session_attrs defaults to
+    // read-write (a conninfo or PGTARGETSESSIONATTRS that says otherwise wins), as for `receive --failover`.
+    let conn = if s.failover {
+        conninfo::resolve(&sources, &conninfo::with_default_target_session_attrs(env, "read-write"))
+    } else {
+        conninfo::resolve(&sources, env)
+    }
+    .map_err(|e| ("conninfo", e.to_string()))?;
     let directory = directory(&s.directory, base).map_err(|m| ("directory", m))?;
     if let Some(slot) = &s.slot {
         validate_slot_name(slot).map_err(|e| ("slot", e.to_string()))?;
     }
-    if s.create_slot {
-        if s.slot.is_none() {
-            return Err(("create_slot", "needs a slot: set \"slot\" too".into()));
-        }
-        return Err(("create_slot", not_available("creating slots from the service")));
+    if s.create_slot && s.slot.is_none() {
+        return Err(("create_slot", "needs a slot: set \"slot\" too".into()));
     }
     let compress =
         parse_compress(s.compression.as_deref().unwrap_or("none")).map_err(|e| ("compression", e))?;
-    if s.failover {
-        return Err(("failover", not_available("failover = true")));
-    }
     let retention = match s.keep_backups {
         Some(0) => return Err(("keep_backups", "must be at least 1".into())),
         Some(keep_backups) => {
@@ -401,14 +402,12 @@ fn source(
         validate: true,
         apply_report: ApplyReport::Invalid,
         live_readers: Default::default(),
+        failover: s.failover,
+        create_slot: s.create_slot,
     };
     let serve =
         s.serve.as_ref().map(ServeConfig::from_section).transpose().map_err(|e| ("serve", e.to_string()))?;
     Ok(Source { name: s.name.clone(), receive, retention, serve, settings: s })
-}
-
-fn not_available(what: &str) -> String {
-    format!("{what} is not available in this version of walkeeper yet; remove the key")
 }
 
 /// The canonical path of an existing directory we can list (`receive` checks the same before connecting).
@@ -455,6 +454,7 @@ fn bounded(d: Result<Duration, String>) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::params::TargetSessionAttrs;
 
     fn env(_: &str) -> Option<String> {
         None
@@ -533,6 +533,26 @@ receive_timeout = 0
     }
 
     #[test]
+    fn failover_follows_the_primary_and_creates_the_slot() {
+        let base = "[[source]]\nname = \"x\"\ndirectory = \"a\"\nslot = \"arch\"\n";
+        let (_dir, result) =
+            setup(&format!("{base}conninfo = \"host=p,s\"\nfailover = true\ncreate_slot = true\n"));
+        let r = &result.unwrap().sources[0].receive;
+        assert!(r.failover && r.create_slot);
+        assert_eq!(r.conn.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(r.conn.endpoints.len(), 2);
+        // The conninfo's own choice wins; without failover libpq's default (any) stays.
+        let (_dir, result) = setup(&format!(
+            "{base}conninfo = \"host=p,s target_session_attrs=prefer-standby\"\nfailover = true\n"
+        ));
+        let r = &result.unwrap().sources[0].receive;
+        assert_eq!((r.failover, r.create_slot), (true, false));
+        assert_eq!(r.conn.target_session_attrs, TargetSessionAttrs::PreferStandby);
+        let (_dir, result) = setup(&format!("{base}conninfo = \"host=p,s\"\n"));
+        assert_eq!(result.unwrap().sources[0].receive.conn.target_session_attrs, TargetSessionAttrs::Any);
+    }
+
+    #[test]
     fn the_listen_address_has_a_default() {
         let (_dir, result) = setup("[[source]]\nname = \"x\"\nconninfo = \"\"\ndirectory = \"a\"\n");
         assert_eq!(result.unwrap().listen, DEFAULT_LISTEN.parse().unwrap());
@@ -598,7 +618,6 @@ receive_timeout = 0
         assert!(one("compression = \"brotli\"")
             .starts_with("source \"s\": key \"compression\": unrecognized compression algorithm"));
         assert!(one("slot = \"Bad-Name\"").starts_with("source \"s\": key \"slot\": "));
-        assert!(one("failover = true").contains("key \"failover\": failover = true is not available"));
         assert!(one("create_slot = true").contains("key \"create_slot\": needs a slot"));
         assert!(one("keep_min_age = \"7d\"").contains("key \"keep_min_age\": applies to keep_backups"));
         assert!(one("keep_backups = 0").contains("key \"keep_backups\": must be at least 1"));

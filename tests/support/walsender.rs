@@ -90,6 +90,8 @@ impl Receiver {
             validate: true,
             apply_report: ApplyReport::Invalid,
             live_readers: live_readers.clone(),
+            failover: false,
+            create_slot: false,
         };
         let (stop, stop_rx) = watch::channel(false);
         let state_tx = walkeeper::stream::state::unobserved();
