@@ -10,6 +10,7 @@ pub mod calendar;
 pub mod cli;
 pub mod conn;
 pub mod protocol;
+pub mod serve;
 pub mod service;
 pub mod stream;
 pub mod wal;

@@ -222,6 +222,7 @@ async fn demo_body(
         no_loop: true,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        live_readers: Default::default(),
         failover: false,
         create_slot: false,
     };

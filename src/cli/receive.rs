@@ -246,6 +246,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         no_loop: args.no_loop,
         validate: !args.no_validate,
         apply_report: if args.report_apply { ApplyReport::Flush } else { ApplyReport::Invalid },
+        live_readers: Default::default(),
         failover: args.failover,
         create_slot: args.failover && args.slot.is_some(),
     };

@@ -326,12 +326,12 @@ fn load_roots(path: PathBuf) -> Result<Roots, TlsError> {
     Ok(Roots { path, store: Arc::new(store), certs })
 }
 
-fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     pem_certs(FileKind::Cert, path)
 }
 
 /// libpq's checks on the client key file, then PEM (or DER as a fallback) parsing.
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,

@@ -13,6 +13,7 @@ use crate::conn::conninfo::{self, Sources};
 use crate::conn::{ConnectOptions, PasswordPrompt};
 use crate::protocol::codec::os_error;
 use crate::protocol::replication::validate_slot_name;
+use crate::serve::{ServeConfig, ServeSection};
 use crate::stream::feedback::ApplyReport;
 use crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT;
 use crate::stream::ReceiveConfig;
@@ -58,6 +59,8 @@ pub struct Source {
     pub receive: ReceiveConfig,
     /// `keep_backups` (and `keep_min_age`), applied every `interval`; None without `keep_backups`.
     pub retention: Option<Retention>,
+    /// `[source.serve]`: the walsender serving this archive to standbys.
+    pub serve: Option<ServeConfig>,
     /// The settings as written, to tell a changed source from an untouched one on reload.
     settings: SourceSettings,
 }
@@ -120,6 +123,7 @@ struct SourceSettings {
     retention_interval: Option<toml::Value>,
     status_interval: Option<toml::Value>,
     receive_timeout: Option<toml::Value>,
+    serve: Option<ServeSection>,
 }
 
 /// A configuration error: one line, `FILE: [line N: ][source "NAME": ][key "KEY": ]what is wrong`.
@@ -226,6 +230,17 @@ fn parse(
         let source = source(s, base, env).map_err(|(key, message)| err(key, message))?;
         if let Some(other) = sources.iter().find(|o| o.name == source.name) {
             return Err(err("name", format!("\"{}\" is also the name of an earlier source", other.name)));
+        }
+        let listen = |s: &Source| s.serve.as_ref().map(|c| c.listen.clone());
+        if let Some(other) = sources.iter().find(|o| listen(o).is_some() && listen(o) == listen(&source)) {
+            return Err(err(
+                "serve",
+                format!(
+                    "listen = \"{}\" is also where source \"{}\" serves",
+                    listen(&source).unwrap_or_default(),
+                    other.name
+                ),
+            ));
         }
         if let Some(other) = sources.iter().find(|o| o.directory() == source.directory()) {
             return Err(err(
@@ -386,10 +401,13 @@ fn source(
         no_loop: false,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        live_readers: Default::default(),
         failover: s.failover,
         create_slot: s.create_slot,
     };
-    Ok(Source { name: s.name.clone(), receive, retention, settings: s })
+    let serve =
+        s.serve.as_ref().map(ServeConfig::from_section).transpose().map_err(|e| ("serve", e.to_string()))?;
+    Ok(Source { name: s.name.clone(), receive, retention, serve, settings: s })
 }
 
 /// The canonical path of an existing directory we can list (`receive` checks the same before connecting).

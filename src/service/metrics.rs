@@ -5,6 +5,7 @@
 //! `pg_current_wal_lsn() - '0/0'` gives in SQL), so differences are byte counts. docs/service.md documents
 //! each metric.
 
+use crate::serve::{downstreams, Downstream};
 use crate::stream::state::{Phase, SourceState};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -22,6 +23,17 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 pub struct Sample {
     pub source: String,
     pub state: SourceState,
+    /// With `[source.serve]`: where its walsender listens and the standbys streaming from it.
+    pub serve: Option<ServeSample>,
+}
+
+/// A source's walsender at scrape time.
+#[derive(Clone, Debug)]
+pub struct ServeSample {
+    pub listen: String,
+    pub downstreams: Vec<Downstream>,
+    /// Why it stopped serving, when it did.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -172,8 +184,54 @@ impl Collector for Sources {
                 }
             }
         }
-        Ok(())
+        encode_downstreams(&self.0, &mut encoder)
     }
+}
+
+/// `walkeeper_downstreams` and the oldest WAL they still need for every source (0 without a walsender or a
+/// standby), and each connected standby's flushed position. Standbys sharing an application_name share a series: the lowest position (the one behind).
+fn encode_downstreams(samples: &[Sample], encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(0i64).metric_type();
+    let mut count = encoder.encode_descriptor(
+        "walkeeper_downstreams",
+        "Standbys streaming from the source's walsender ([source.serve]; 0 without one)",
+        None,
+        gauge,
+    )?;
+    for sample in samples {
+        let n = sample.serve.as_ref().map_or(0, |s| s.downstreams.len() as u64);
+        ConstGauge::new(n).encode(count.encode_family(&[("source", sample.source.as_str())])?)?;
+    }
+    let mut oldest = encoder.encode_descriptor(
+        "walkeeper_downstream_oldest_needed_lsn",
+        "The oldest WAL a standby streaming from the walsender still needs (retention keeps it), as a byte position; 0 with none connected",
+        Some(&Unit::Bytes),
+        gauge,
+    )?;
+    for sample in samples {
+        let needed = sample.serve.as_ref().and_then(|s| downstreams::oldest(&s.downstreams));
+        let at = needed.map_or(0, |n| n.lsn.0);
+        ConstGauge::new(at).encode(oldest.encode_family(&[("source", sample.source.as_str())])?)?;
+    }
+    let mut flushed = encoder.encode_descriptor(
+        "walkeeper_downstream_flushed_lsn",
+        "What a standby streaming from the walsender reported as flushed, as a byte position (0 before its first report); one series per application_name, the lowest when several share it",
+        Some(&Unit::Bytes),
+        gauge,
+    )?;
+    for sample in samples {
+        let mut lowest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for d in sample.serve.iter().flat_map(|s| &s.downstreams) {
+            let at = d.flush.map_or(0, |l| l.0);
+            let e = lowest.entry(d.application_name.as_str()).or_insert(at);
+            *e = (*e).min(at);
+        }
+        for (name, at) in lowest {
+            let labels = [("source", sample.source.as_str()), ("application_name", name)];
+            ConstGauge::new(at).encode(flushed.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 /// The text of a scrape.
@@ -203,8 +261,8 @@ mod tests {
     #[test]
     fn every_series_of_every_source_from_the_start() {
         let text = render(vec![
-            Sample { source: "a".into(), state: SourceState::default() },
-            Sample { source: "b".into(), state: SourceState::default() },
+            Sample { source: "a".into(), state: SourceState::default(), serve: None },
+            Sample { source: "b".into(), state: SourceState::default(), serve: None },
         ]);
         for name in [
             "walkeeper_source_up",
@@ -248,7 +306,7 @@ mod tests {
             last_message: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)),
             ..SourceState::default()
         };
-        let text = render(vec![Sample { source: "db".into(), state }]);
+        let text = render(vec![Sample { source: "db".into(), state, serve: None }]);
         let v = |name: &str| value(&text, &format!("{name}{{source=\"db\"}}"));
         assert_eq!(v("walkeeper_source_up"), "1");
         assert_eq!(v("walkeeper_timeline"), "3");
@@ -266,7 +324,7 @@ mod tests {
     #[test]
     fn every_metric_is_documented_and_the_alert_rules_are_the_docs_ones() {
         let docs = include_str!("../../docs/service.md");
-        let text = render(vec![Sample { source: "x".into(), state: SourceState::default() }]);
+        let text = render(vec![Sample { source: "x".into(), state: SourceState::default(), serve: None }]);
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(
@@ -276,6 +334,51 @@ mod tests {
         }
         let rules = include_str!("../../docker/alerts.yml");
         assert!(docs.contains(rules), "docs/service.md does not show docker/alerts.yml as it is");
+    }
+
+    #[test]
+    fn downstreams_per_source_and_per_application_name() {
+        use crate::serve::{Downstream, DownstreamState};
+        let standby = |id, name: &str, start, flush| Downstream {
+            id,
+            application_name: name.into(),
+            user: "standby".into(),
+            client_addr: "127.0.0.1:5000".parse().unwrap(),
+            state: DownstreamState::Streaming,
+            timeline: 1,
+            start: Lsn(start),
+            sent: Lsn(start),
+            write: None,
+            flush,
+            replay: None,
+            xmin: None,
+            connected_at: SystemTime::UNIX_EPOCH,
+            last_reply: None,
+        };
+        let downstreams = vec![
+            standby(1, "dr", 0x100, Some(Lsn(0x900))),
+            standby(2, "dr", 0x100, Some(Lsn(0x500))),
+            standby(3, "late", 0x300, None),
+        ];
+        let serve = Some(ServeSample { listen: "127.0.0.1:5499".into(), downstreams, error: None });
+        let text = render(vec![
+            Sample { source: "db".into(), state: SourceState::default(), serve },
+            Sample { source: "plain".into(), state: SourceState::default(), serve: None },
+        ]);
+        assert_eq!(value(&text, "walkeeper_downstreams{source=\"db\"}"), "3");
+        assert_eq!(value(&text, "walkeeper_downstreams{source=\"plain\"}"), "0");
+        // The standby that has flushed nothing yet needs everything from where it started.
+        assert_eq!(value(&text, "walkeeper_downstream_oldest_needed_lsn_bytes{source=\"db\"}"), "768");
+        assert_eq!(value(&text, "walkeeper_downstream_oldest_needed_lsn_bytes{source=\"plain\"}"), "0");
+        let flushed = |name: &str| {
+            value(
+                &text,
+                &format!(
+                    "walkeeper_downstream_flushed_lsn_bytes{{source=\"db\",application_name=\"{name}\"}}"
+                ),
+            )
+        };
+        assert_eq!((flushed("dr"), flushed("late")), ("1280".to_string(), "0".to_string()));
     }
 
     #[test]

@@ -6,17 +6,23 @@
 //! has ended, so a restarted source never overlaps its predecessor.
 //!
 //! A source with `keep_backups` also runs retention on that thread's runtime (its blocking pool), under the
-//! same lock. Everything the rest of the service learns about the source comes from its `SourceState`
-//! channel and its log lines.
+//! same lock; it never removes what a standby streaming from the source still needs. A source with
+//! `[source.serve]` runs its walsender (`serve`) on a second thread and runtime: standbys are served
+//! whatever the receive loop is doing (fsyncing, retrying an upstream that is down, or stopped), and the
+//! loop syncs every batch while they stream. Everything the rest of the service learns about the source
+//! comes from its `SourceState` channel, its downstreams and its log lines.
 
 use crate::archive::lock::ArchiveLock;
 use crate::archive::retention;
 use crate::archive::store::LocalStore;
+use crate::serve::{Downstreams, ServeConfig, WalSource, Walsender};
 use crate::service::config::{Retention, Source};
+use crate::service::shared::ServeView;
 use crate::stream::follow::receive;
-use crate::stream::state::{set_phase, Phase, SourceState, StateSender};
+use crate::stream::state::{set_phase, LiveReaders, Phase, SourceState, StateSender};
 use crate::stream::ReceiveConfig;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
@@ -34,6 +40,17 @@ pub struct Runner {
     state: watch::Receiver<SourceState>,
     /// Resolves when the thread has ended (the lock is released by then).
     done: Option<oneshot::Receiver<()>>,
+    /// The walsender's thread, with `[source.serve]`.
+    serving: Option<Serving>,
+}
+
+/// A source's walsender thread.
+#[derive(Debug)]
+struct Serving {
+    stop: watch::Sender<bool>,
+    view: ServeView,
+    /// Resolves when the thread has ended (the listening socket is closed by then).
+    done: Option<oneshot::Receiver<()>>,
 }
 
 impl Runner {
@@ -43,18 +60,28 @@ impl Runner {
         let sender = StateSender::new(SourceState::default());
         let state = sender.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
-        let cfg = source.receive.clone();
+        let live_readers = LiveReaders::default();
+        let cfg = ReceiveConfig { live_readers: live_readers.clone(), ..source.receive.clone() };
+        let serving = source.serve.as_ref().map(|serve| {
+            Serving::start(&source.name, serve.clone(), source.directory(), state.clone(), live_readers)
+        });
         let retention = source.retention;
         let name = source.name.clone();
+        let downstreams = serving.as_ref().map(|s| s.view.downstreams.clone());
         let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
-            run_thread(&name, &cfg, retention, stop_rx, &sender);
+            run_thread(&name, &cfg, retention, downstreams, stop_rx, &sender);
             // The loop has ended: no more writes. Now the next writer may have the directory.
             drop(lock);
             let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => Runner { name: source.name.clone(), stop, state, done: Some(done_rx) },
-            Err(e) => Runner::failed(&source.name, format!("could not start a thread for the source: {e}")),
+            Ok(_) => Runner { name: source.name.clone(), stop, state, done: Some(done_rx), serving },
+            Err(e) => {
+                if let Some(s) = &serving {
+                    let _ = s.stop.send(true);
+                }
+                Runner::failed(&source.name, format!("could not start a thread for the source: {e}"))
+            }
         }
     }
 
@@ -66,7 +93,7 @@ impl Runner {
         sender.send_modify(|s| s.last_error = Some(error));
         set_phase(&sender, Phase::Stopped);
         let (stop, _) = watch::channel(false);
-        Runner { name: name.to_string(), stop, state: sender.subscribe(), done: None }
+        Runner { name: name.to_string(), stop, state: sender.subscribe(), done: None, serving: None }
     }
 
     pub fn name(&self) -> &str {
@@ -78,31 +105,125 @@ impl Runner {
         self.state.clone()
     }
 
-    /// Whether the loop has ended (a fatal error, or stopped): a reload starts such a source again.
+    /// Whether the loop has ended (a fatal error, or stopped), or its walsender has failed (its address
+    /// taken, say): a reload starts such a source again.
     pub fn ended(&self) -> bool {
         self.state.borrow().phase == Phase::Stopped
+            || self.serving.as_ref().is_some_and(|s| s.view.failed.get().is_some())
     }
 
-    /// Ask the loop to stop: it syncs what it has, reports it to the server, and ends.
+    /// This source's walsender as the endpoints show it; None without `[source.serve]`.
+    pub fn serve_view(&self) -> Option<ServeView> {
+        self.serving.as_ref().map(|s| s.view.clone())
+    }
+
+    /// Ask the loop to stop: it syncs what it has, reports it to the server, and ends. The walsender ends
+    /// its sessions and closes its socket.
     pub fn request_stop(&self) {
         let _ = self.stop.send(true);
+        if let Some(s) = &self.serving {
+            let _ = s.stop.send(true);
+        }
     }
 
-    /// Wait until the thread has ended (true), or `limit` has passed (false: it still runs, and holds its
-    /// directory's lock).
+    /// Wait until the threads have ended (true), or `limit` has passed (false: one still runs; the loop
+    /// holds its directory's lock, the walsender its listening socket).
     pub async fn wait(&mut self, limit: Duration) -> bool {
-        let Some(done) = self.done.as_mut() else { return true };
-        let finished = tokio::time::timeout(limit, done).await.is_ok();
-        if finished {
-            self.done = None;
+        let deadline = tokio::time::Instant::now() + limit;
+        let serving = self.serving.as_mut().and_then(|s| s.done.as_mut());
+        for done in [self.done.as_mut(), serving].into_iter().flatten() {
+            if tokio::time::timeout_at(deadline, &mut *done).await.is_err() {
+                return false;
+            }
         }
-        finished
+        self.done = None;
+        if let Some(s) = &mut self.serving {
+            s.done = None;
+        }
+        true
     }
+}
+
+impl Serving {
+    /// Serve `directory` on a thread and runtime of its own, woken by the receive loop's `state`.
+    fn start(
+        name: &str,
+        cfg: ServeConfig,
+        directory: &Path,
+        state: watch::Receiver<SourceState>,
+        live_readers: LiveReaders,
+    ) -> Serving {
+        let (stop, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = oneshot::channel();
+        let view = ServeView {
+            listen: cfg.listen.clone(),
+            downstreams: Downstreams::new(),
+            failed: Arc::new(OnceLock::new()),
+        };
+        let (name2, dir, view2) = (name.to_string(), directory.to_path_buf(), view.clone());
+        let spawned = std::thread::Builder::new().name(serve_thread_name(name)).spawn(move || {
+            let ds = view2.downstreams.clone();
+            if let Err(e) = serve_thread(&name2, cfg, dir, state, live_readers, ds, stop_rx) {
+                fail(&name2, &view2, e);
+            }
+            let _ = done_tx.send(());
+        });
+        let done = match spawned {
+            Ok(_) => Some(done_rx),
+            Err(e) => {
+                fail(name, &view, format!("could not start a thread for the walsender: {e}"));
+                None
+            }
+        };
+        Serving { stop, view, done }
+    }
+}
+
+/// The walsender has stopped serving for good: say so in the log and in `/status`, and let a reload start
+/// it again.
+fn fail(name: &str, view: &ServeView, error: String) {
+    tracing::error!("source {name}: {error}; standbys cannot stream from it until the service is reloaded");
+    let _ = view.failed.set(error);
+}
+
+/// The walsender thread's body: bind, serve until stopped. An error ends the walsender only; the source
+/// goes on archiving.
+fn serve_thread(
+    name: &str,
+    cfg: ServeConfig,
+    directory: PathBuf,
+    state: watch::Receiver<SourceState>,
+    live_readers: LiveReaders,
+    downstreams: Downstreams,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("could not start a runtime for the walsender: {e}"))?;
+    let span = tracing::info_span!("source", source = %name);
+    let serve = async move {
+        let store = Arc::new(LocalStore::new(&directory));
+        let source = WalSource::new(store, Some(state)).with_live_readers(live_readers);
+        let ws = Walsender::bind(cfg, Arc::new(source), downstreams).await.map_err(|e| e.to_string())?;
+        ws.run(stop).await;
+        Ok(())
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(serve.instrument(span))))
+        .unwrap_or_else(|_| Err("internal error: the walsender panicked".into()))
 }
 
 /// Linux keeps 15 bytes of a thread's name: `wk:` and the start of the source's.
 fn thread_name(source: &str) -> String {
-    let mut name = format!("wk:{source}");
+    fit_thread_name(format!("wk:{source}"))
+}
+
+/// The walsender's thread: `ws:` and the start of the source's name.
+fn serve_thread_name(source: &str) -> String {
+    fit_thread_name(format!("ws:{source}"))
+}
+
+fn fit_thread_name(mut name: String) -> String {
     name.truncate((0..=15.min(name.len())).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0));
     name
 }
@@ -113,6 +234,7 @@ fn run_thread(
     name: &str,
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
+    downstreams: Option<Downstreams>,
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
@@ -122,7 +244,7 @@ fn run_thread(
     };
     let span = tracing::info_span!("source", source = %name);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run(cfg, retention, stop, state).instrument(span))
+        runtime.block_on(run(cfg, retention, downstreams, stop, state).instrument(span))
     }));
     // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
     drop(runtime);
@@ -145,6 +267,7 @@ fn give_up(state: &StateSender, error: String) {
 async fn run(
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
+    downstreams: Option<Downstreams>,
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
@@ -163,15 +286,16 @@ async fn run(
             state,
             format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
         ),
-        () = retain(&cfg.directory, retention) => {}
+        () = retain(&cfg.directory, retention, downstreams) => {}
     }
 }
 
 /// Apply retention every `interval` (the first time one interval after the start), forever. Each run
 /// lists the archive, finds its base backups and removes what the policy lets go
 /// (`archive::retention::run`), on the runtime's blocking pool: this source's own loop keeps streaming
-/// meanwhile, and the runner holds the directory's lock throughout.
-async fn retain(directory: &Path, retention: Option<Retention>) {
+/// meanwhile, and the runner holds the directory's lock throughout. With a walsender, nothing a connected
+/// standby still needs is removed (the policy's floor).
+async fn retain(directory: &Path, retention: Option<Retention>, downstreams: Option<Downstreams>) {
     let Some(Retention { policy, interval }) = retention else {
         return std::future::pending().await;
     };
@@ -179,6 +303,8 @@ async fn retain(directory: &Path, retention: Option<Retention>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let floor = downstreams.as_ref().and_then(Downstreams::oldest_needed).map(|n| n.lsn);
+        let policy = retention::Policy { floor, ..policy };
         let dir = directory.to_path_buf();
         let run = tokio::task::spawn_blocking(move || {
             retention::run(&LocalStore::new(&dir), &policy, false, SystemTime::now())

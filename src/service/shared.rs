@@ -1,11 +1,12 @@
 //! What the HTTP endpoints and the archive lister read: the running sources (name, directory, state
 //! channel), replaced whole by the supervisor at start and at each reload, and the latest archive listings.
 
+use crate::serve::Downstreams;
 use crate::service::archives::{ArchiveSummary, Summaries, Target};
-use crate::service::metrics::Sample;
+use crate::service::metrics::{Sample, ServeSample};
 use crate::stream::state::SourceState;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use tokio::sync::watch;
 
 /// One running source, as seen from outside it.
@@ -14,6 +15,18 @@ pub struct View {
     pub name: String,
     pub directory: PathBuf,
     pub state: watch::Receiver<SourceState>,
+    /// With `[source.serve]`: its walsender.
+    pub serve: Option<ServeView>,
+}
+
+/// A source's walsender, as seen from outside it.
+#[derive(Clone, Debug)]
+pub struct ServeView {
+    pub listen: String,
+    /// The standbys streaming from it.
+    pub downstreams: Downstreams,
+    /// Why it stopped serving for good (its address taken, say), until a reload starts it again.
+    pub failed: Arc<OnceLock<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -43,7 +56,14 @@ impl Shared {
     pub fn samples(&self) -> Vec<(Sample, PathBuf)> {
         self.views()
             .into_iter()
-            .map(|v| (Sample { source: v.name, state: v.state.borrow().clone() }, v.directory))
+            .map(|v| {
+                let serve = v.serve.map(|s| ServeSample {
+                    listen: s.listen,
+                    downstreams: s.downstreams.list(),
+                    error: s.failed.get().cloned(),
+                });
+                (Sample { source: v.name, state: v.state.borrow().clone(), serve }, v.directory)
+            })
             .collect()
     }
 

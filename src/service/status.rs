@@ -2,8 +2,9 @@
 //! counters, its last error, and what its archive holds (from [`archives`](super::archives), listed off the
 //! request path).
 
+use crate::serve::downstreams;
 use crate::service::archives::ArchiveSummary;
-use crate::service::metrics::{lag_bytes, Sample};
+use crate::service::metrics::{lag_bytes, Sample, ServeSample};
 use serde::Serialize;
 use std::path::Path;
 use std::time::SystemTime;
@@ -39,6 +40,68 @@ pub struct SourceStatus<'a> {
     pub invalid_wal: u64,
     /// None until the archive was first listed.
     pub archive: Option<&'a ArchiveSummary>,
+    /// With `[source.serve]`: the walsender and the standbys streaming from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeStatus<'a>>,
+}
+
+/// A source's walsender.
+#[derive(Debug, Serialize)]
+pub struct ServeStatus<'a> {
+    pub listen: &'a str,
+    /// Why the walsender stopped serving (its address taken, say); a reload starts it again.
+    pub error: Option<&'a str>,
+    /// The oldest WAL a connected standby still needs (retention keeps it), as an LSN.
+    pub oldest_needed_lsn: Option<String>,
+    pub downstreams: Vec<DownstreamStatus<'a>>,
+}
+
+/// One standby streaming from the walsender, as `pg_stat_replication` shows one.
+#[derive(Debug, Serialize)]
+pub struct DownstreamStatus<'a> {
+    pub application_name: &'a str,
+    pub client_addr: String,
+    pub user: &'a str,
+    /// `catchup` while behind the end of the archive, then `streaming`.
+    pub state: &'static str,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub sent_lsn: String,
+    pub write_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    /// Its hot standby feedback (not passed to the primary).
+    pub xmin: Option<u32>,
+    pub connected_since_unix: Option<f64>,
+    pub last_reply_unix: Option<f64>,
+}
+
+fn serve_status(s: &ServeSample) -> ServeStatus<'_> {
+    let lsn = |l: Option<crate::wal::Lsn>| l.map(|l| l.to_string());
+    ServeStatus {
+        listen: &s.listen,
+        error: s.error.as_deref(),
+        oldest_needed_lsn: lsn(downstreams::oldest(&s.downstreams).map(|n| n.lsn)),
+        downstreams: s
+            .downstreams
+            .iter()
+            .map(|d| DownstreamStatus {
+                application_name: &d.application_name,
+                client_addr: d.client_addr.to_string(),
+                user: &d.user,
+                state: d.state.name(),
+                timeline: d.timeline,
+                start_lsn: d.start.to_string(),
+                sent_lsn: d.sent.to_string(),
+                write_lsn: lsn(d.write),
+                flush_lsn: lsn(d.flush),
+                replay_lsn: lsn(d.replay),
+                xmin: d.xmin.filter(|&x| x != 0),
+                connected_since_unix: unix(Some(d.connected_at)),
+                last_reply_unix: unix(d.last_reply),
+            })
+            .collect(),
+    }
 }
 
 fn unix(t: Option<SystemTime>) -> Option<f64> {
@@ -72,6 +135,7 @@ pub fn source_status<'a>(
         reconnects: s.reconnects,
         invalid_wal: s.invalid_wal,
         archive,
+        serve: sample.serve.as_ref().map(serve_status),
     }
 }
 
@@ -90,7 +154,7 @@ mod tests {
             server_end: Some(Lsn(0x1_0000_0100)),
             ..SourceState::default()
         };
-        let sample = Sample { source: "db".into(), state };
+        let sample = Sample { source: "db".into(), state, serve: None };
         let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
         assert_eq!(json["phase"], "streaming");
         assert_eq!(json["flushed_lsn"], "1/00000000");
@@ -99,5 +163,44 @@ mod tests {
         assert_eq!(json["system_identifier"], "7400000000000000001");
         assert_eq!(json["directory"], "/a");
         assert_eq!(json["archive"], serde_json::Value::Null);
+        assert!(json.get("serve").is_none(), "no walsender, no serve object");
+    }
+
+    #[test]
+    fn downstreams_as_pg_stat_replication_shows_them() {
+        use crate::serve::{Downstream, DownstreamState, Downstreams};
+        let d = Downstreams::new();
+        let standby = Downstream {
+            id: 1,
+            application_name: "dr1".into(),
+            user: "standby".into(),
+            client_addr: "10.1.2.4:51234".parse().unwrap(),
+            state: DownstreamState::Streaming,
+            timeline: 1,
+            start: Lsn(0x5A00_0000),
+            sent: Lsn(0x5A00_01C8),
+            write: Some(Lsn(0x5A00_01C8)),
+            flush: Some(Lsn(0x5A00_0100)),
+            replay: None,
+            xmin: Some(0),
+            connected_at: SystemTime::UNIX_EPOCH,
+            last_reply: None,
+        };
+        let _held = d.register(standby);
+        let serve = Some(ServeSample { listen: "0.0.0.0:5499".into(), downstreams: d.list(), error: None });
+        let sample = Sample { source: "db".into(), state: SourceState::default(), serve };
+        let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
+        let serve = &json["serve"];
+        assert_eq!(serve["listen"], "0.0.0.0:5499");
+        assert_eq!(serve["oldest_needed_lsn"], "0/5A000100");
+        let one = &serve["downstreams"][0];
+        assert_eq!(
+            (one["application_name"].as_str(), one["state"].as_str()),
+            (Some("dr1"), Some("streaming"))
+        );
+        assert_eq!(one["flush_lsn"], "0/5A000100");
+        assert_eq!(one["replay_lsn"], serde_json::Value::Null);
+        assert_eq!(one["xmin"], serde_json::Value::Null);
+        assert_eq!(one["client_addr"], "10.1.2.4:51234");
     }
 }

@@ -89,6 +89,7 @@ impl Supervisor {
                 name: s.name.clone(),
                 directory: s.directory().to_path_buf(),
                 state: r.state(),
+                serve: r.serve_view(),
             })
             .collect();
         self.shared.set_views(views);

@@ -42,6 +42,8 @@ pub struct ReceiveConfig {
     pub no_loop: bool,
     pub validate: bool,
     pub apply_report: ApplyReport,
+    /// Standbys reading this archive live through the walsender: while any do, every batch is synced.
+    pub live_readers: state::LiveReaders,
     /// `--failover` (#12): hunt among the connection string's hosts for the server to stream from, at most a
     /// second apart while none qualifies, instead of libpq's first-suitable-host with a 1 to 30 s backoff
     /// (`hunt`). Resolve the connection string with read-write as the default `target_session_attrs`.

@@ -256,9 +256,14 @@ pub async fn run_planned(
             .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
         conn.start_copy_both(&cmd).await.map_err(|e| wal_gone(e.into()))?;
         state.send_modify(|s| {
+            // Positions are per timeline. On the same one they never go back (a `.partial` streamed again
+            // keeps its durable bytes until the new stream passes them). On a new timeline nothing is in
+            // its files yet: its first segment's copy of the old timeline's WAL arrives with the stream, and
+            // the walsender reads the new timeline's files up to `flushed`.
+            let same = s.timeline == Some(timeline);
             s.timeline = Some(timeline);
-            s.received = Some(s.received.map_or(start, |r| r.max(start)));
-            s.flushed = Some(s.flushed.map_or(start, |f| f.max(start)));
+            s.received = Some(s.received.filter(|_| same).map_or(start, |r| r.max(start)));
+            s.flushed = Some(s.flushed.filter(|_| same).map_or(start, |f| f.max(start)));
             s.last_error = None;
         });
         set_phase(state, Phase::Streaming);
@@ -547,6 +552,11 @@ impl<'a> CopyLoop<'a> {
             if self.cfg.synchronous && self.positions.needs_sync() {
                 self.sync()?;
                 self.send_status(false).await?;
+            } else if self.cfg.live_readers.any() && self.positions.needs_sync() {
+                // Standbys stream from the archive: make the batch durable now, so the walsender may send
+                // it, rather than at the next status interval.
+                self.sync()?;
+                self.complete_validated_segments()?;
             }
             if heard {
                 self.publish();

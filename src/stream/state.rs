@@ -9,6 +9,8 @@
 use crate::archive::fork::TailReport;
 use crate::wal::segment::TimeLineId;
 use crate::wal::Lsn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
 
@@ -99,6 +101,36 @@ pub fn set_phase(state: &StateSender, phase: Phase) {
     });
 }
 
+/// Readers of a source's newest WAL as it becomes durable: standbys streaming from the walsender. While
+/// there are any, the receive loop syncs (and publishes `flushed`) after every batch of messages, as with
+/// `--synchronous` but without reporting to the server, instead of only at the status interval: live WAL
+/// reaches them without waiting up to that interval. Clones share the count.
+#[derive(Clone, Debug, Default)]
+pub struct LiveReaders(Arc<AtomicUsize>);
+
+impl LiveReaders {
+    /// True while at least one reader is registered.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
+    /// Count one reader until the guard is dropped.
+    pub fn join(&self) -> LiveReader {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveReader(self.clone())
+    }
+}
+
+/// One registered reader of [`LiveReaders`].
+#[derive(Debug)]
+pub struct LiveReader(LiveReaders);
+
+impl Drop for LiveReader {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +146,18 @@ mod tests {
         set_phase(&tx, Phase::Streaming);
         assert!(!rx.has_changed().unwrap(), "same phase: no notification");
         assert_eq!(Phase::Retrying.name(), "retrying");
+    }
+
+    #[test]
+    fn live_readers_count_guards() {
+        let readers = LiveReaders::default();
+        assert!(!readers.any());
+        let a = readers.join();
+        let b = readers.clone().join();
+        assert!(readers.any());
+        drop(a);
+        assert!(readers.any());
+        drop(b);
+        assert!(!readers.any());
     }
 }

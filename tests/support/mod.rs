@@ -31,6 +31,7 @@ pub mod fake_walsender;
 pub mod proxy;
 pub mod s3;
 mod tls;
+pub mod walsender;
 
 #[allow(unused_imports)] // each test binary uses some of them
 pub use bin::{run_walkeeper, walkeeper, Run, WALKEEPER};
@@ -744,23 +745,40 @@ impl Cluster {
 
     /// A streaming standby of this cluster, started and streaming (pg_basebackup up to 15, else a cold copy).
     pub fn standby(&mut self) -> Cluster {
-        let mut standby = Cluster::new_dirs(self.install.clone(), self.options.clone());
         let primary_conninfo = format!(
             "host={} port={} user=postgres application_name=walkeeper_standby",
             self.socket_dir().display(),
             self.port
         );
+        let mut standby = self.standby_copy();
+        standby.start_standby(&[&format!("primary_conninfo = {}", conf_literal(&primary_conninfo))]);
+        let streaming = wait_until(TIMEOUT, || {
+            self.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walkeeper_standby'")
+                != "0"
+        });
+        if !streaming {
+            let primary_log = format!("--- primary log tail ---\n{}", self.log_tail(30));
+            standby.fail("standby did not connect to its primary", &primary_log);
+        }
+        standby
+    }
+
+    /// A copy of this cluster's data directory for a new standby, not started: `pg_basebackup -X stream` up
+    /// to 15; for newer majors (which Debian's pg_basebackup 15 refuses) a copy of the stopped primary's
+    /// directory, the primary being started again. Start it with [`Cluster::start_standby`].
+    pub fn standby_copy(&mut self) -> Cluster {
+        let standby = Cluster::new_dirs(self.install.clone(), self.options.clone());
         if self.major() <= 15 {
+            let conninfo = format!("host={} port={} user=postgres", self.socket_dir().display(), self.port);
             // Not -R: pg_basebackup 15 would write `sslsni`, which older servers' libpq rejects.
             let mut cmd = server_command(pg_tool("pg_basebackup"), standby.dir.path());
             cmd.arg("-D").arg(standby.data_dir());
-            cmd.args(["-d", &primary_conninfo, "-X", "stream", "-c", "fast", "--no-sync"]);
+            cmd.args(["-d", &conninfo, "-X", "stream", "-c", "fast", "--no-sync"]);
             let out = run(&mut cmd);
             if !out.status.success() {
                 self.fail("pg_basebackup failed", &describe(&out));
             }
         } else {
-            // Debian's pg_basebackup 15 refuses newer servers: copy the data directory of a stopped primary.
             let was_running = self.running;
             if was_running {
                 self.stop();
@@ -776,21 +794,15 @@ impl Cluster {
             }
             let _ = fs::remove_file(standby.data_dir().join("postmaster.opts"));
         }
-        write_server_file(&standby.data_dir().join("standby.signal"), b"", 0o600);
-        let auto = standby.data_dir().join("postgresql.auto.conf");
-        let mut text = fs::read_to_string(&auto).unwrap_or_default();
-        writeln!(text, "primary_conninfo = {}", conf_literal(&primary_conninfo)).unwrap();
-        write_server_file(&auto, text.as_bytes(), 0o600);
-        standby.start_on_free_port();
-        let streaming = wait_until(TIMEOUT, || {
-            self.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walkeeper_standby'")
-                != "0"
-        });
-        if !streaming {
-            let primary_log = format!("--- primary log tail ---\n{}", self.log_tail(30));
-            standby.fail("standby did not connect to its primary", &primary_log);
-        }
         standby
+    }
+
+    /// Starts a copy made by [`Cluster::standby_copy`] as a standby: `standby.signal`, the harness settings,
+    /// then `conf` (primary_conninfo, ...), on a free port. Panics with the log if it does not start.
+    pub fn start_standby(&mut self, conf: &[&str]) {
+        write_server_file(&self.data_dir().join("standby.signal"), b"", 0o600);
+        self.options.conf.extend(conf.iter().map(|l| l.to_string()));
+        self.start_on_free_port();
     }
 
     /// Promotes this standby and waits until it accepts writes.

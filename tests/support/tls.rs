@@ -40,7 +40,7 @@ pub struct TestPki {
 
 impl TestPki {
     /// Creates the CA, the untrusted second CA and the server certificate in `dir`.
-    pub(super) fn generate(dir: &Path) -> TestPki {
+    pub fn generate(dir: &Path) -> TestPki {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
         let pki = TestPki { dir: dir.to_path_buf() };

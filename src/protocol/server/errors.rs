@@ -13,10 +13,10 @@ use crate::wal::Lsn;
 
 // SQLSTATEs live in `protocol::sqlstate`; re-exported for the refusals below and their callers.
 pub use crate::protocol::sqlstate::{
-    ADMIN_SHUTDOWN, CONNECTION_FAILURE, DUPLICATE_OBJECT, FEATURE_NOT_SUPPORTED, INTERNAL_ERROR,
-    INVALID_AUTHORIZATION_SPECIFICATION, INVALID_NAME, INVALID_PARAMETER_VALUE, INVALID_PASSWORD,
-    NAME_TOO_LONG, OBJECT_NOT_IN_PREREQUISITE_STATE, PROTOCOL_VIOLATION, SYNTAX_ERROR, UNDEFINED_FILE,
-    UNDEFINED_OBJECT,
+    ADMIN_SHUTDOWN, CANNOT_CONNECT_NOW, CONNECTION_FAILURE, DATA_CORRUPTED, DUPLICATE_OBJECT,
+    FEATURE_NOT_SUPPORTED, INTERNAL_ERROR, INVALID_AUTHORIZATION_SPECIFICATION, INVALID_NAME,
+    INVALID_PARAMETER_VALUE, INVALID_PASSWORD, NAME_TOO_LONG, OBJECT_NOT_IN_PREREQUISITE_STATE,
+    PROTOCOL_VIOLATION, SYNTAX_ERROR, TOO_MANY_CONNECTIONS, UNDEFINED_FILE, UNDEFINED_OBJECT,
 };
 
 /// Severities as PostgreSQL sends them (the `S` and `V` fields carry the same English word).
@@ -219,6 +219,32 @@ pub fn not_served(command: &str) -> ServerError {
         error(FEATURE_NOT_SUPPORTED, format!("walkeeper does not serve {command}")),
         "Run it against the primary or a PostgreSQL standby; walkeeper serves WAL only.",
     )
+}
+
+/// CREATE_REPLICATION_SLOT without TEMPORARY: walkeeper keeps no slot from one connection to the next.
+pub fn persistent_slot_not_kept(slot: &str) -> ServerError {
+    with_hint(
+        error(FEATURE_NOT_SUPPORTED, format!("walkeeper keeps no replication slots: cannot create slot \"{slot}\"")),
+        "Create a TEMPORARY slot or none (remove primary_slot_name from the standby): walkeeper keeps the WAL its connected standbys still need without one.",
+    )
+}
+
+/// More clients than the walsender serves at once (PostgreSQL's words when max_connections is reached).
+pub fn too_many_connections() -> ServerError {
+    fatal(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+}
+
+/// The walsender has no WAL to serve yet (an empty archive and a source that never streamed).
+pub fn no_wal_yet() -> ServerError {
+    with_hint(
+        fatal(CANNOT_CONNECT_NOW, "the archive holds no WAL yet"),
+        "walkeeper serves WAL once it has received some from its source server; the standby will retry.",
+    )
+}
+
+/// WAL read from the archive failed validation (or could not be read) while being served.
+pub fn archived_wal_unusable(reason: &str) -> ServerError {
+    error(DATA_CORRUPTED, format!("could not serve WAL from the archive: {reason}"))
 }
 
 pub fn unrecognized_configuration_parameter(name: &str) -> ServerError {
