@@ -33,6 +33,7 @@ fn config(cluster: &Cluster, dir: &std::path::Path) -> ReceiveConfig {
         no_loop: false,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        upload: None,
     }
 }
 

@@ -41,6 +41,13 @@
 //! archive is chosen (`XLogFileReadAnyTLI`). When PostgreSQL keeps asking for an older timeline past a
 //! switch point, the worker follows that timeline alone.
 //!
+//! # From a bucket
+//!
+//! For an archive in object storage (`-D s3://…`) the worker fetches up to [`BUCKET_JOBS`] segments at once:
+//! one segment's GETs wait on the network far more than on the CPU, so several in flight keep ahead of
+//! replay. A local archive is read one segment at a time (decompression is the cost there, and recovery
+//! needs the CPU too).
+//!
 //! # Lifetime
 //!
 //! The worker is a detached child (`walkeeper restore --prefetch-worker`, its own process group, so the
@@ -70,6 +77,8 @@ pub const DEFAULT_SPOOL_NAME: &str = ".walkeeper-prefetch";
 pub const DEFAULT_DEPTH: usize = 8;
 /// The worker exits when no new segment was requested for this long (default of `--prefetch-idle-ms`).
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// Segments fetched at once from an archive in object storage.
+pub const BUCKET_JOBS: usize = 4;
 /// How often the worker looks for a new request when it has nothing to fetch.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -357,6 +366,7 @@ pub fn run_worker(
             .map_err(|e| WalDirError::io("write", &spool.dir.join(ARCHIVE), e))?;
     }
     let started = SystemTime::now();
+    let jobs = if store.local_dir().is_some() { 1 } else { BUCKET_JOBS };
     // The request the plan was made for, the plan, and when to look at the archive again.
     let mut current: Option<(SegmentId, SystemTime)> = None;
     let mut wanted: Vec<String> = Vec::new();
@@ -396,17 +406,32 @@ pub fn run_worker(
                 seen.push(n.clone());
             }
         }
-        let Some(name) = wanted.iter().find(|n| !seen.contains(n)).cloned() else {
+        let batch: Vec<String> = wanted.iter().filter(|n| !seen.contains(n)).take(jobs).cloned().collect();
+        if batch.is_empty() {
             std::thread::sleep(POLL);
             continue;
-        };
-        let started_fetch = Instant::now();
-        if let Err(e) = fetch(spool, store, &name) {
-            spool.log(&format!("{name}: {e}"));
-        } else {
-            tracing::debug!(segment = %name, elapsed = ?started_fetch.elapsed(), "prefetched");
         }
-        seen.push(name);
+        fetch_all(spool, store, &batch);
+        seen.extend(batch);
+    }
+}
+
+/// Fetch `names` into the spool, at once when there are several; failures are logged in the spool.
+fn fetch_all(spool: &Spool, store: &dyn Store, names: &[String]) {
+    let one = |name: &String| {
+        let started = Instant::now();
+        match fetch(spool, store, name) {
+            Ok(()) => tracing::debug!(segment = %name, elapsed = ?started.elapsed(), "prefetched"),
+            Err(e) => spool.log(&format!("{name}: {e}")),
+        }
+    };
+    match names {
+        [name] => one(name),
+        _ => std::thread::scope(|scope| {
+            for name in names {
+                scope.spawn(move || one(name));
+            }
+        }),
     }
 }
 

@@ -277,6 +277,11 @@ struct History {
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
     let started = Instant::now();
     let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    // In a bucket, a `.partial` object next to its complete segment is the uploader's, about to be deleted.
+    let catalog = match store.local_dir() {
+        Some(_) => catalog,
+        None => catalog.without_superseded_partials(),
+    };
     let mut v = Verifier::new(store);
     for e in catalog.irregular() {
         let message = NotRegular(store.location_of(&e.name)).to_string();

@@ -218,6 +218,7 @@ async fn demo_body(
         no_loop: true,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        upload: None,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();

@@ -11,6 +11,7 @@ pub mod state;
 
 use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;
+use crate::archive::upload::UploadLink;
 use crate::conn::{ConnParams, ConnectOptions};
 use crate::wal::segment::Compression;
 use crate::wal::Lsn;
@@ -38,6 +39,8 @@ pub struct ReceiveConfig {
     pub no_loop: bool,
     pub validate: bool,
     pub apply_report: ApplyReport,
+    /// `--upload`: the running uploader (the start position and the flush cap read it); see `archive::upload`.
+    pub upload: Option<UploadLink>,
 }
 
 impl ReceiveConfig {
