@@ -174,3 +174,39 @@ fn slot_follows_upload_holds_the_slot_while_the_store_is_down() {
     assert!(bucket.names("wal").contains(&last));
     assert_eq!(rx.stop(), Some(0), "{}", rx.log());
 }
+
+/// A clean stop while the store is down waits `--upload-wait`, then exits 4 naming what is left; the next
+/// start uploads it.
+#[test]
+fn a_clean_stop_with_the_store_down_exits_4_and_the_next_start_uploads_the_rest() {
+    let Some(mut s3) = S3Cluster::start() else { return };
+    let bucket = Bucket::new(&s3);
+    let primary = primary_with_slot("arch");
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = spool(&tmp);
+    let url = s3.url("wal");
+    let args = ["-S", "arch", "--upload", url.as_str(), "--upload-wait", "2"];
+    let mut rx = Receiver::start(&s3, &primary, &spool, &args);
+    primary.generate_wal(1);
+    let first = primary.switch_wal();
+    wait_for("the first upload", || bucket.names("wal").contains(&first), || rx.log());
+    s3.kill_gateway();
+    primary.generate_wal(2);
+    let last = primary.switch_wal();
+    wait_for("the spool to receive everything", || spool.join(&last).is_file(), || rx.log());
+    assert_eq!(rx.stop(), Some(4), "{}", rx.log());
+    let log = rx.log();
+    let line = log.lines().last().unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "walkeeper: error: uploads to \"{url}\" did not finish within --upload-wait (2 s): "
+        )) && line.contains(&format!("wait in \"{}\"; the next start uploads them", spool.display())),
+        "{log}"
+    );
+
+    s3.restart_gateway();
+    let mut rx = Receiver::start(&s3, &primary, &spool, &args);
+    wait_for("the backlog to go up", || bucket.names("wal").contains(&last), || rx.log());
+    assert_eq!(rx.stop(), Some(0), "{}", rx.log());
+    assert_bucket_mirrors_spool(&s3, &bucket, "wal", &spool);
+}

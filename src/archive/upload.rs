@@ -231,6 +231,9 @@ fn run(
     let mut failures = 0u32;
     let mut failing_since: Option<Instant> = None;
     let mut drain: Option<(Instant, mpsc::Sender<Finished>)> = None;
+    // The `.partial` files went up after the receive loop stopped (so they hold its last state), or none are
+    // to go up at all.
+    let mut partials_final = partial_interval.is_none();
     loop {
         let now = Instant::now();
         let wake = [Some(next_round), retry_at, drain.as_ref().map(|d| d.0)].into_iter().flatten().min();
@@ -243,7 +246,7 @@ fn run(
         let now = Instant::now();
         if let Some((deadline, reply)) = &drain {
             if now >= *deadline {
-                let _ = reply.send(finished_from(&state.borrow(), true));
+                let _ = reply.send(finished_from(&state.borrow(), !partials_final));
                 return;
             }
         }
@@ -274,6 +277,7 @@ fn run(
                 });
                 if partials_due && report.partials_left == 0 {
                     next_partials = partial_interval.map(|i| Instant::now() + i);
+                    partials_final |= current.2;
                 }
                 if let Some((_, reply)) = &drain {
                     let s = state.borrow().clone();

@@ -375,8 +375,9 @@ fn upload_exit(f: &Finished, spool: &std::path::Path, wait: Duration, prog: &Pro
         return Err(Exit { code: EXIT_UPLOAD_CONFLICT, ..Exit::error(prog, &message) });
     }
     if f.pending_files > 0 || f.partial_pending {
+        let partial = if f.partial_pending { " and the last state of the open .partial" } else { "" };
         let message = format!(
-            "uploads to \"{}\" did not finish within --upload-wait ({} s): {} files ({} bytes) and the open .partial wait in \"{spool}\"; the next start uploads them",
+            "uploads to \"{}\" did not finish within --upload-wait ({} s): {} files ({} bytes){partial} wait in \"{spool}\"; the next start uploads them",
             f.location,
             wait.as_secs(),
             f.pending_files,
