@@ -8,23 +8,11 @@
 mod s3_common;
 mod support;
 
-use s3_common::{complete_segments, run_s3, spool_names, wait_for, Bucket, Receiver};
+use s3_common::{complete_segments, run_s3, spool_names, wait_for, Bucket, Receiver, Rig};
 use std::fs;
 use std::path::Path;
 use support::s3::S3Cluster;
 use support::{parse_lsn, Cluster};
-
-fn primary_with_slot(slot: &str) -> Cluster {
-    let primary = Cluster::builder().segment_size_mb(1).start();
-    primary.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
-    primary
-}
-
-fn spool(tmp: &tempfile::TempDir) -> std::path::PathBuf {
-    let spool = tmp.path().join("spool");
-    fs::create_dir(&spool).unwrap();
-    spool
-}
 
 /// Every complete segment of the spool is in the bucket with the spool's bytes, and nothing else is; the
 /// bucket verifies whole.
@@ -40,12 +28,7 @@ fn assert_bucket_mirrors_spool(s3: &S3Cluster, bucket: &Bucket, prefix: &str, sp
 
 #[test]
 fn the_gateway_killed_under_load_loses_and_corrupts_nothing() {
-    let Some(mut s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary_with_slot("arch");
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = spool(&tmp);
-    let url = s3.url("wal");
+    let Some(Rig { mut s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("arch") else { return };
     let mut rx = Receiver::start(
         &s3,
         &primary,
@@ -82,12 +65,7 @@ fn the_gateway_killed_under_load_loses_and_corrupts_nothing() {
 
 #[test]
 fn kill_9_during_uploads_then_a_restart_changes_no_object_and_fills_the_rest() {
-    let Some(s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary_with_slot("arch");
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = spool(&tmp);
-    let url = s3.url("wal");
+    let Some(Rig { s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("arch") else { return };
     let args = ["-S", "arch", "--upload", url.as_str(), "--upload-partial-interval", "1"];
     let mut rx = Receiver::start(&s3, &primary, &spool, &args);
     let mut before = Default::default();
@@ -131,12 +109,7 @@ fn wait_for_status_updates(server: &Cluster, rx: &Receiver, secs: u32) {
 
 #[test]
 fn slot_follows_upload_holds_the_slot_while_the_store_is_down() {
-    let Some(mut s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary_with_slot("arch");
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = spool(&tmp);
-    let url = s3.url("wal");
+    let Some(Rig { mut s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("arch") else { return };
     let args = [
         "-S",
         "arch",
@@ -179,12 +152,7 @@ fn slot_follows_upload_holds_the_slot_while_the_store_is_down() {
 /// start uploads it.
 #[test]
 fn a_clean_stop_with_the_store_down_exits_4_and_the_next_start_uploads_the_rest() {
-    let Some(mut s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary_with_slot("arch");
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = spool(&tmp);
-    let url = s3.url("wal");
+    let Some(Rig { mut s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("arch") else { return };
     let args = ["-S", "arch", "--upload", url.as_str(), "--upload-wait", "2"];
     let mut rx = Receiver::start(&s3, &primary, &spool, &args);
     primary.generate_wal(1);

@@ -8,7 +8,7 @@
 mod s3_common;
 mod support;
 
-use s3_common::{complete_segments, run_s3, spool_names, wait_for, Bucket, Receiver};
+use s3_common::{complete_segments, run_s3, spool_names, wait_for, Bucket, Receiver, Rig};
 use std::fs;
 use support::s3::S3Cluster;
 use support::Cluster;
@@ -116,19 +116,12 @@ fn every_compression_uploads_restores_byte_identical_and_reads_from_the_bucket()
 
 #[test]
 fn a_foreign_object_under_a_segment_name_is_untouched_reported_and_fails_verify() {
-    let Some(s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary();
-    create_slot(&primary, "arch");
+    let Some(Rig { s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("arch") else { return };
     let segment = primary.segment_size();
     let next = primary.current_lsn() / segment + 2;
     let foreign_name = format!("00000001{:08X}{:08X}", next / 4096, next % 4096);
     let foreign = b"an object another tool put here".to_vec();
     bucket.put("wal", &foreign_name, &foreign);
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = tmp.path().join("spool");
-    fs::create_dir(&spool).unwrap();
-    let url = s3.url("wal");
     let mut rx = Receiver::start(&s3, &primary, &spool, &["-S", "arch", "--upload", &url]);
     primary.generate_wal(4);
     let last = primary.switch_wal();
@@ -154,13 +147,9 @@ fn a_foreign_object_under_a_segment_name_is_untouched_reported_and_fails_verify(
 /// after the bucket's newest segment instead of the server's current position, so no gap opens.
 #[test]
 fn remove_uploaded_frees_the_spool_and_an_empty_spool_resumes_from_the_bucket() {
-    let Some(s3) = S3Cluster::start() else { return };
-    let bucket = Bucket::new(&s3);
-    let primary = primary();
-    let tmp = tempfile::tempdir().unwrap();
-    let spool = tmp.path().join("spool");
-    fs::create_dir(&spool).unwrap();
-    let url = s3.url("wal");
+    // The slot only keeps the server's WAL: the receiver uses none, so without the bucket it would resume at
+    // the server's current position.
+    let Some(Rig { s3, bucket, primary, spool, url, dir: _dir }) = Rig::start("keep") else { return };
     let args = ["--upload", url.as_str(), "--remove-uploaded", "--upload-partial-interval", "1"];
     let mut rx = Receiver::start(&s3, &primary, &spool, &args);
     primary.generate_wal(3);

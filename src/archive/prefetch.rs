@@ -43,10 +43,11 @@
 //!
 //! # From a bucket
 //!
-//! For an archive in object storage (`-D s3://…`) the worker fetches up to [`BUCKET_JOBS`] segments at once:
-//! one segment's GETs wait on the network far more than on the CPU, so several in flight keep ahead of
-//! replay. A local archive is read one segment at a time (decompression is the cost there, and recovery
-//! needs the CPU too).
+//! For an archive in object storage (`-D s3://…`) the worker fetches up to [`BUCKET_JOBS`] segments at once
+//! once it is ahead of recovery: one segment's GETs wait on the network far more than on the CPU, so several
+//! in flight keep ahead of replay. The segment recovery needs next, when it is not in the spool yet, is
+//! fetched alone, so that it arrives as early as it can. A local archive is read one segment at a time
+//! (decompression is the cost there, and recovery needs the CPU too).
 //!
 //! # Lifetime
 //!
@@ -406,7 +407,11 @@ pub fn run_worker(
                 seen.push(n.clone());
             }
         }
-        let batch: Vec<String> = wanted.iter().filter(|n| !seen.contains(n)).take(jobs).cloned().collect();
+        let missing: Vec<&String> = wanted.iter().filter(|n| !seen.contains(n)).collect();
+        // The very next segment, when it is not here yet, goes alone: recovery is waiting for it, and
+        // sharing the link (and the CPU) with later ones would only make it later.
+        let jobs_now = if missing.first().is_some_and(|n| Some(*n) == wanted.first()) { 1 } else { jobs };
+        let batch: Vec<String> = missing.into_iter().take(jobs_now).cloned().collect();
         if batch.is_empty() {
             std::thread::sleep(POLL);
             continue;

@@ -12,7 +12,8 @@
 //! - An outage never stops receiving: the round fails, is retried with a backoff (1 s doubling to 30 s),
 //!   and the spool grows meanwhile; [`UploadState`] shows the backlog.
 //!
-//! It runs on a thread of its own (the store's calls block), off the receive loop: it learns what to do by
+//! It runs on a thread of its own (the store's calls block), at a lower CPU priority than the receive loop
+//! (nice 10, its store client's threads too), off the receive loop: it learns what to do by
 //! listing the spool, on start (the spool against the store's listing: after a crash it uploads what is
 //! missing and never changes an object) and whenever the loop's published [`SourceState`] says a segment
 //! was completed or a timeline began, and every few seconds besides. What it knows is published on a watch
@@ -147,26 +148,32 @@ impl Uploader {
         spool: &Path,
         source: watch::Receiver<SourceState>,
     ) -> Result<Uploader, StoreError> {
-        let store = store::open_with(&settings.location, &settings.s3)?;
-        let (state_tx, state) =
-            watch::channel(UploadState { location: store.location(), ..Default::default() });
-        let worker = Worker::new(
-            store,
-            spool.to_path_buf(),
-            settings.remove_uploaded,
-            source.clone(),
-            state_tx.clone(),
-        );
         let (control, commands) = mpsc::channel();
-        let interval = settings.partial_interval;
-        std::thread::Builder::new()
-            .name("walkeeper-upload".into())
-            .spawn(move || run(worker, commands, source, state_tx, interval))
-            .map_err(|e| StoreError::Io {
-                op: "start uploading to",
-                location: settings.location.clone(),
-                source: e.into(),
-            })?;
+        let (opened_tx, opened) = mpsc::sync_channel(1);
+        let (thread_settings, spool) = (settings.clone(), spool.to_path_buf());
+        let started = std::thread::Builder::new().name("walkeeper-upload".into()).spawn(move || {
+            // Below the receive loop: acknowledging WAL is latency-critical, uploading it may lag. The store's
+            // client threads are started from here, so they inherit this.
+            lower_priority();
+            let store = match store::open_with(&thread_settings.location, &thread_settings.s3) {
+                Ok(store) => store,
+                Err(e) => return drop(opened_tx.send(Err(e))),
+            };
+            let (state_tx, state) =
+                watch::channel(UploadState { location: store.location(), ..Default::default() });
+            let worker =
+                Worker::new(store, spool, thread_settings.remove_uploaded, source.clone(), state_tx.clone());
+            if opened_tx.send(Ok(state)).is_ok() {
+                run(worker, commands, source, state_tx, thread_settings.partial_interval);
+            }
+        });
+        let failed = |detail: String| StoreError::Io {
+            op: "start uploading to",
+            location: settings.location.clone(),
+            source: detail.into(),
+        };
+        started.map_err(|e| failed(e.to_string()))?;
+        let state = opened.recv().map_err(|_| failed("the upload thread ended at once".into()))??;
         Ok(Uploader { settings: settings.clone(), control, state })
     }
 
@@ -192,6 +199,20 @@ impl Uploader {
         }
         let s = self.state.borrow();
         finished_from(&s, true)
+    }
+}
+
+/// The nice value of the uploader's threads (the receive loop's is unchanged).
+const UPLOAD_NICE: i32 = 10;
+
+/// Give the calling thread (and the threads it starts) [`UPLOAD_NICE`]. Best effort: a failure only means
+/// the uploads compete with receiving on equal terms.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority(PRIO_PROCESS, tid) act on the calling thread only (Linux's per-thread
+    // nice value).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, UPLOAD_NICE);
     }
 }
 

@@ -205,3 +205,35 @@ impl Drop for Receiver {
         self.kill9();
     }
 }
+
+/// What most off-site tests start with: SeaweedFS, a client on its bucket, a primary with 1 MB segments and a
+/// slot reserving its WAL, an empty spool directory, and the upload location `s3://walkeeper/wal`.
+pub struct Rig {
+    pub s3: S3Cluster,
+    pub bucket: Bucket,
+    pub primary: Cluster,
+    pub spool: PathBuf,
+    pub url: String,
+    /// Holds the spool (and the receivers' logs): keep it bound (`dir: _dir`) for the test's length.
+    pub dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// `None` (after `cannot_run`) when SeaweedFS is not installed.
+    pub fn start(slot: &str) -> Option<Rig> {
+        let s3 = S3Cluster::start()?;
+        let bucket = Bucket::new(&s3);
+        let primary = Cluster::builder().segment_size_mb(1).start();
+        primary.psql(&format!("SELECT pg_create_physical_replication_slot('{slot}', true)"));
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = tmp.path().join("spool");
+        fs::create_dir(&spool).unwrap();
+        let url = s3.url("wal");
+        Some(Rig { s3, bucket, primary, spool, url, dir: tmp })
+    }
+
+    /// `walkeeper receive` into the spool.
+    pub fn receive(&self, args: &[&str]) -> Receiver {
+        Receiver::start(&self.s3, &self.primary, &self.spool, args)
+    }
+}

@@ -93,21 +93,14 @@ fn uploads_each_file_once_and_a_restart_changes_no_object() {
     assert_eq!(finished, Finished { location: s.target.display().to_string(), ..Finished::default() });
 
     // A restart (as after kill -9): the same objects, untouched.
-    let before: Vec<(u64, i64)> = s
-        .target_names()
-        .iter()
-        .map(|n| fs::metadata(s.target.join(n)).unwrap())
-        .map(|m| (m.ino(), m.mtime_nsec()))
-        .collect();
+    let identities = || -> Vec<(u64, i64)> {
+        let meta = |n: &String| fs::metadata(s.target.join(n)).unwrap();
+        s.target_names().iter().map(meta).map(|m| (m.ino(), m.mtime_nsec())).collect()
+    };
+    let before = identities();
     let up = s.start(&s.settings());
     s.wait_for(&up, "the restart's check", |st, _| st.uploads_ok == 4 && st.backlog_files == 0);
-    let after: Vec<(u64, i64)> = s
-        .target_names()
-        .iter()
-        .map(|n| fs::metadata(s.target.join(n)).unwrap())
-        .map(|m| (m.ino(), m.mtime_nsec()))
-        .collect();
-    assert_eq!(before, after);
+    assert_eq!(before, identities());
     assert_eq!(up.finish(WAIT).pending_files, 0);
 }
 
@@ -157,7 +150,9 @@ fn finish_reports_what_could_not_go_up_in_time() {
     fs::remove_dir(&s.target).unwrap();
     let up = s.start(&s.settings());
     s.put(&seg(1), b"one");
-    s.wait_for(&up, "a failure", |st, _| st.last_error.is_some());
+    s.wait_for(&up, "a failure with the file waiting", |st, _| {
+        st.last_error.is_some() && st.backlog_files == 1
+    });
     let finished = up.finish(Duration::from_millis(300));
     assert_eq!((finished.pending_files, finished.pending_bytes), (1, 3));
     assert!(finished.partial_pending);
@@ -197,4 +192,29 @@ fn the_spool_itself_is_no_upload_location() {
     assert!(err.contains("is the receive directory itself"), "{err}");
     assert!(check_location(&s.settings(), &s.spool).is_ok());
     assert!(check_location(&UploadSettings::new("gs://b/x"), &s.spool).is_err());
+}
+
+#[test]
+fn the_upload_threads_run_below_the_receive_loop() {
+    let s = Setup::new();
+    let up = s.start(&s.settings());
+    let nice_of = |comm: &str| -> Vec<i64> {
+        fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                (fs::read_to_string(t.join("comm")).ok()?.trim() == comm).then_some(t)
+            })
+            .map(|t| {
+                let stat = fs::read_to_string(t.join("stat")).unwrap();
+                // Fields after the command name (which is in parentheses); nice is field 19.
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                rest.split(' ').nth(16).unwrap().parse().unwrap()
+            })
+            .collect()
+    };
+    // Thread names are cut to 15 bytes. (Other tests' uploaders may be running too.)
+    let nice = nice_of("walkeeper-uploa");
+    assert!(!nice.is_empty() && nice.iter().all(|&n| n == i64::from(UPLOAD_NICE)), "{nice:?}");
+    up.finish(WAIT);
 }
