@@ -5,6 +5,7 @@
 //! `archive` (where WAL lands and how it is served back), `cli` (argument parsing, exit codes).
 
 pub mod archive;
+pub mod calendar;
 pub mod cli;
 pub mod conn;
 pub mod protocol;

@@ -8,134 +8,22 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use support::{chown_to_server, run_as_server_user, wait_until, Cluster};
+use support::archive::{create_slot, ArchiveDir, Receiver};
+use support::{chown_to_server, wait_until, Cluster};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn walkeeper() -> &'static str {
-    support::WALKEEPER
-}
-
-/// A temp dir holding `archive/` (owned by the server user, as an archive written by a `postgres`-run
-/// receiver is) and the receiver's log.
-struct ArchiveDir {
-    root: tempfile::TempDir,
-}
-
-impl ArchiveDir {
-    fn new() -> ArchiveDir {
-        let root = tempfile::Builder::new().prefix("walkeeper-pitr-").tempdir_in("/tmp").unwrap();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let archive = root.path().join("archive");
-        fs::create_dir(&archive).unwrap();
-        fs::set_permissions(&archive, fs::Permissions::from_mode(0o755)).unwrap();
-        chown_to_server(root.path());
-        chown_to_server(&archive);
-        ArchiveDir { root }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.root.path().join("archive")
-    }
-
-    fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// True when segment `name` is complete in the archive (any compression).
-    fn has_complete(&self, name: &str) -> bool {
-        ["", ".gz", ".lz4", ".zst"].iter().any(|sfx| self.path().join(format!("{name}{sfx}")).is_file())
-    }
-
-    fn restore_command(&self, extra: &str) -> String {
-        format!("restore_command = '{} restore -D {} {extra} %f %p'", walkeeper(), self.path().display())
-    }
-}
-
-/// `walkeeper receive` running as the server user; killed on drop.
-struct Receiver {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-fn receive_command(archive: &ArchiveDir, server: &Cluster, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(walkeeper());
-    cmd.arg("receive").arg("-D").arg(archive.path());
-    cmd.args(["-h", server.host(), "-p", &server.port().to_string(), "-U", "postgres", "-w"]);
-    cmd.args(extra);
-    cmd.current_dir(archive.root.path()).env("HOME", archive.root.path()).stdin(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| k.starts_with("PG")) {
-            cmd.env_remove(key);
-        }
-    }
-    run_as_server_user(&mut cmd);
-    cmd
-}
-
-impl Receiver {
-    fn start(archive: &ArchiveDir, server: &Cluster, extra: &[&str]) -> Receiver {
-        let log = archive.root.path().join(format!("receive-{}.log", server.port()));
-        let mut cmd = receive_command(archive, server, extra);
-        cmd.arg("-v").stdout(Stdio::null()).stderr(fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("start walkeeper receive");
-        let rx = Receiver { child: Some(child), log };
-        // Streaming has begun once the first segment file is there.
-        let started = wait_until(WAIT, || {
-            fs::read_dir(archive.path())
-                .unwrap()
-                .any(|e| e.unwrap().file_name().to_string_lossy().contains(".partial"))
-        });
-        assert!(started, "walkeeper receive did not start streaming:\n{}", rx.log_text());
-        rx
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn wait_archived(&self, archive: &ArchiveDir, name: &str) {
-        let ok = wait_until(WAIT, || archive.has_complete(name));
-        assert!(
-            ok,
-            "segment {name} did not reach the archive; files: {:?}\n{}",
-            archive.files(),
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn create_slot(archive: &ArchiveDir, server: &Cluster, slot: &str) {
-    let out = receive_command(archive, server, &["--create-slot", "-S", slot]).output().unwrap();
-    assert!(out.status.success(), "create slot: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn status_json(archive: &ArchiveDir) -> serde_json::Value {
-    let out =
-        Command::new(walkeeper()).arg("status").arg("-D").arg(archive.path()).arg("--json").output().unwrap();
+    let out = Command::new(support::WALKEEPER)
+        .arg("status")
+        .arg("-D")
+        .arg(archive.path())
+        .arg("--json")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

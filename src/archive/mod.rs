@@ -2,6 +2,7 @@
 //! durable rename), compression, the read side (restore, verify, status, cleanup), and the uploader that copies it
 //! off-site.
 
+pub mod backups;
 pub mod catalog;
 pub mod cleanup;
 pub mod compress;
@@ -14,6 +15,7 @@ pub mod lock;
 pub mod prefetch;
 pub mod restore;
 mod restream;
+pub mod retention;
 pub mod scan;
 pub mod status;
 pub mod store;

@@ -15,7 +15,11 @@
 //! Warnings (also in `--json`): WAL-named entries that are not regular files, names impossible with the
 //! segment size, and segment files of another database system than the newest segment's (the first and last
 //! file of each timeline are compared; `walkeeper verify` reads them all).
+//!
+//! The base backups the WAL tells of ([`BackupsStatus`], from `archive::backups`) are listed last: that
+//! decodes the complete segments the backup index does not know yet (all of them on a first run).
 
+use super::backups::{self, IndexUpdate};
 use super::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
 use super::contents;
 use super::store::{Store, StoreError};
@@ -45,6 +49,7 @@ pub struct ArchiveStatus {
     pub system_identifier: Option<String>,
     /// Things to look at (module docs), one line each.
     pub warnings: Vec<String>,
+    pub backups: BackupsStatus,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -165,6 +170,7 @@ pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
         missing_segments,
         system_identifier: system_identifier.map(|(id, _)| id.to_string()),
         warnings,
+        backups: backups_status(store, &catalog),
     })
 }
 
@@ -287,7 +293,108 @@ pub fn render_text(s: &ArchiveStatus) -> String {
             format!("{} segments missing", s.missing_segments)
         }
     );
+    render_backups(&mut out, &s.backups);
     out
+}
+
+/// The base backups found in the WAL (see `archive::backups`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BackupsStatus {
+    /// By end LSN, oldest first.
+    pub found: Vec<BackupStatus>,
+    /// Complete segments whose records are known, and how many of them this run decoded.
+    pub segments_known: usize,
+    pub segments_decoded: usize,
+    /// The backup index: `unchanged`, `saved`, or `not saved: …`.
+    pub index: String,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub timeline: TimeLineId,
+    /// "START WAL LOCATION" of its backup_label.
+    pub start_lsn: String,
+    /// What `pg_backup_stop()` returned: just past its end record.
+    pub end_lsn: String,
+    /// Its starting checkpoint (record and time, UTC), when that record is in the archive.
+    pub checkpoint_lsn: Option<String>,
+    pub checkpoint_time: Option<String>,
+    /// The segment file holding its end record.
+    pub end_file: String,
+    /// Whether it can be restored from this archive (its WAL is all here); retention counts only these.
+    pub restorable: bool,
+    pub problem: Option<String>,
+}
+
+fn backups_status(store: &dyn Store, catalog: &Catalog) -> BackupsStatus {
+    let found = match backups::find(store, catalog) {
+        Ok(found) => found,
+        Err(e) => {
+            return BackupsStatus {
+                found: Vec::new(),
+                segments_known: 0,
+                segments_decoded: 0,
+                index: "unchanged".into(),
+                warnings: vec![format!("backups: {e}")],
+            }
+        }
+    };
+    BackupsStatus {
+        found: found
+            .backups
+            .iter()
+            .map(|b| BackupStatus {
+                timeline: b.timeline,
+                start_lsn: b.start.to_string(),
+                end_lsn: b.end.to_string(),
+                checkpoint_lsn: b.checkpoint.map(|c| c.lsn.to_string()),
+                checkpoint_time: b.checkpoint.map(|c| c.time.to_string()),
+                end_file: b.end_file.clone(),
+                restorable: b.restorable(),
+                problem: b.problem.clone(),
+            })
+            .collect(),
+        segments_known: found.segments_known,
+        segments_decoded: found.segments_decoded,
+        index: match found.index {
+            IndexUpdate::Unchanged => "unchanged".into(),
+            IndexUpdate::Saved => "saved".into(),
+            IndexUpdate::NotSaved(e) => format!("not saved: {e}"),
+        },
+        warnings: found.warnings,
+    }
+}
+
+fn render_backups(out: &mut String, b: &BackupsStatus) {
+    use std::fmt::Write as _;
+    let restorable = b.found.iter().filter(|f| f.restorable).count();
+    let _ = match b.found.len() {
+        0 => writeln!(
+            out,
+            "base backups:   none found in the WAL (a backup taken from a standby leaves no trace)"
+        ),
+        n => writeln!(out, "base backups:   {n} found in the WAL, {restorable} restorable from this archive"),
+    };
+    for f in &b.found {
+        let checkpoint = match &f.checkpoint_time {
+            Some(t) => format!("checkpoint at {t}"),
+            None => "checkpoint not in the archive".into(),
+        };
+        let problem = f.problem.as_ref().map(|p| format!("; not restorable: {p}")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  backup:       {} .. {}, timeline {}, {checkpoint}{problem}",
+            f.start_lsn, f.end_lsn, f.timeline
+        );
+    }
+    if let Some(e) = b.index.strip_prefix("not saved: ") {
+        let _ =
+            writeln!(out, "  index:        not saved ({e}): the next status decodes the same segments again");
+    }
+    for w in &b.warnings {
+        let _ = writeln!(out, "  warning:      {w}");
+    }
 }
 
 #[cfg(test)]
@@ -336,5 +443,16 @@ mod tests {
         let text = render_text(&s);
         assert!(text.contains("  partial:      000000010000000000000002.partial (received whole; restore --partial serves it)\n"), "{text}");
         assert!(text.contains("warning:        \""), "{text}");
+        // Empty files hold no WAL: no backup, nothing decoded.
+        assert_eq!(
+            (s.backups.found.len(), s.backups.segments_known, s.backups.index.as_str()),
+            (0, 0, "unchanged")
+        );
+        assert!(
+            text.ends_with(
+                "base backups:   none found in the WAL (a backup taken from a standby leaves no trace)\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -183,9 +183,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Serve a file of the archive to PostgreSQL: restore_command = 'walkeeper restore -D DIR %f %p'
     Restore(restore::RestoreArgs),
-    /// Show what the archive holds: timelines, segments, gaps, the open .partial, age of the newest WAL
+    /// Show what the archive holds: timelines, segments, gaps, the open .partial, age of the newest WAL, base
+    /// backups
     Status(status::StatusArgs),
-    /// Remove segments older than a given one (pg_archivecleanup semantics)
+    /// Remove segments older than a given one (pg_archivecleanup semantics) or than the N newest base backups
     Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),

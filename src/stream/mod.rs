@@ -1,7 +1,8 @@
 //! A replication session: IDENTIFY_SYSTEM → TIMELINE_HISTORY → START_REPLICATION → the CopyBoth loop,
-//! feedback, end-of-timeline handling (`session`), the silent-server timeout (`liveness`), and the reconnect
-//! loop around it (`follow`).
+//! feedback, end-of-timeline handling (`session`), the silent-server timeout (`liveness`), the reconnect
+//! loop around it (`follow`), and what to do with a server after a failover (`failover`).
 
+pub mod failover;
 pub mod feedback;
 pub mod follow;
 pub mod liveness;

@@ -15,8 +15,15 @@
 //!
 //! The CRC is computed incrementally as bytes pass, so a record is never buffered: memory use is a few
 //! hundred bytes whatever the declared record length. Only the 24-byte record header and page header are
-//! copied (when split across calls), plus the first bytes of an XLOG_OVERWRITE_CONTRECORD record.
+//! copied (when split across calls), plus the first bytes (at most `records::CAPTURE_LEN`) of the data of
+//! the few record types whose contents walkeeper reads: transaction commit and abort, XLOG_BACKUP_END,
+//! checkpoints and XLOG_OVERWRITE_CONTRECORD. Each valid record reaches the callback of
+//! [`WalDecoder::feed_with`] with its header fields and, in [`RecordInfo::kind`], what those types say
+//! (commit time, backup start, redo pointer; parsed by [`crate::wal::records`]), once its CRC has matched.
 
+use crate::wal::records::{
+    is_read, RecordKind, CAPTURE_LEN, RM_XLOG_ID, XLOG_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
+};
 use crate::wal::segment::valid_segment_size;
 use crate::wal::Lsn;
 
@@ -39,19 +46,12 @@ pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
 pub const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 pub const XLP_ALL_FLAGS: u16 = 0x000F;
 
-/// Resource manager IDs and XLOG record types (rmgrlist.h, pg_control.h).
-pub const RM_XLOG_ID: u8 = 0;
 /// Highest built-in resource manager ID in 13–18 (RM_LOGICALMSG_ID).
 pub const RM_MAX_BUILTIN_ID: u8 = 21;
 /// Custom resource managers (15+) use IDs 128..=255.
 pub const RM_MIN_CUSTOM_ID: u8 = 128;
-pub const XLR_RMGR_INFO_MASK: u8 = 0xF0;
-pub const XLOG_SWITCH: u8 = 0x40;
-pub const XLOG_OVERWRITE_CONTRECORD: u8 = 0xD0;
 
 const BLCKSZ: u64 = XLOG_BLCKSZ as u64;
-/// How much of an XLOG_OVERWRITE_CONTRECORD record's data we keep to check its `overwritten_lsn`.
-const CAPTURE_LEN: usize = 48;
 
 /// `XLOG_PAGE_MAGIC` of a PostgreSQL major version, `None` for versions this decoder does not know.
 pub fn page_magic_for_major(major: u32) -> Option<u16> {
@@ -96,11 +96,14 @@ pub struct RecordInfo {
     pub prev: Lsn,
     pub info: u8,
     pub rmid: u8,
+    /// What the record says, for the few types whose first data bytes the decoder reads (commits, aborts,
+    /// backup end, checkpoints, switch; see [`crate::wal::records`]); `RecordKind::Other` for the rest.
+    pub kind: RecordKind,
 }
 
 impl RecordInfo {
     pub fn is_switch(&self) -> bool {
-        self.rmid == RM_XLOG_ID && self.info & XLR_RMGR_INFO_MASK == XLOG_SWITCH
+        self.kind == RecordKind::Switch
     }
 }
 
@@ -279,6 +282,9 @@ pub struct WalDecoder {
     rec_tot_len: u32,
     crc: u32,
     overwrite: Overwrite,
+    /// The current record is of a type [`RecordKind::of`] reads ([`is_read`]): its first data bytes go to
+    /// `capture`.
+    capturing: bool,
     capture: [u8; CAPTURE_LEN],
     capture_len: usize,
     /// False while the bytes since the start include the skipped tail of a record we never saw: nothing is
@@ -310,6 +316,7 @@ impl WalDecoder {
             rec_tot_len: 0,
             crc: 0,
             overwrite: Overwrite::None,
+            capturing: false,
             capture: [0; CAPTURE_LEN],
             capture_len: 0,
             trusted: true,
@@ -489,10 +496,8 @@ impl WalDecoder {
                     let n = avail.min(remaining as usize);
                     let chunk = &data[..n];
                     self.crc = crc32c::crc32c_append(self.crc, chunk);
-                    if let Overwrite::Expect { .. } = self.overwrite {
-                        let k = (CAPTURE_LEN - self.capture_len).min(n);
-                        self.capture[self.capture_len..self.capture_len + k].copy_from_slice(&chunk[..k]);
-                        self.capture_len += k;
+                    if self.capturing {
+                        self.capture(chunk);
                     }
                     let remaining = remaining - n as u32;
                     self.pos += n as u64;
@@ -602,8 +607,9 @@ impl WalDecoder {
             if rmid != RM_XLOG_ID || info & XLR_RMGR_INFO_MASK != XLOG_OVERWRITE_CONTRECORD {
                 return Err(WalError::OverwriteRecord { at, rmid, info });
             }
-            self.capture_len = 0;
         }
+        self.capturing = is_read(rmid, info);
+        self.capture_len = 0;
         self.crc = 0;
         let remaining = self.rec_tot_len - SIZE_OF_XLOG_RECORD;
         self.phase = Phase::RecordBody { remaining };
@@ -611,6 +617,23 @@ impl WalDecoder {
             self.complete_record(on_record)?;
         }
         Ok(n)
+    }
+
+    /// Keep the first bytes of the current record's data. Out of line and cold: most records are not read,
+    /// and the loop that feeds their bytes stays as tight as before.
+    #[cold]
+    #[inline(never)]
+    fn capture(&mut self, chunk: &[u8]) {
+        let k = (CAPTURE_LEN - self.capture_len).min(chunk.len());
+        self.capture[self.capture_len..self.capture_len + k].copy_from_slice(&chunk[..k]);
+        self.capture_len += k;
+    }
+
+    /// What the current record (complete, of a type [`is_read`] accepts) says.
+    #[cold]
+    #[inline(never)]
+    fn captured_kind(&self) -> RecordKind {
+        RecordKind::of(self.rec_hdr[17], self.rec_hdr[16], &self.capture[..self.capture_len])
     }
 
     /// All of the record's bytes have passed: ValidXLogRecord, then move past it.
@@ -622,20 +645,7 @@ impl WalDecoder {
         if crc != stored {
             return Err(WalError::Crc { at, expected: crc, found: stored });
         }
-        if let Overwrite::Expect { aborted } = self.overwrite {
-            let found = overwritten_lsn(&self.capture[..self.capture_len]);
-            if let Some(aborted) = aborted {
-                if found != Some(aborted) {
-                    return Err(WalError::OverwrittenLsn {
-                        at,
-                        expected: Lsn(aborted),
-                        found: found.map(Lsn),
-                    });
-                }
-            }
-            self.overwrite = Overwrite::None;
-        }
-        let rec = RecordInfo {
+        let mut rec = RecordInfo {
             lsn: at,
             end: Lsn(self.pos),
             tot_len: self.rec_tot_len,
@@ -643,7 +653,23 @@ impl WalDecoder {
             prev: Lsn(u64::from_le_bytes(h[8..16].try_into().unwrap_or([0; 8]))),
             info: h[16],
             rmid: h[17],
+            kind: RecordKind::Other,
         };
+        if self.capturing {
+            rec.kind = self.captured_kind();
+        }
+        if let Overwrite::Expect { aborted } = self.overwrite {
+            let found = match rec.kind {
+                RecordKind::OverwriteContrecord { overwritten, .. } => Some(overwritten),
+                _ => None,
+            };
+            if let Some(aborted) = aborted {
+                if found != Some(Lsn(aborted)) {
+                    return Err(WalError::OverwrittenLsn { at, expected: Lsn(aborted), found });
+                }
+            }
+            self.overwrite = Overwrite::None;
+        }
         self.records += 1;
         self.trusted = true;
         self.prev = Some(self.rec_start);
@@ -814,45 +840,6 @@ fn align_pad(pos: u64) -> u8 {
     ((8 - pos % 8) % 8) as u8
 }
 
-/// `overwritten_lsn` from the start of an XLOG_OVERWRITE_CONTRECORD record's data (after the fixed header):
-/// optional origin / top-level xid block headers, then the main data header and `xl_overwrite_contrecord`.
-fn overwritten_lsn(data: &[u8]) -> Option<u64> {
-    const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
-    const XLR_BLOCK_ID_ORIGIN: u8 = 253;
-    const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
-    const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
-    let mut i = 0;
-    loop {
-        let id = *data.get(i)?;
-        i += 1;
-        let main_len = match id {
-            XLR_BLOCK_ID_TOPLEVEL_XID => {
-                i += 4;
-                continue;
-            }
-            XLR_BLOCK_ID_ORIGIN => {
-                i += 2;
-                continue;
-            }
-            XLR_BLOCK_ID_DATA_SHORT => {
-                let l = usize::from(*data.get(i)?);
-                i += 1;
-                l
-            }
-            XLR_BLOCK_ID_DATA_LONG => {
-                let l = u32::from_le_bytes(data.get(i..i + 4)?.try_into().ok()?) as usize;
-                i += 4;
-                l
-            }
-            _ => return None,
-        };
-        if main_len < 16 {
-            return None;
-        }
-        return Some(u64::from_le_bytes(data.get(i..i + 8)?.try_into().ok()?));
-    }
-}
-
 impl WalDecoder {
     /// Check a WAL file at rest (a segment, or a `.partial` one that is zero-filled past the data received):
     /// `data` holds the file from `cfg`'s segment start `start`. The zeros after the last non-zero byte may
@@ -860,11 +847,23 @@ impl WalDecoder {
     /// received data, not as corrupt: the result then says [`StreamEnd::InsideRecord`] and
     /// `validated_up_to` is where valid records end. Any inconsistency in the non-zero part is an error.
     pub fn check_at_rest(cfg: DecoderConfig, start: Lsn, data: &[u8]) -> Result<DecodeStatus, WalError> {
+        Self::check_at_rest_with(cfg, start, data, |_| {})
+    }
+
+    /// Like [`check_at_rest`](Self::check_at_rest), calling `on_record` for every valid record.
+    pub fn check_at_rest_with<F: FnMut(&RecordInfo)>(
+        cfg: DecoderConfig,
+        start: Lsn,
+        data: &[u8],
+        mut on_record: F,
+    ) -> Result<DecodeStatus, WalError> {
         let end = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let mut d = WalDecoder::new(cfg, start);
-        d.feed(&data[..end])?;
+        d.feed_with(&data[..end], &mut on_record)?;
         let mut rest = d.clone();
-        match rest.feed(&data[end..]) {
+        // The zeros may complete the last record (one whose data ends in zero bytes); after a record, zeros
+        // read as the end of WAL, so `on_record` never sees a record of a feed that then fails.
+        match rest.feed_with(&data[end..], &mut on_record) {
             Ok(()) => rest.status(),
             // Only zeros follow: the record in progress was not fully written.
             Err(_) => d.status(),

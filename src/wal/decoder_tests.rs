@@ -51,6 +51,7 @@ fn mixed() -> WalEncoder {
     e.record(0, 0, 0, &[]); // a bare 24-byte record split 8 / 16
     e.record(21, 0, 703, &data(1_500_000, 6)); // crosses a segment boundary
     e.record(1, 0, 703, &data(16, 7));
+    kinds_sample(&mut e);
     e.switch();
     for i in 0..5 {
         e.record(10, 0, 800 + i, &data(3000, i as u8));
@@ -61,6 +62,75 @@ fn mixed() -> WalEncoder {
         e.record(10, 0, 901, &data(100, i));
     }
     e
+}
+
+fn commit_data(time: i64, len: usize) -> Vec<u8> {
+    let mut c = time.to_le_bytes().to_vec();
+    c.resize(len, 0x5A);
+    c
+}
+
+fn checkpoint_data(redo: u64, tli: u32, unix_secs: i64) -> Vec<u8> {
+    let mut c = vec![0u8; 88];
+    c[0..8].copy_from_slice(&redo.to_le_bytes());
+    c[8..12].copy_from_slice(&tli.to_le_bytes());
+    c[64..72].copy_from_slice(&unix_secs.to_le_bytes());
+    c
+}
+
+/// The record types whose data the decoder reads, placed so that their data is split in every way: a
+/// commit, a commit whose header ends a page (its data on the next), a checkpoint whose data crosses a page,
+/// a long commit (DATA_LONG) spanning pages, a backup end, an abort. Returns their kinds in order.
+fn kinds_sample(e: &mut WalEncoder) -> Vec<(u64, RecordKind)> {
+    use crate::wal::pgtime::PgTimestamp;
+    use crate::wal::records::*;
+    let mut out = Vec::new();
+    let commit = |t: i64| RecordKind::Commit { time: PgTimestamp(t), prepared: false };
+    out.push((e.main_data_record(RM_XACT_ID, XLOG_XACT_COMMIT, 9, &commit_data(11, 16)), commit(11)));
+    fill_to_page_left(e, 24);
+    out.push((e.main_data_record(RM_XACT_ID, XLOG_XACT_COMMIT, 9, &commit_data(12, 16)), commit(12)));
+    fill_to_page_left(e, 64);
+    let cp = checkpoint_data(0x1234_5678, 1, 1_700_000_000);
+    let time = PgTimestamp::from_unix_seconds(1_700_000_000).unwrap();
+    out.push((
+        e.main_data_record(RM_XLOG_ID, XLOG_CHECKPOINT_ONLINE, 0, &cp),
+        RecordKind::Checkpoint { redo: Lsn(0x1234_5678), timeline: 1, time, shutdown: false },
+    ));
+    fill_to_page_left(e, 40);
+    out.push((
+        e.main_data_record(RM_XACT_ID, XLOG_XACT_COMMIT | 0x80, 9, &commit_data(13, 20_000)),
+        commit(13),
+    ));
+    out.push((
+        e.main_data_record(RM_XLOG_ID, XLOG_BACKUP_END, 0, &0x1234_0028u64.to_le_bytes()),
+        RecordKind::BackupEnd { start: Lsn(0x1234_0028) },
+    ));
+    out.push((
+        e.main_data_record(RM_XACT_ID, XLOG_XACT_ABORT, 9, &commit_data(14, 8)),
+        RecordKind::Abort { time: PgTimestamp(14), prepared: false },
+    ));
+    out
+}
+
+#[test]
+fn reads_what_commit_checkpoint_and_backup_end_records_say() {
+    let mut e = enc();
+    e.record(10, 0, 1, &data(100, 1));
+    let want = kinds_sample(&mut e);
+    e.record(10, 0, 1, &data(100, 1));
+    for chunk in [1, 7, 4096, usize::MAX] {
+        let mut d = WalDecoder::new(cfg(), Lsn(START));
+        let mut got = Vec::new();
+        for c in e.bytes().chunks(chunk.min(e.bytes().len())) {
+            d.feed_with(c, |r| {
+                if r.kind != RecordKind::Other {
+                    got.push((r.lsn.0, r.kind))
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(got, want, "chunks of {chunk}");
+    }
 }
 
 fn decode_all(bytes: &[u8]) -> (Result<(), WalError>, WalDecoder, Vec<RecordInfo>) {
@@ -650,6 +720,8 @@ proptest! {
         let mut main = lsn.to_le_bytes().to_vec();
         main.extend_from_slice(&[0; 8]);
         if long { main.resize(300, 0); }
-        prop_assert_eq!(overwritten_lsn(&main_data(&main)), Some(lsn));
+        let body = main_data(&main);
+        let kind = RecordKind::of(RM_XLOG_ID, XLOG_OVERWRITE_CONTRECORD, &body[..CAPTURE_LEN.min(body.len())]);
+        prop_assert_eq!(kind, RecordKind::OverwriteContrecord { overwritten: Lsn(lsn), time: crate::wal::pgtime::PgTimestamp(0) });
     }
 }

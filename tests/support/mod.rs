@@ -25,6 +25,7 @@
 //! test` (after `scripts/fetch-postgres.sh 17`); [`PgInstall::all_available`] lists every major present.
 #![allow(dead_code)]
 
+pub mod archive;
 mod bin;
 pub mod fake_walsender;
 pub mod proxy;
