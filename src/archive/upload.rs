@@ -260,7 +260,10 @@ fn run(
         let wake = [Some(next_round), retry_at, drain.as_ref().map(|d| d.0)].into_iter().flatten().min();
         let timeout = wake.map_or(POLL, |w| w.saturating_duration_since(now).min(POLL));
         match commands.recv_timeout(timeout) {
-            Ok(Control::Drain { deadline, reply }) => drain = Some((deadline, reply)),
+            Ok(Control::Drain { deadline, reply }) => {
+                drain = Some((deadline, reply));
+                retry_at = None; // the store may be back: try now rather than after the backoff
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }

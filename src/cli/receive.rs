@@ -351,10 +351,22 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
             let received =
                 receive(&cfg, rx, &state).await.map(drop).map_err(|e| Exit::error(prog, &e.to_string()));
             let Some(uploader) = uploader else { return received };
-            let wait = plan.upload.map(|u| u.wait).unwrap_or_default();
+            // A clean stop waits for the uploads; after an error the next start uploads what is left.
+            let wait = match &received {
+                Ok(()) => plan.upload.map(|u| u.wait).unwrap_or_default(),
+                Err(_) => Duration::ZERO,
+            };
             let finished = tokio::task::spawn_blocking(move || uploader.finish(wait))
                 .await
                 .map_err(|e| Exit::error(prog, &format!("the uploader ended abnormally: {e}")))?;
+            if received.is_err() && finished.pending_files > 0 {
+                tracing::warn!(
+                    "{} files wait in \"{}\" for their upload to \"{}\"; the next start uploads them",
+                    finished.pending_files,
+                    cfg.directory.display(),
+                    finished.location
+                );
+            }
             received?;
             upload_exit(&finished, &cfg.directory, wait, prog)
         }

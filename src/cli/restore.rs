@@ -110,6 +110,9 @@ pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
             Spool::open(&dir, store).ok()
         })
         .flatten();
+    if let Some(spool) = &spool {
+        spool.wait_for_fetch(name, prefetch::WAIT_FOR_FETCH);
+    }
     let served = match spool.as_ref().and_then(|s| s.take(store, name, dest, opts.system_id)) {
         Some(r) => {
             tracing::info!("restored \"{name}\" from the prefetch spool");
