@@ -548,7 +548,7 @@ mod tests {
         let stale = spool.dir.join(".000000010000000000000009.walkeeper-y.tmp");
         fs::write(&busy, b"").unwrap();
         fs::write(&stale, b"").unwrap();
-        spool.remove_entries_except(&[name.clone()], &[&name]);
+        spool.remove_entries_except(std::slice::from_ref(&name), &[&name]);
         assert!(busy.exists() && !stale.exists());
     }
 
