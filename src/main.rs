@@ -139,6 +139,7 @@ fn run() -> Result<(), Exit> {
         Command::Status(args) => cli::status::run(args, &prog),
         Command::Cleanup(args) => cli::cleanup::run(args, &prog),
         Command::Verify(args) => cli::verify::run(args, &prog),
+        Command::Service(args) => cli::service::run(args, &prog),
     }
 }
 

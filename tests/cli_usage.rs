@@ -1,17 +1,18 @@
 //! The command line as a new user meets it: bare `walkeeper`, `help`, a missing or unknown option. Every usage
 //! error is one error line plus the hint naming the subcommand's `--help`, with the exit code README.md
-//! documents for that subcommand (receive, check, status, demo 1; verify 2; cleanup 2; restore 3).
+//! documents for that subcommand (receive, check, status, demo, service 1; verify 2; cleanup 2; restore 3).
 
 mod support;
 
 use support::{run_walkeeper, Run};
 
 /// The documented usage-error exit code of each subcommand ("" is walkeeper itself).
-const USAGE_CODES: [(&str, i32); 8] = [
+const USAGE_CODES: [(&str, i32); 9] = [
     ("", 1),
     ("receive", 1),
     ("check", 1),
     ("demo", 1),
+    ("service", 1),
     ("status", 1),
     ("verify", 2),
     ("cleanup", 2),
@@ -46,7 +47,8 @@ fn unknown_options_point_to_the_subcommand_help_with_its_exit_code() {
 
 #[test]
 fn a_missing_required_option_is_named() {
-    let cases: [(&[&str], &str, &str); 6] = [
+    let cases: [(&[&str], &str, &str); 7] = [
+        (&["service"], "service", "missing required argument: -c/--config FILE"),
         (&["verify"], "verify", "missing required argument: -D/--directory DIR"),
         (&["status"], "status", "missing required argument: -D/--directory DIR"),
         (&["status", "--json"], "status", "missing required argument: -D/--directory DIR"),
@@ -67,14 +69,14 @@ fn bare_walkeeper_prints_the_usage_as_a_usage_error() {
     assert_eq!(r.code, Some(code_of("")), "{r}");
     assert_eq!(r.stdout, "");
     assert!(r.stderr.contains("Usage: walkeeper [OPTIONS] <COMMAND>"), "{r}");
-    for sub in ["receive", "check", "restore", "status", "cleanup", "verify"] {
+    for sub in ["receive", "check", "restore", "status", "cleanup", "verify", "service"] {
         assert!(r.stderr.lines().any(|l| l.trim_start().starts_with(sub)), "{sub} not listed: {r}");
     }
 }
 
 #[test]
 fn help_for_a_subcommand_is_the_same_either_way() {
-    for sub in ["receive", "check", "restore", "status", "cleanup", "verify", "demo"] {
+    for sub in ["receive", "check", "restore", "status", "cleanup", "verify", "demo", "service"] {
         let help = run_walkeeper(&["help", sub]);
         let flag = run_walkeeper(&[sub, "--help"]);
         assert_eq!(help.code, Some(0), "{help}");

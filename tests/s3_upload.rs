@@ -95,7 +95,8 @@ fn every_compression_uploads_restores_byte_identical_and_reads_from_the_bucket()
         let cutoff = &uploaded[2][..24];
         let r = run_s3(&s3, &["cleanup", "-D", &url, cutoff]);
         assert_eq!(r.code, Some(0), "{m}: {r}");
-        let after = bucket.names(m);
+        // `status` saved its index of the base backups found in the WAL (`.walkeeper-backups`) next to the WAL.
+        let after: Vec<String> = bucket.names(m).into_iter().filter(|n| n != ".walkeeper-backups").collect();
         let expected: Vec<String> =
             objects.iter().filter(|n| n.contains(".partial") || n[..24] >= *cutoff).cloned().collect();
         assert_eq!(after, expected, "{m}");

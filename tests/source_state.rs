@@ -33,6 +33,8 @@ fn config(cluster: &Cluster, dir: &std::path::Path) -> ReceiveConfig {
         no_loop: false,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        failover: false,
+        create_slot: false,
         upload: None,
     }
 }

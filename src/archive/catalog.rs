@@ -376,6 +376,31 @@ pub(crate) fn test_archive(names: &[&str]) -> tempfile::TempDir {
     tmp
 }
 
+/// Write `bytes` (WAL of a segment) into `dir` as `name`, compressed as the name says (a compressed `.partial`
+/// as an open, sync-flushed stream); other names as they are. For the tests of the modules that read archives.
+#[cfg(test)]
+pub(crate) fn write_wal_file(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let compressor = match WalFileName::parse(name) {
+        Some(WalFileName::Segment { compression, partial, .. }) => {
+            super::compress::Compressor::new(compression, None).unwrap().map(|c| (c, partial))
+        }
+        _ => None,
+    };
+    let out = match compressor {
+        None => bytes.to_vec(),
+        Some((mut c, partial)) => {
+            c.write(bytes).unwrap();
+            if partial {
+                c.sync_flush().unwrap();
+                std::mem::take(c.output())
+            } else {
+                c.finish().unwrap()
+            }
+        }
+    };
+    std::fs::write(dir.join(name), out).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

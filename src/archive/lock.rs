@@ -82,6 +82,33 @@ impl ArchiveLock {
     }
 }
 
+/// Whether another process writes to `dir`, asked without creating anything (the service checks every
+/// directory of a configuration before it locks any): `Err(InUse)` naming the holder. A shared lock is
+/// taken and dropped at once; it conflicts only with a writer's exclusive one. This process's own locks
+/// conflict too, so ask only about directories it does not hold.
+pub fn check_unlocked(dir: &Path) -> Result<(), LockError> {
+    let path = dir.join(LOCK_FILE);
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LockError::Io(WalDirError::io("open lock file", &path, e))),
+    };
+    loop {
+        // SAFETY: flock on a descriptor we own, integer arguments only. Closing the file releases it.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(LockError::InUse { dir: dir.to_path_buf(), holder: holder(&file) })
+            }
+            _ => return Err(LockError::Io(WalDirError::io("lock", &path, e))),
+        }
+    }
+}
+
 impl Drop for ArchiveLock {
     fn drop(&mut self) {
         // Clear the name while still holding the lock; closing the file then releases it.
@@ -180,6 +207,19 @@ mod tests {
         assert!(!err.contains('\n'), "{err}");
         drop(first);
         assert_eq!(std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(), "");
+        let _again = ArchiveLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn check_unlocked_names_the_holder_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        check_unlocked(dir.path()).unwrap();
+        assert!(!dir.path().join(LOCK_FILE).exists(), "nothing created");
+        let held = ArchiveLock::acquire(dir.path()).unwrap();
+        let err = check_unlocked(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("(pid {}: ", std::process::id())), "{err}");
+        drop(held);
+        check_unlocked(dir.path()).unwrap();
         let _again = ArchiveLock::acquire(dir.path()).unwrap();
     }
 

@@ -9,6 +9,7 @@ pub mod compress;
 pub mod contents;
 pub mod direct;
 pub mod error;
+pub mod fork;
 pub mod fsutil;
 pub mod local;
 pub mod lock;

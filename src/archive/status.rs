@@ -12,6 +12,9 @@
 //! record ends in zero bytes (then it is short by fewer than the trailing zeros). A compressed `.partial` is
 //! written only as far as it was received, so its decoded length is exact.
 //!
+//! Diverged tails (`archive::fork`): WAL of a timeline past the point where a later timeline forked from it,
+//! with its bytes, commit records and last commit time — read by decoding the tail's files (only those).
+//!
 //! Warnings (also in `--json`): WAL-named entries that are not regular files, names impossible with the
 //! segment size, and segment files of another database system than the newest segment's (the first and last
 //! file of each timeline are compared; `walkeeper verify` reads them all).
@@ -22,6 +25,7 @@
 use super::backups::{self, IndexUpdate};
 use super::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
 use super::contents;
+use super::fork::{self, TailReport};
 use super::store::{Store, StoreError};
 use crate::wal::segment::{Compression, TimeLineId};
 use crate::wal::Lsn;
@@ -49,6 +53,8 @@ pub struct ArchiveStatus {
     pub system_identifier: Option<String>,
     /// Things to look at (module docs), one line each.
     pub warnings: Vec<String>,
+    /// WAL past fork points: transactions later timelines do not have (module docs).
+    pub diverged_tails: Vec<TailReport>,
     pub backups: BackupsStatus,
 }
 
@@ -136,6 +142,10 @@ pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
             gaps,
         });
     }
+    let diverged_tails = fork::diverged_tails(store, &catalog).unwrap_or_else(|e| {
+        warnings.push(format!("the diverged tails could not be read: {e}"));
+        Vec::new()
+    });
     let system_identifier = catalog.system_id(store).ok().flatten();
     if let Some((sysid, newest)) = system_identifier {
         warnings.extend(other_systems(store, &catalog, sysid, newest));
@@ -170,6 +180,7 @@ pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
         missing_segments,
         system_identifier: system_identifier.map(|(id, _)| id.to_string()),
         warnings,
+        diverged_tails,
         backups: backups_status(store, &catalog),
     })
 }
@@ -280,6 +291,9 @@ pub fn render_text(s: &ArchiveStatus) -> String {
         None => {
             let _ = writeln!(out, "newest WAL:     none");
         }
+    }
+    for t in &s.diverged_tails {
+        let _ = writeln!(out, "diverged tail:  {}", t.describe());
     }
     for w in &s.warnings {
         let _ = writeln!(out, "warning:        {w}");

@@ -12,20 +12,26 @@
 //! - timelines: a history file for every timeline above 1, well-formed and consistent with the older ones; each
 //!   timeline's first segment contains the start LSN its history gives; every page header carries the
 //!   timeline that owned its LSN according to the history (the pages a new timeline copies from its parent carry
-//!   the parent's timeline, later ones the new timeline); no WAL of a timeline past the LSN where a later
-//!   timeline forked from it (a diverged history); the parent's WAL reaches the fork point.
+//!   the parent's timeline, later ones the new timeline); the parent's WAL reaches the fork point.
+//! - diverged tails: WAL of a timeline past the LSN where a later timeline forked from it (what an old
+//!   primary wrote that the promoted server never had) is information, not damage: it is summarised
+//!   (`archive::fork`: bytes, records, commits, last commit time) in [`Summary::diverged_tails`], and its
+//!   records are checked like all others.
 //!
 //! Files are read (and decompressed) in large chunks, and the decoder computes CRCs incrementally, so memory
 //! stays at a few MiB whatever the segment size and the speed is that of reading plus CRC32C.
 
 use crate::archive::catalog::{Catalog, NotRegular, SegFile, SegmentSize};
 use crate::archive::contents::{self, CHUNK};
+use crate::archive::fork::{fork_points, ForkPoint, TailReport};
 use crate::archive::store::{Store, StoreError};
 use crate::wal::at_rest::Feed;
 use crate::wal::decoder::{
-    major_for_page_magic, DecodeStatus, DecoderConfig, StreamEnd, WalDecoder, SIZE_OF_SHORT_PHD, XLOG_BLCKSZ,
+    major_for_page_magic, DecodeStatus, DecoderConfig, RecordInfo, StreamEnd, WalDecoder, SIZE_OF_SHORT_PHD,
+    XLOG_BLCKSZ,
 };
 use crate::wal::segment::{history_file_name, Compression, SegmentId, TimeLineId};
+use crate::wal::tail::TailSummary;
 use crate::wal::timeline::{parse_history_of, timeline_of, timeline_start, HistoryEntry};
 use crate::wal::Lsn;
 use serde::Serialize;
@@ -62,8 +68,6 @@ pub enum ProblemKind {
     InvalidHistory,
     /// History files and segments disagree.
     HistoryMismatch,
-    /// WAL of a timeline beyond the point where a later timeline forked from it.
-    BeyondTimelineEnd,
     /// A WAL-named entry that is not a regular file (a directory, a symlink): never read.
     NotRegularFile,
     /// A file could not be read (permissions, I/O error): the archive could not be verified.
@@ -149,6 +153,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Bytes of the segment files on disk.
     pub file_bytes: u64,
+    /// WAL of timelines past the points where later timelines forked from them (module docs).
+    pub diverged_tails: Vec<TailReport>,
     pub records: u64,
     pub seconds: f64,
 }
@@ -209,6 +215,9 @@ impl Report {
                 );
             }
             out.push('\n');
+        }
+        for t in &s.diverged_tails {
+            let _ = writeln!(out, "diverged tail: {}", t.describe());
         }
         let _ = writeln!(
             out,
@@ -335,10 +344,11 @@ struct Chain {
     tli: TimeLineId,
     decoder: Option<WalDecoder>,
     /// Where this timeline's own WAL ends (the fork point of a later timeline), if one forked from it.
-    end: Option<Lsn>,
+    end: Option<ForkPoint>,
+    /// The records past `end`.
+    tail: Option<TailSummary>,
     /// Owner of each LSN according to this timeline's history (None: no usable history).
     history: Option<Vec<HistoryEntry>>,
-    beyond_reported: bool,
     records: u64,
     bytes: u64,
 }
@@ -359,6 +369,7 @@ impl<'a> Verifier<'a> {
                 history_files: 0,
                 bytes: 0,
                 file_bytes: 0,
+                diverged_tails: Vec::new(),
                 records: 0,
                 seconds: 0.0,
             },
@@ -489,13 +500,8 @@ impl<'a> Verifier<'a> {
             }
         }
         // Where each timeline ends: the latest switch point any history gives for it.
-        let mut ends: HashMap<TimeLineId, Lsn> = HashMap::new();
-        for h in self.histories.values() {
-            for e in h.entries.iter().flatten() {
-                let end = ends.entry(e.timeline).or_insert(e.end);
-                *end = (*end).max(e.end);
-            }
-        }
+        let ends =
+            fork_points(self.histories.iter().filter_map(|(&tli, h)| Some((tli, h.entries.as_deref()?))));
         let mut summaries: BTreeMap<TimeLineId, TimelineSummary> = BTreeMap::new();
         for (&tli, segments) in &timelines {
             let history = if tli == 1 {
@@ -598,7 +604,7 @@ impl<'a> Verifier<'a> {
         tli: TimeLineId,
         segments: &BTreeMap<u64, Vec<&SegFile>>,
         history: Option<Vec<HistoryEntry>>,
-        end: Option<Lsn>,
+        end: Option<ForkPoint>,
     ) -> TimelineSummary {
         let seg = format.segment_size;
         let cfg = DecoderConfig {
@@ -607,8 +613,8 @@ impl<'a> Verifier<'a> {
             system_id: Some(format.system_id),
             timeline: tli,
         };
-        let mut chain =
-            Chain { tli, decoder: None, end, history, beyond_reported: false, records: 0, bytes: 0 };
+        let tail = end.map(|e| TailSummary::new(e.at));
+        let mut chain = Chain { tli, decoder: None, end, tail, history, records: 0, bytes: 0 };
         let name = |n: u64| SegmentId { timeline: tli, number: n }.file_name(seg);
         let first = *segments.keys().next().expect("non-empty");
         let last = *segments.keys().next_back().expect("non-empty");
@@ -639,22 +645,6 @@ impl<'a> Verifier<'a> {
                 }
             }
             previous = Some(number);
-            if let Some(e) = chain.end {
-                if start >= e {
-                    for f in files {
-                        self.problem(
-                            ProblemKind::BeyondTimelineEnd,
-                            Some(&f.file),
-                            Some(tli),
-                            Some(start),
-                            format!(
-                                "segment of timeline {tli} after the timeline's end at {e}, where a later timeline forked from it: a diverged history"
-                            ),
-                        );
-                    }
-                    chain.beyond_reported = true;
-                }
-            }
             // Sorted complete first: the complete file continues the chain, others are checked on their own.
             let (main, extra) = files.split_first().expect("non-empty");
             file_count += files.len();
@@ -680,13 +670,24 @@ impl<'a> Verifier<'a> {
                     tli,
                     decoder: Some(WalDecoder::new(cfg, start)),
                     end: chain.end,
+                    tail: None,
                     history: chain.history.clone(),
-                    beyond_reported: true,
                     records: 0,
                     bytes: 0,
                 };
                 self.check_file(&mut alone, f, start, seg_end, PartialRole::Open);
             }
+        }
+        if let (Some(fork), Some(tail)) = (chain.end, &chain.tail) {
+            // The files holding the tail: the main file of each segment from the fork's one to the tail's end.
+            let files = segments
+                .range(fork.at.segment_number(seg)..)
+                .filter(|(&n, _)| {
+                    SegmentId { timeline: tli, number: n }.start_lsn(seg).is_some_and(|s| s < tail.to)
+                })
+                .map(|(_, f)| f[0].file.clone())
+                .collect();
+            self.summary.diverged_tails.extend(TailReport::new(tli, fork.child, tail, files));
         }
         TimelineSummary {
             timeline: tli,
@@ -745,7 +746,6 @@ impl<'a> Verifier<'a> {
         let mut oversized = false;
         let mut failed = false;
         let mut tli_reported = false;
-        let mut beyond = chain.beyond_reported;
         loop {
             let (n, err) = contents::fill(&mut reader, &mut buf);
             if let Some(e) = err {
@@ -784,33 +784,16 @@ impl<'a> Verifier<'a> {
                     }
                 }
                 if let Some(d) = chain.decoder.as_mut() {
-                    let mut first_beyond = None;
-                    let check_beyond = if beyond { None } else { chain.end };
                     let mut records = 0u64;
-                    let mut on_record = |r: &crate::wal::decoder::RecordInfo| {
+                    let tail = &mut chain.tail;
+                    let mut on_record = |r: &RecordInfo| {
                         records += 1;
-                        if let Some(e) = check_beyond {
-                            if r.lsn >= e && first_beyond.is_none() {
-                                first_beyond = Some(r.lsn);
-                            }
+                        if let Some(t) = tail.as_mut() {
+                            t.observe(r);
                         }
                     };
                     let result = feed.push(d, data, &mut on_record);
                     chain.records += records;
-                    if let Some(at) = first_beyond {
-                        let e = chain.end.expect("set");
-                        self.problem(
-                            ProblemKind::BeyondTimelineEnd,
-                            Some(&f.file),
-                            Some(tli),
-                            Some(at),
-                            format!(
-                                "record on timeline {tli} after the timeline's end at {e}, where a later timeline forked from it: a diverged history"
-                            ),
-                        );
-                        beyond = true;
-                        chain.beyond_reported = true;
-                    }
                     if let Err(e) = result {
                         self.invalid_wal(f, tli, &e);
                         chain.decoder = None;
@@ -842,7 +825,12 @@ impl<'a> Verifier<'a> {
         let Some(d) = chain.decoder.as_mut() else { return outcome };
         if f.partial {
             // Zeros at the end: padding, unless feeding them keeps the WAL valid (they end it cleanly).
-            chain.records += feed.finish(d);
+            let tail = &mut chain.tail;
+            chain.records += feed.finish_with(d, &mut |r: &RecordInfo| {
+                if let Some(t) = tail.as_mut() {
+                    t.observe(r);
+                }
+            });
             let status = match d.status() {
                 Ok(s) => s,
                 Err(e) => {

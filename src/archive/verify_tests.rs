@@ -1,8 +1,6 @@
 use super::*;
-use crate::archive::compress::Compressor;
 use crate::archive::store::LocalStore;
 use crate::wal::encoder::WalEncoder;
-use crate::wal::segment::WalFileName;
 use std::path::Path;
 
 fn verify_dir(dir: &Path) -> Result<Report, StoreError> {
@@ -40,23 +38,7 @@ fn put(dir: &Path, e_bytes: &[u8], first: u64, n: u64, file: &str) {
 }
 
 fn write_file(dir: &Path, file: &str, bytes: &[u8]) {
-    let Some(WalFileName::Segment { compression, partial, .. }) = WalFileName::parse(file) else {
-        std::fs::write(dir.join(file), bytes).unwrap();
-        return;
-    };
-    let out = match Compressor::new(compression, None).unwrap() {
-        None => bytes.to_vec(),
-        Some(mut c) => {
-            c.write(bytes).unwrap();
-            if partial {
-                c.sync_flush().unwrap();
-                std::mem::take(c.output())
-            } else {
-                c.finish().unwrap()
-            }
-        }
-    };
-    std::fs::write(dir.join(file), out).unwrap();
+    crate::archive::catalog::write_wal_file(dir, file, bytes);
 }
 
 /// Timeline 1: segments 1..=3 complete, 4 partial (WAL ends inside it).
@@ -239,13 +221,18 @@ fn timelines_with_history() {
     assert_eq!(r.problems[0].lsn, Some(Lsn((switch / 8192 + 1) * 8192)));
     assert_eq!(r.problems[1].lsn, Some(Lsn(switch)));
 
-    // Moved earlier: timeline 1 has records past its end.
-    std::fs::write(&hist, format!("1\t{}\tx\n", Lsn(switch - 3 * 8192))).unwrap();
+    // Moved earlier: timeline 2's pages between the claimed and the real switch carry timeline 1. Timeline
+    // 1's records past the claimed switch are a diverged tail: information, not a problem of their own.
+    let earlier = Lsn(switch - 3 * 8192);
+    std::fs::write(&hist, format!("1\t{earlier}\tx\n")).unwrap();
     let r = verify_dir(dir.path()).unwrap();
-    assert!(kinds(&r).contains(&ProblemKind::BeyondTimelineEnd), "{:?}", r.problems);
-    let p = r.problems.iter().find(|p| p.kind == ProblemKind::BeyondTimelineEnd).unwrap();
-    assert_eq!(p.file.as_deref(), Some(format!("{}.partial", name(1, 3)).as_str()));
-    assert!(p.lsn.unwrap() >= Lsn(switch - 3 * 8192) && p.lsn.unwrap() < Lsn(switch));
+    assert_eq!(kinds(&r), vec![ProblemKind::HistoryMismatch], "{:?}", r.problems);
+    assert_eq!(r.problems[0].file.as_deref(), Some(name(2, 3).as_str()));
+    let tails = &r.summary.diverged_tails;
+    assert_eq!(tails.len(), 1, "{tails:?}");
+    assert_eq!((tails[0].timeline, tails[0].forked_to, tails[0].from), (1, 2, earlier));
+    assert_eq!(tails[0].files, [format!("{}.partial", name(1, 3))]);
+    assert!(tails[0].records > 0 && tails[0].to <= Lsn(switch));
 
     // Parent timeline wrong.
     std::fs::write(&hist, format!("3\t{}\tx\n", Lsn(switch))).unwrap();
@@ -257,6 +244,61 @@ fn timelines_with_history() {
     std::fs::remove_file(&hist).unwrap();
     let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::MissingHistory], "{:?}", r.problems);
+}
+
+/// A real failover's shape: timeline 1 went on past the point where timeline 2 forked from it (the old
+/// primary wrote more than the promoted standby had), with commits, into later segments. Timeline 2's first
+/// file repeats timeline 1's WAL up to the fork. The archive is whole; the tail is reported.
+#[test]
+fn a_diverged_tail_is_information_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = WalEncoder::new(MAGIC, SEG, SYSID, 1, u64::from(SEG));
+    wal_until(&mut e, 3 * u64::from(SEG) + 400_000);
+    let fork = e.pos();
+    let mut old = e.clone();
+    let mut commits = 0;
+    while old.pos() < 5 * u64::from(SEG) + 1000 {
+        old.main_data_record(10, 0, 9, &data(20_000, 3));
+        let mut main = 776_995_200_000_000i64.to_le_bytes().to_vec();
+        main.extend_from_slice(&[0; 4]);
+        old.main_data_record(
+            crate::wal::records::RM_XACT_ID,
+            crate::wal::records::XLOG_XACT_COMMIT,
+            9,
+            &main,
+        );
+        commits += 1;
+    }
+    e.timeline = 2;
+    wal_until(&mut e, 4 * u64::from(SEG) + 100_000);
+    for n in 1..=4 {
+        put(dir.path(), old.bytes(), 1, n, &name(1, n));
+    }
+    put(dir.path(), old.bytes(), 1, 5, &format!("{}.partial", name(1, 5)));
+    put(dir.path(), e.bytes(), 1, 3, &name(2, 3));
+    put(dir.path(), e.bytes(), 1, 4, &format!("{}.partial", name(2, 4)));
+    std::fs::write(dir.path().join("00000002.history"), format!("1\t{}\tx\n", Lsn(fork))).unwrap();
+    let r = verify_dir(dir.path()).unwrap();
+    assert!(r.whole, "{:?}", r.problems);
+    assert_eq!(r.exit_code(), 0);
+    let t = &r.summary.diverged_tails;
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!((t[0].timeline, t[0].forked_to, t[0].from), (1, 2, Lsn(fork)));
+    assert_eq!((t[0].commits, t[0].last_commit.as_deref()), (commits, Some("2024-08-15T00:00:00.000000Z")));
+    assert_eq!(t[0].to.0.next_multiple_of(8), old.pos());
+    assert_eq!(t[0].files, [name(1, 3), name(1, 4), format!("{}.partial", name(1, 5))]);
+    let text = r.to_text();
+    assert!(
+        text.contains(&format!(
+            "\ndiverged tail: timeline 1 continues past {}, where timeline 2 forked",
+            Lsn(fork)
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("archive is whole\n"), "{text}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["summary"]["diverged_tails"][0]["from"], Lsn(fork).to_string());
+    assert_eq!(json["summary"]["diverged_tails"][0]["commits"], commits);
 }
 
 #[test]

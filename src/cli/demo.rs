@@ -1,6 +1,7 @@
 //! `walkeeper demo`: walkeeper's main job on a throwaway PostgreSQL. Starts a temporary server (as the
 //! `postgres` account when run as root), creates a slot, streams WAL into a directory while a workload
-//! runs, stops at a known LSN, and shows the archive next to the server's own segments.
+//! runs, stops at a known LSN, and shows the archive next to the server's own segments. Then runs
+//! `walkeeper service` on the same archive for a few seconds and shows its /metrics and /health.
 
 use crate::cli::{Exit, Prog};
 use crate::conn::{connect, conninfo, ConnParams, ConnectOptions};
@@ -137,7 +138,10 @@ pub async fn run(args: DemoArgs, prog: &Prog) -> Result<(), Exit> {
             &["start", "-w", "-D", &data.to_string_lossy(), "-o", &opts, "-l", &log.to_string_lossy()],
         )
         .map_err(fail)?;
-    let result = demo_body(&args, port, &sockets, &archive, &data).await;
+    let mut result = demo_body(&args, port, &sockets, &archive, &data).await;
+    if result.is_ok() {
+        result = service_demo(port, &sockets, &archive, root.path()).await;
+    }
     server.stop();
     if args.keep {
         crate::outln!("kept {} (server data, archive, server.log)", root.keep().display());
@@ -218,6 +222,8 @@ async fn demo_body(
         no_loop: true,
         validate: true,
         apply_report: ApplyReport::Invalid,
+        failover: false,
+        create_slot: false,
         upload: None,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
@@ -242,4 +248,146 @@ async fn demo_body(
     }
     crate::outln!("5. {identical} complete segment(s) byte-identical to the server's own; every record CRC-checked on the way in.");
     Ok(())
+}
+
+/// A child process killed (and reaped) on drop, unless it already exited.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Poll `check` every 100 ms for up to `secs` seconds.
+async fn poll<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The value of `name{source="demo"}` in a /metrics page.
+fn metric<'a>(page: &'a str, name: &str) -> Option<&'a str> {
+    let series = format!("{name}{{source=\"demo\"}} ");
+    page.lines().find_map(|l| l.strip_prefix(&series))
+}
+
+/// Step 6: the archive kept by `walkeeper service` (this very binary, as a child process) for a few seconds.
+async fn service_demo(port: u16, sockets: &Path, archive: &Path, root: &Path) -> Result<(), String> {
+    use crate::service::http::get;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?;
+    let conninfo =
+        format!("host='{}' port={port} user=postgres application_name=walkeeper_demo", sockets.display());
+    let config = format!(
+        "[service]\nlisten = \"{listen}\"\n\n[[source]]\nname = \"demo\"\nconninfo = {}\ndirectory = {}\n\
+         slot = \"walkeeper_demo\"\nstatus_interval = 1\n",
+        toml_string(&conninfo),
+        toml_string(&archive.to_string_lossy())
+    );
+    let file = root.join("walkeeper.toml");
+    std::fs::write(&file, &config).map_err(|e| format!("{}: {e}", file.display()))?;
+    crate::outln!(
+        "6. the same archive kept by `walkeeper service --config {}` for a few seconds:",
+        file.display()
+    );
+    for line in config.lines() {
+        crate::outln!("{}", if line.is_empty() { String::new() } else { format!("     {line}") });
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find walkeeper's own executable: {e}"))?;
+    let log_path = root.join("service.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let child = Command::new(exe)
+        .args(["-v", "service", "--config"])
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("could not start walkeeper service: {e}"))?;
+    let mut child = ChildGuard(child);
+    let service_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let base = format!("http://{listen}");
+    if !poll(30, || async { matches!(get(&format!("{base}/health")).await, Ok((200, _))) }).await {
+        return Err(format!(
+            "the service did not report healthy within 30 seconds; its log:\n{}",
+            service_log()
+        ));
+    }
+    sql(
+        port,
+        sockets,
+        &["INSERT INTO demo VALUES (-1, 'seen by the service', now())", "SELECT pg_switch_wal()"],
+    )
+    .await?;
+    let target = sql(port, sockets, &["SELECT (pg_current_wal_lsn() - '0/0')::bigint::text"]).await?;
+    let target: u64 =
+        target.first().and_then(|t| t.parse().ok()).ok_or("could not read an LSN from the server")?;
+    let mut page = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, body)) = get(&format!("{base}/metrics")).await {
+            page = body;
+        }
+        let flushed = metric(&page, "walkeeper_flushed_lsn_bytes").and_then(|v| v.parse::<u64>().ok());
+        if flushed.is_some_and(|f| f >= target) {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the service did not flush the new WAL within 30 seconds; its log:\n{}",
+                service_log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::outln!("   GET {base}/metrics (a few of its lines):");
+    for name in [
+        "walkeeper_source_up",
+        "walkeeper_flushed_lsn_bytes",
+        "walkeeper_server_lsn_bytes",
+        "walkeeper_lag_bytes",
+        "walkeeper_segments_completed_total",
+    ] {
+        if let Some(v) = metric(&page, name) {
+            crate::outln!("     {name}{{source=\"demo\"}} {v}");
+        }
+    }
+    let (code, health) = get(&format!("{base}/health")).await?;
+    let compact = health.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::outln!("   GET {base}/health -> {code} {compact}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while matches!(child.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match child.0.try_wait() {
+        Ok(Some(status)) if status.success() => {
+            crate::outln!("7. SIGTERM: the service synced, reported its position and exited 0. Production setup: docs/service.md");
+            Ok(())
+        }
+        other => Err(format!(
+            "the service did not stop cleanly on SIGTERM ({other:?}); its log:\n{}",
+            service_log()
+        )),
+    }
 }

@@ -1,10 +1,11 @@
 //! Log output: pg_receivewal's stderr style (`prog: message`, `prog: error: message`) by default, or one
-//! JSON object per line for log shippers. `-v` shows progress messages, `-v -v` debug detail.
+//! JSON object per line for log shippers. `-v` shows progress messages, `-v -v` debug detail. In the
+//! service, a source's lines name it: `walkeeper: [main] error: …`, or a `span.source` field in JSON.
 
 use std::fmt;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,6 +26,16 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         write!(w, "{}: ", self.prog)?;
+        // In the service, each source's lines carry its name (its runner's `source` span).
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root().filter(|s| s.name() == "source") {
+                if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                    if let Some(name) = fields.fields.strip_prefix("source=") {
+                        write!(w, "[{name}] ")?;
+                    }
+                }
+            }
+        }
         match *event.metadata().level() {
             Level::ERROR => write!(w, "error: ")?,
             Level::WARN => write!(w, "warning: ")?,
@@ -34,7 +45,6 @@ where
         // Text lines carry the message only; structured fields are for the JSON format.
         let mut message = MessageOnly(String::new());
         event.record(&mut message);
-        let _ = ctx;
         writeln!(w, "{}", message.0)
     }
 }
@@ -63,9 +73,14 @@ pub fn init(prog: &'static str, format: LogFormat, verbose: u8) {
         1 => Level::INFO,
         _ => Level::DEBUG,
     };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level);
+    // No ANSI colours: span fields (a source's name) are kept as plain `key=value` text.
+    let builder =
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).with_ansi(false);
     let _ = match format {
         LogFormat::Text => builder.event_format(PgStyle { prog }).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        // A service source's lines carry `"span":{"source":NAME,…}`; nothing else logs in a span.
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        }
     };
 }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod logging;
 pub mod receive;
 pub mod restore;
+pub mod service;
 pub mod status;
 pub mod verify;
 
@@ -113,6 +114,24 @@ pub struct ConnectionArgs {
 
 /// Merge conninfo, options and environment into connection parameters.
 pub fn resolve_conn(args: &ConnectionArgs, prog: &Prog) -> Result<ConnParams, Exit> {
+    resolve_conn_env(args, prog, &conninfo::process_env)
+}
+
+/// [`resolve_conn`] with `target_session_attrs` defaulting to `attrs` when neither the connection string nor
+/// `PGTARGETSESSIONATTRS` sets it (`receive --failover` streams from a read-write server unless told otherwise).
+pub fn resolve_conn_with_default_attrs(
+    args: &ConnectionArgs,
+    prog: &Prog,
+    attrs: &str,
+) -> Result<ConnParams, Exit> {
+    resolve_conn_env(args, prog, &conninfo::with_default_target_session_attrs(&conninfo::process_env, attrs))
+}
+
+fn resolve_conn_env(
+    args: &ConnectionArgs,
+    prog: &Prog,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ConnParams, Exit> {
     let sources = Sources {
         conninfo: args.dbname.as_deref(),
         host: args.host.as_deref(),
@@ -120,7 +139,7 @@ pub fn resolve_conn(args: &ConnectionArgs, prog: &Prog) -> Result<ConnParams, Ex
         user: args.username.as_deref(),
         fallback_application_name: Some(prog.application_name()),
     };
-    conninfo::resolve(&sources, &conninfo::process_env).map_err(|e| Exit::error(prog, &e.to_string()))
+    conninfo::resolve(&sources, env).map_err(|e| Exit::error(prog, &e.to_string()))
 }
 
 pub fn connect_options(args: &ConnectionArgs) -> ConnectOptions {
@@ -190,10 +209,13 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Check that a WAL archive directory is whole: continuity, timelines, every record's CRC
     Verify(verify::VerifyArgs),
+    /// Archive many servers in one long-running process, with /metrics, /health and /status (see --config)
+    Service(service::ServiceArgs),
 }
 
 /// The subcommand names, for `Prog` before a command line has parsed (usage-error hints).
-pub const SUBCOMMANDS: [&str; 7] = ["receive", "check", "demo", "restore", "status", "cleanup", "verify"];
+pub const SUBCOMMANDS: [&str; 8] =
+    ["receive", "check", "demo", "restore", "status", "cleanup", "verify", "service"];
 
 impl Command {
     /// The name it is invoked by.
@@ -206,6 +228,7 @@ impl Command {
             Command::Status(_) => "status",
             Command::Cleanup(_) => "cleanup",
             Command::Verify(_) => "verify",
+            Command::Service(_) => "service",
         }
     }
 }

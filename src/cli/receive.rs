@@ -4,7 +4,9 @@
 use crate::archive::lock::ArchiveLock;
 use crate::archive::upload::{self, Finished, UploadSettings, Uploader};
 use crate::cli::compress::{parse_compress, CompressSpec};
-use crate::cli::{connect_options, resolve_conn, usage_error, ConnectionArgs, Exit, Prog};
+use crate::cli::{
+    connect_options, resolve_conn, resolve_conn_with_default_attrs, usage_error, ConnectionArgs, Exit, Prog,
+};
 use crate::conn::connect;
 use crate::protocol::codec::os_error;
 use crate::protocol::replication as repl;
@@ -63,6 +65,9 @@ pub struct ReceiveArgs {
     /// drop a connection on which the server stayed silent this long, and reconnect (default: 60, 0: never)
     #[arg(long = "receive-timeout", value_name = "SECS", allow_negative_numbers = true)]
     pub receive_timeout: Option<String>,
+    /// follow a failover among the connection string's hosts (walkeeper; see docs/failover.md)
+    #[arg(long = "failover")]
+    pub failover: bool,
     /// also upload the archive to this store: s3://BUCKET/PREFIX, or a directory (walkeeper)
     #[arg(long = "upload", value_name = "LOCATION")]
     pub upload: Option<String>,
@@ -142,6 +147,8 @@ walkeeper options:
       --report-apply     report the flush position as applied (for remote_apply)
       --receive-timeout=SECS
                          reconnect when the server stays silent this long (default: 60, 0 disables)
+      --failover         follow a failover: hunt among the hosts of -d for the server to stream from,
+                         create the slot there when missing (see docs/failover.md)
       --log-format=FMT   text (default) or json
 
 Upload (walkeeper):
@@ -275,6 +282,10 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
             return Err(usage_error(prog, "--drop-slot needs a slot to be specified using --slot"));
         }
     }
+    if args.failover && (args.create_slot || args.drop_slot) {
+        let action = if args.create_slot { "--create-slot" } else { "--drop-slot" };
+        return Err(usage_error(prog, &format!("cannot use --failover together with {action}")));
+    }
     if args.synchronous && args.no_sync {
         return Err(usage_error(prog, "cannot use --synchronous together with --no-sync"));
     }
@@ -292,7 +303,11 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         Action::Stream
     };
     let upload = upload_settings(args, prog)?;
-    let conn = resolve_conn(&args.conn, prog)?;
+    let conn = if args.failover {
+        resolve_conn_with_default_attrs(&args.conn, prog, "read-write")?
+    } else {
+        resolve_conn(&args.conn, prog)?
+    };
     let cfg = ReceiveConfig {
         conn,
         connect: connect_options(&args.conn),
@@ -308,6 +323,8 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         no_loop: args.no_loop,
         validate: !args.no_validate,
         apply_report: if args.report_apply { ApplyReport::Flush } else { ApplyReport::Invalid },
+        failover: args.failover,
+        create_slot: args.failover && args.slot.is_some(),
         upload: None,
     };
     Ok(Plan { cfg, action, upload })
@@ -429,4 +446,41 @@ async fn drop_slot(cfg: &ReceiveConfig, prog: &Prog) -> Result<(), Exit> {
     tracing::info!("dropping replication slot \"{slot}\"");
     let cmd = repl::drop_slot(slot, false).map_err(|e| Exit::error(prog, &e.to_string()))?;
     conn.simple_query(&cmd).await.map(|_| ()).map_err(|e| Exit::error(prog, &e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::conn::TargetSessionAttrs;
+    use clap::Parser;
+
+    fn planned(args: &[&str]) -> Result<Plan, Exit> {
+        let cli = Cli::try_parse_from([&["walkeeper", "receive", "-D", "/tmp"], args].concat()).unwrap();
+        let Command::Receive(cmd) = cli.command else { panic!("not receive") };
+        plan(&cmd.args, &Prog::Walkeeper { command: "receive" })
+    }
+
+    #[test]
+    fn failover_defaults_to_read_write_and_creating_the_slot() {
+        let p = planned(&["--failover", "-S", "arch", "-d", "host=a,b user=u"]).unwrap();
+        assert!(p.cfg.failover && p.cfg.create_slot);
+        assert_eq!(p.cfg.conn.target_session_attrs, TargetSessionAttrs::ReadWrite);
+        assert_eq!(p.cfg.conn.endpoints.len(), 2);
+        // What the connection string says wins.
+        let p =
+            planned(&["--failover", "-d", "host=a,b user=u target_session_attrs=prefer-standby"]).unwrap();
+        assert_eq!(p.cfg.conn.target_session_attrs, TargetSessionAttrs::PreferStandby);
+        assert!(!p.cfg.create_slot, "no slot named");
+        // Without --failover: pg_receivewal's.
+        let p = planned(&["-S", "arch", "-d", "host=a,b user=u"]).unwrap();
+        assert!(!p.cfg.failover && !p.cfg.create_slot);
+        assert_eq!(p.cfg.conn.target_session_attrs, TargetSessionAttrs::Any);
+        let e = planned(&["--failover", "-S", "arch", "--create-slot", "-d", "user=u"]).err().unwrap();
+        assert!(
+            e.message.starts_with("walkeeper: error: cannot use --failover together with --create-slot\n"),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -173,11 +173,7 @@ pub async fn connect(params: &ConnParams, opts: &ConnectOptions) -> Result<Conne
         prompted = prompt_password();
     }
     let mut failures = Vec::new();
-    let passes = match params.target_session_attrs {
-        TargetSessionAttrs::PreferStandby => vec![TargetSessionAttrs::Standby, TargetSessionAttrs::Any],
-        other => vec![other],
-    };
-    for wanted in passes {
+    for wanted in passes(params.target_session_attrs) {
         for endpoint in &params.endpoints {
             match connect_endpoint(params, opts, endpoint, wanted, &mut prompted, &mut failures).await {
                 Outcome::Connected(conn) => return Ok(*conn),
@@ -187,6 +183,15 @@ pub async fn connect(params: &ConnParams, opts: &ConnectOptions) -> Result<Conne
         }
     }
     Err(ConnectError { failures })
+}
+
+/// The passes over the hosts libpq makes for `target_session_attrs`: prefer-standby tries every host as a
+/// standby first, then every host again taking any; the other values make one pass.
+pub fn passes(attrs: TargetSessionAttrs) -> Vec<TargetSessionAttrs> {
+    match attrs {
+        TargetSessionAttrs::PreferStandby => vec![TargetSessionAttrs::Standby, TargetSessionAttrs::Any],
+        other => vec![other],
+    }
 }
 
 enum Outcome {
@@ -226,7 +231,10 @@ async fn connect_endpoint(
             None => attempt.await,
         };
         match result {
-            Ok(conn) => return Outcome::Connected(Box::new(conn)),
+            Ok(mut conn) => {
+                conn.set_endpoint(endpoint.clone());
+                return Outcome::Connected(Box::new(conn));
+            }
             Err(mut f) => {
                 if let Some(first) = f.first_attempt.take() {
                     failures.push(AttemptFailure {
@@ -511,53 +519,146 @@ fn prompt_password() -> Option<String> {
     rpassword::prompt_password("Password: ").ok()
 }
 
-/// Check `target_session_attrs` the way libpq does: from the `in_hot_standby` and
-/// `default_transaction_read_only` parameters (14+), else `SHOW transaction_read_only`.
+/// What a server is, as far as a replication session can tell: in recovery (a standby) or not, and whether
+/// its sessions are read-only. `target_session_attrs`, `receive --failover` and `check` all read it here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerRole {
+    /// None when PostgreSQL 13 cannot tell (default_transaction_read_only is on: see [`server_role`]).
+    pub in_recovery: Option<bool>,
+    pub read_only: bool,
+}
+
+impl ServerRole {
+    /// `primary`, `standby`, or `read-only` when PostgreSQL 13 cannot tell which.
+    pub fn name(self) -> &'static str {
+        match self.in_recovery {
+            Some(false) => "primary",
+            Some(true) => "standby",
+            None => "read-only",
+        }
+    }
+
+    /// Why this server does not satisfy `wanted` (libpq's words), or None when it does.
+    pub fn refusal(self, wanted: TargetSessionAttrs) -> Option<&'static str> {
+        let needs_recovery_state = matches!(
+            wanted,
+            TargetSessionAttrs::Primary | TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby
+        );
+        let Some(in_recovery) = self.in_recovery.or((!needs_recovery_state).then_some(false)) else {
+            return Some(
+                "cannot tell whether the server is in hot standby mode: before PostgreSQL 14 a replication \
+                 connection sees only that sessions are read-only, and default_transaction_read_only is on",
+            );
+        };
+        let (ok, reason) = match wanted {
+            TargetSessionAttrs::ReadWrite => (!self.read_only, "session is read-only"),
+            TargetSessionAttrs::ReadOnly => (self.read_only, "session is not read-only"),
+            TargetSessionAttrs::Primary => (!in_recovery, "server is in hot standby mode"),
+            TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => {
+                (in_recovery, "server is not in hot standby mode")
+            }
+            TargetSessionAttrs::Any => (true, ""),
+        };
+        (!ok).then_some(reason)
+    }
+}
+
+/// The server's role the way libpq reads it for `target_session_attrs`: from the `in_hot_standby` and
+/// `default_transaction_read_only` parameters (14+), else `SHOW transaction_read_only` and
+/// `SHOW default_transaction_read_only`.
+pub async fn server_role(conn: &mut Connection) -> Result<ServerRole, ConnError> {
+    let on = |v: Option<&str>| v == Some("on");
+    if conn.parameter("in_hot_standby").is_some() {
+        let hs = on(conn.parameter("in_hot_standby"));
+        return Ok(ServerRole {
+            in_recovery: Some(hs),
+            read_only: hs || on(conn.parameter("default_transaction_read_only")),
+        });
+    }
+    // PostgreSQL 13: the walsender answers SHOW (not pg_is_in_recovery()). Its transactions are read-only in
+    // recovery or when default_transaction_read_only is on; only in the first case does read-only mean hot
+    // standby. With the default on, a primary and a standby look alike.
+    let mut show = async |name: &'static str| -> Result<bool, ConnError> {
+        let rs = conn.simple_query(&format!("SHOW {name}")).await?;
+        let value = parse_show(&rs).map_err(|e| ConnError::Unexpected {
+            server: conn.server().to_string(),
+            got: format!("reply ({e})"),
+            context: "to SHOW",
+        })?;
+        Ok(value == "on")
+    };
+    let read_only = show("transaction_read_only").await?;
+    let default_read_only = show("default_transaction_read_only").await?;
+    let in_recovery = if !read_only {
+        Some(false)
+    } else if !default_read_only {
+        Some(true)
+    } else {
+        None
+    };
+    Ok(ServerRole { in_recovery, read_only })
+}
+
+/// Check `target_session_attrs` the way libpq does ([`server_role`], [`ServerRole::refusal`]).
 async fn check_session_attrs(conn: &mut Connection, wanted: TargetSessionAttrs) -> Result<(), Failure> {
     if wanted == TargetSessionAttrs::Any {
         return Ok(());
     }
-    let on = |v: Option<&str>| v == Some("on");
-    let (in_recovery, read_only) = match conn.parameter("in_hot_standby") {
-        Some(_) => {
-            let hs = on(conn.parameter("in_hot_standby"));
-            (hs, hs || on(conn.parameter("default_transaction_read_only")))
-        }
-        None => {
-            // PostgreSQL 13: the walsender answers SHOW (not pg_is_in_recovery()). Its transactions are
-            // read-only in recovery or when default_transaction_read_only is on; only in the first case does
-            // read-only mean hot standby. With the default on, a primary and a standby look alike.
-            let mut show = async |name: &str| -> Result<bool, Failure> {
-                let rs = conn.simple_query(&format!("SHOW {name}")).await?;
-                Ok(parse_show(&rs).map_err(|e| Failure::plain(e.to_string()))? == "on")
-            };
-            let read_only = show("transaction_read_only").await?;
-            let default_read_only = show("default_transaction_read_only").await?;
-            let wants_recovery_state = matches!(
-                wanted,
-                TargetSessionAttrs::Primary | TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby
-            );
-            if read_only && default_read_only && wants_recovery_state {
-                return Err(Failure::plain(
-                    "cannot tell whether the server is in hot standby mode: before PostgreSQL 14 a replication \
-                     connection sees only that sessions are read-only, and default_transaction_read_only is on",
-                ));
+    let role = server_role(conn).await?;
+    match role.refusal(wanted) {
+        None => Ok(()),
+        Some(reason) => Err(Failure::plain(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TargetSessionAttrs::*;
+
+    #[test]
+    fn roles_against_target_session_attrs() {
+        let primary = ServerRole { in_recovery: Some(false), read_only: false };
+        let standby = ServerRole { in_recovery: Some(true), read_only: true };
+        let read_only_primary = ServerRole { in_recovery: Some(false), read_only: true };
+        // PostgreSQL 13 with default_transaction_read_only on: a primary and a standby look alike.
+        let unknown = ServerRole { in_recovery: None, read_only: true };
+        let table = [
+            (Any, [None, None, None, None]),
+            (
+                ReadWrite,
+                [
+                    None,
+                    Some("session is read-only"),
+                    Some("session is read-only"),
+                    Some("session is read-only"),
+                ],
+            ),
+            (ReadOnly, [Some("session is not read-only"), None, None, None]),
+            (Primary, [None, Some("server is in hot standby mode"), None, Some("cannot tell")]),
+            (
+                Standby,
+                [
+                    Some("server is not in hot standby mode"),
+                    None,
+                    Some("server is not in hot standby mode"),
+                    Some("cannot tell"),
+                ],
+            ),
+        ];
+        for (attrs, expected) in table {
+            for (role, want) in [primary, standby, read_only_primary, unknown].into_iter().zip(expected) {
+                let got = role.refusal(attrs);
+                match want {
+                    None => assert_eq!(got, None, "{attrs:?} {role:?}"),
+                    Some(w) => assert!(got.is_some_and(|g| g.starts_with(w)), "{attrs:?} {role:?}: {got:?}"),
+                }
             }
-            (read_only && !default_read_only, read_only)
         }
-    };
-    let (ok, reason) = match wanted {
-        TargetSessionAttrs::ReadWrite => (!read_only, "session is read-only"),
-        TargetSessionAttrs::ReadOnly => (read_only, "session is not read-only"),
-        TargetSessionAttrs::Primary => (!in_recovery, "server is in hot standby mode"),
-        TargetSessionAttrs::Standby | TargetSessionAttrs::PreferStandby => {
-            (in_recovery, "server is not in hot standby mode")
-        }
-        TargetSessionAttrs::Any => (true, ""),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Failure::plain(reason))
+        assert_eq!([primary.name(), standby.name(), unknown.name()], ["primary", "standby", "read-only"]);
+        assert_eq!(passes(PreferStandby), [Standby, Any]);
+        assert_eq!(passes(ReadWrite), [ReadWrite]);
+        assert_eq!(ReadWrite.name(), "read-write");
+        assert_eq!(PreferStandby.name(), "prefer-standby");
     }
 }

@@ -1,6 +1,7 @@
 //! An established connection: send frontend messages, receive decoded backend messages, run simple
 //! queries (replication commands) and enter CopyBoth mode. Every error names the server it came from.
 
+use crate::conn::params::Endpoint;
 use crate::conn::stream::Socket;
 use crate::protocol::codec::{os_error, BackendCodec, FrameError};
 use crate::protocol::messages::{self, Backend, MalformedMessage, ServerError};
@@ -53,12 +54,21 @@ pub struct Connection {
     version_num: u32,
     /// How long a command's reply may keep us waiting between two messages (None: forever).
     reply_timeout: Option<Duration>,
+    /// The host of the connection string this connection went to (set by `connect`).
+    endpoint: Option<Endpoint>,
 }
 
 impl Connection {
     pub(crate) fn new(socket: Socket, server: String, max_message: usize) -> Connection {
         let framed = Framed::with_capacity(socket, BackendCodec::new(max_message), READ_BUFFER);
-        Connection { framed, server, parameters: HashMap::new(), version_num: 0, reply_timeout: None }
+        Connection {
+            framed,
+            server,
+            parameters: HashMap::new(),
+            version_num: 0,
+            reply_timeout: None,
+            endpoint: None,
+        }
     }
 
     /// Bound the wait for each message of a command's reply (`--receive-timeout`; the connection phase is
@@ -69,6 +79,16 @@ impl Connection {
 
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The host of the connection string this connection went to: a second session to the same server
+    /// connects there (with several hosts, `connect` alone might pick another).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
+    }
+
+    pub(crate) fn set_endpoint(&mut self, endpoint: Endpoint) {
+        self.endpoint = Some(endpoint);
     }
 
     pub fn is_tls(&self) -> bool {

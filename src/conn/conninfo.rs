@@ -670,6 +670,22 @@ const TARGET_SESSION_ATTRS: &[(&str, TargetSessionAttrs)] = &[
     ("prefer-standby", TargetSessionAttrs::PreferStandby),
 ];
 
+/// `env` with `PGTARGETSESSIONATTRS` reading as `value` when it is not set: resolved with it, a connection
+/// string that does not say `target_session_attrs` gets `value` (`receive --failover`: read-write).
+pub fn with_default_target_session_attrs<'a>(
+    env: &'a dyn Fn(&str) -> Option<String>,
+    value: &'a str,
+) -> impl Fn(&str) -> Option<String> + 'a {
+    move |var: &str| env(var).or_else(|| (var == "PGTARGETSESSIONATTRS").then(|| value.to_string()))
+}
+
+impl TargetSessionAttrs {
+    /// The value as a connection string spells it.
+    pub fn name(self) -> &'static str {
+        TARGET_SESSION_ATTRS.iter().find(|(_, a)| *a == self).map_or("any", |(name, _)| name)
+    }
+}
+
 /// The choice named by `value` (exact, case-sensitive, as libpq compares), `default` when unset.
 fn choose<T: Copy>(
     value: Option<&str>,

@@ -5,6 +5,10 @@
 /// invalid_password. libpq stops trying further hosts on these.
 pub const CLASS_INVALID_AUTHORIZATION: &str = "28";
 
+/// Class 57, operator intervention: `57P01` admin_shutdown, `57P02` crash_shutdown, `57P03`
+/// cannot_connect_now — the server is going away or not there yet.
+pub const CLASS_OPERATOR_INTERVENTION: &str = "57";
+
 /// `0A000` feature_not_supported: e.g. READ_REPLICATION_SLOT on a logical slot.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 

@@ -1,11 +1,14 @@
 //! A replication session: IDENTIFY_SYSTEM → TIMELINE_HISTORY → START_REPLICATION → the CopyBoth loop,
 //! feedback, end-of-timeline handling (`session`), the silent-server timeout (`liveness`), the reconnect
-//! loop around it (`follow`), and what to do with a server after a failover (`failover`).
+//! loop around it (`follow`), and what to do with a server after a failover: hunting for the server to
+//! stream from (`hunt`), the archive held against its history (`resume`, deciding with the pure `failover`).
 
 pub mod failover;
 pub mod feedback;
 pub mod follow;
+pub mod hunt;
 pub mod liveness;
+pub mod resume;
 pub mod session;
 pub mod slot;
 pub mod state;
@@ -40,6 +43,13 @@ pub struct ReceiveConfig {
     pub no_loop: bool,
     pub validate: bool,
     pub apply_report: ApplyReport,
+    /// `--failover` (#12): hunt among the connection string's hosts for the server to stream from, at most a
+    /// second apart while none qualifies, instead of libpq's first-suitable-host with a 1 to 30 s backoff
+    /// (`hunt`). Resolve the connection string with read-write as the default `target_session_attrs`.
+    pub failover: bool,
+    /// Create the slot (physical, reserving WAL) on the server streamed from when it is missing there,
+    /// instead of failing as pg_receivewal does. `--failover` implies it when a slot is named.
+    pub create_slot: bool,
     /// `--upload`: the running uploader (the start position and the flush cap read it); see `archive::upload`.
     pub upload: Option<UploadLink>,
 }

@@ -1,23 +1,29 @@
-//! One replication session on one connection: identify the server, decide where to start, fetch timeline
-//! history, START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports
-//! positions — following end-of-timeline to the next timeline on the same connection.
+//! One replication session on one connection: identify the server, decide where to start (the archive held
+//! against the server's history, `resume`), create the slot if asked, fetch timeline history,
+//! START_REPLICATION, then the CopyBoth loop that writes WAL, validates it, syncs it and reports positions —
+//! following end-of-timeline to the next timeline on the same connection.
 
 use crate::archive::local::{LocalWalDir as WalDir, SegmentWriter};
 use crate::archive::scan::{find_start, ScanError};
 use crate::archive::store::LocalStore;
 use crate::archive::upload;
+use crate::conn::connect::{server_role, ServerRole};
 use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
 use crate::protocol::replication::{self as repl, StreamMessage, SystemIdentity};
+use crate::protocol::sqlstate;
+use crate::stream::failover::{DivergedTail, Refusal};
 use crate::stream::feedback::Positions;
 use crate::stream::liveness::{Due, Liveness};
-use crate::stream::slot::{slot_start, SlotStart};
+use crate::stream::resume;
+use crate::stream::slot::{create_if_missing, slot_start, SlotStart};
 use crate::stream::state::{set_phase, Phase, StateSender};
 use crate::stream::ReceiveConfig;
 use crate::wal::decoder::{DecoderConfig, WalDecoder};
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
-use crate::wal::timeline::parse_history_of;
+use crate::wal::timeline::{parse_history_of, HistoryEntry};
 use crate::wal::Lsn;
+use bytes::Bytes;
 use futures_util::FutureExt;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -66,6 +72,18 @@ pub enum SessionError {
         timeout.as_secs()
     )]
     ReceiveTimeout { server: String, timeout: Duration },
+    /// The archive cannot continue on this server (`failover::reconcile`): another host may do, or this one
+    /// later (a standby catching up).
+    #[error("{server}: not streaming from this server: {refusal}")]
+    Refused { server: String, refusal: Refusal },
+    /// The server no longer has a WAL segment the archive needs next: only a copy from elsewhere helps.
+    #[error(
+        "{server}: the server no longer has WAL segment {segment}, which the archive needs next (removed or \
+         recycled before walkeeper asked for it; after a failover see \"the slot-creation gap\" in \
+         docs/failover.md). Nothing in the archive was changed. Copy that segment into the archive from \
+         another copy (the old primary's or a standby's pg_wal), or start a new archive with a new base backup"
+    )]
+    WalGone { server: String, segment: String },
 }
 
 impl From<ConnError> for SessionError {
@@ -84,10 +102,28 @@ impl SessionError {
     /// Errors after which reconnecting is pointless.
     pub fn is_fatal(&self) -> bool {
         match self {
-            SessionError::Fatal(_) => true,
+            SessionError::Fatal(_) | SessionError::WalGone { .. } => true,
             SessionError::Scan(e) => e.is_fatal(),
             _ => false,
         }
+    }
+}
+
+/// `requested WAL segment … has already been removed` from the walsender, as [`SessionError::WalGone`].
+fn wal_gone(e: SessionError) -> SessionError {
+    let SessionError::Conn(c) = &e else { return e };
+    let Some(se) = c.server_error() else { return e };
+    let removed = se.message.contains("has already been removed") || se.has_code(sqlstate::UNDEFINED_FILE);
+    let segment = se.message.split(|c: char| !c.is_ascii_hexdigit()).find(|w| w.len() == 24);
+    match (removed, segment) {
+        (true, Some(segment)) => {
+            let server = match &**c {
+                ConnError::Server { server, .. } => server.clone(),
+                _ => String::new(),
+            };
+            SessionError::WalGone { server, segment: segment.to_string() }
+        }
+        _ => e,
     }
 }
 
@@ -133,19 +169,53 @@ pub async fn identify(conn: &mut Connection) -> Result<ServerInfo, SessionError>
     Ok(ServerInfo { identity, segment_size, file_mode, major })
 }
 
-/// Stream until stopped (endpos, signal) or an error. `shutdown` flips to true on SIGINT/SIGTERM.
-pub async fn run_session(
+/// A server identified and found fit to stream from, and where streaming starts there.
+pub struct Plan {
+    pub info: ServerInfo,
+    pub role: ServerRole,
+    pub start: Lsn,
+    pub timeline: TimeLineId,
+    /// Old-timeline WAL in the archive past the server's fork point, which starting here leaves behind.
+    pub tail: Option<DivergedTail>,
+}
+
+/// Identify the server, read its role and decide where streaming would start: nothing is written to the
+/// archive and nothing created on the server (hunting plans every candidate this way before choosing one).
+pub async fn plan(conn: &mut Connection, cfg: &ReceiveConfig) -> Result<Plan, SessionError> {
+    conn.set_reply_timeout(cfg.receive_timeout);
+    let info = identify(conn).await?;
+    let role = server_role(conn).await?;
+    plan_start(conn, cfg, info, role).await
+}
+
+/// The rest of [`plan`], once the server is identified and its role known.
+pub async fn plan_start(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
+    info: ServerInfo,
+    role: ServerRole,
+) -> Result<Plan, SessionError> {
+    let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
+    let (start, timeline, tail) = start_position(conn, cfg, &dir, &info).await?;
+    Ok(Plan { info, role, start, timeline, tail })
+}
+
+/// Stream from a planned server: say where, create the slot if asked to, report the diverged tail left
+/// behind, then stream until stopped (endpos, signal: `shutdown` flips to true on SIGINT/SIGTERM) or an
+/// error.
+pub async fn run_planned(
+    conn: &mut Connection,
+    cfg: &ReceiveConfig,
+    plan: Plan,
     shutdown: &mut watch::Receiver<bool>,
     validation_failures: &mut Option<(Lsn, u32)>,
     state: &StateSender,
 ) -> Result<Stopped, SessionError> {
-    conn.set_reply_timeout(cfg.receive_timeout);
+    let info = plan.info;
     set_phase(state, Phase::Connecting);
-    let info = identify(conn).await?;
     state.send_modify(|s| {
         s.server = Some(conn.server().to_string());
+        s.server_role = Some(plan.role.name());
         s.server_version = conn.parameter("server_version").map(str::to_string);
         s.system_id = Some(info.identity.system_id);
         s.segment_size = Some(info.segment_size);
@@ -153,15 +223,30 @@ pub async fn run_session(
     });
     tracing::info!(
         server = conn.server(),
+        role = plan.role.name(),
         server_version = conn.parameter("server_version").unwrap_or(""),
         timeline = info.identity.timeline,
-        "connected to {} (PostgreSQL {}, timeline {})",
+        "connected to {} ({}, PostgreSQL {}, timeline {})",
         conn.server(),
+        plan.role.name(),
         conn.parameter("server_version").unwrap_or("?"),
         info.identity.timeline
     );
     let dir = WalDir::open(&cfg.directory, cfg.dir_options(info.segment_size, info.file_mode))?;
-    let (mut start, mut timeline) = start_position(conn, cfg, &dir, &info).await?;
+    if let (Some(slot), true) = (&cfg.slot, cfg.create_slot) {
+        if create_if_missing(conn, info.major, slot).await? {
+            tracing::warn!(
+                "{}: replication slot \"{slot}\" was missing; created it (physical, reserving WAL from the \
+                 server's last checkpoint on)",
+                conn.server()
+            );
+        }
+    }
+    if let Some(tail) = &plan.tail {
+        let report = resume::report_tail(&dir, info.segment_size, tail, plan.timeline, conn.server());
+        state.send_modify(|s| s.diverged_tail = report);
+    }
+    let (mut start, mut timeline) = (plan.start, plan.timeline);
     loop {
         start = start.segment_start(info.segment_size);
         if timeline != 1 && !dir.has_history(timeline)? {
@@ -170,7 +255,7 @@ pub async fn run_session(
         tracing::info!("starting log streaming at {start} (timeline {timeline})");
         let cmd = repl::start_replication(cfg.slot.as_deref(), start, timeline)
             .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
-        conn.start_copy_both(&cmd).await?;
+        conn.start_copy_both(&cmd).await.map_err(|e| wal_gone(e.into()))?;
         state.send_modify(|s| {
             s.timeline = Some(timeline);
             s.received = Some(s.received.map_or(start, |r| r.max(start)));
@@ -192,7 +277,7 @@ pub async fn run_session(
                         _ => Some((*lsn, 1)),
                     };
                 }
-                return Err(e);
+                return Err(wal_gone(e));
             }
         }
         let (next_tli, next_start) = end_of_timeline(conn, timeline, end).await?;
@@ -209,41 +294,61 @@ fn stop_at_endpos(cfg: &ReceiveConfig, pos: Lsn) -> bool {
     cfg.endpos.is_some_and(|e| e < pos)
 }
 
-/// pg_receivewal's rules: continue from the directory, else the slot's restart position, else the server's.
-/// The archive's files are checked to be of this server's database system first (`archive::scan`).
+/// Where streaming starts, and the old-timeline tail that leaves behind. A non-empty archive continues
+/// where it ends, held against the server's history (`resume`); its files are checked to be of this server's
+/// database system first (`archive::scan`). An empty one starts at the slot's restart position, else the
+/// server's current one, as pg_receivewal's.
 async fn start_position(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
     dir: &WalDir,
     info: &ServerInfo,
-) -> Result<(Lsn, TimeLineId), SessionError> {
+) -> Result<(Lsn, TimeLineId, Option<DivergedTail>), SessionError> {
     let store = LocalStore::new(dir.path());
-    let mut found = find_start(&store, info.segment_size, info.identity.system_id)
-        .map_err(|e| SessionError::Scan(Box::new(e)))?;
+    let mut found = match find_start(&store, info.segment_size, info.identity.system_id) {
+        // Hunting: the server is the wrong one, not the archive.
+        Err(ScanError::OtherSystem { found, expected, .. }) if cfg.failover => {
+            let refusal = Refusal::SystemId { archive: found, server: expected };
+            return Err(SessionError::Refused { server: conn.server().to_string(), refusal });
+        }
+        other => other.map_err(|e| SessionError::Scan(Box::new(e)))?,
+    };
     if let Some(link) = cfg.upload.as_ref().filter(|l| l.settings.remove_uploaded) {
         // The spool gives uploaded segments up: the upload store's newest complete segment counts too.
         found = upload::resume_point(&link.settings, found, info.segment_size, info.identity.system_id)
             .map_err(|e| SessionError::Scan(Box::new(e)))?;
     }
     if let Some(found) = found {
-        return Ok((found.lsn, found.timeline));
+        let Some(start) = resume::reconcile_archive(conn, &store, info).await? else {
+            return Ok((found.lsn, found.timeline, None));
+        };
+        // pg_receivewal's rule restarts a trailing run of `.partial` files at its first, whose last record
+        // was not validated yet; on that timeline, never start past it.
+        let lsn = if found.timeline == start.timeline { start.lsn.min(found.lsn) } else { start.lsn };
+        return Ok((lsn, start.timeline, start.tail));
     }
     if let Some(slot) = &cfg.slot {
-        if let SlotStart::At(lsn, tli) = slot_start(conn, cfg, info, slot).await? {
-            return Ok((lsn, tli));
+        match slot_start(conn, cfg, info, slot).await? {
+            SlotStart::At(lsn, tli) => return Ok((lsn, tli, None)),
+            SlotStart::NoPosition => {}
+            // Created before streaming starts, reserving WAL from before the server's current position.
+            SlotStart::Missing if cfg.create_slot => {}
+            SlotStart::Missing => {
+                return Err(SessionError::NotReady(format!(
+                    "replication slot \"{slot}\" does not exist (create it with --create-slot)"
+                )))
+            }
         }
     }
-    Ok((info.identity.xlogpos, info.identity.timeline))
+    Ok((info.identity.xlogpos, info.identity.timeline, None))
 }
 
-/// TIMELINE_HISTORY for `timeline`, checked before it is stored: the file name, and content that can be
-/// that timeline's history (`parse_history_of`). Garbage from a server never lands in the archive, where
-/// restore would serve it to a recovering server.
-async fn fetch_history(
+/// TIMELINE_HISTORY for `timeline`, checked: the file name, and content that can be that timeline's
+/// history (`parse_history_of`). Returns the file's bytes as sent and its entries.
+pub async fn timeline_history(
     conn: &mut Connection,
-    dir: &WalDir,
     timeline: TimeLineId,
-) -> Result<(), SessionError> {
+) -> Result<(Bytes, Vec<HistoryEntry>), SessionError> {
     let server = conn.server().to_string();
     let rs = conn.simple_query(&repl::timeline_history(timeline)).await?;
     let (name, content) = repl::parse_timeline_history(&rs)
@@ -255,12 +360,23 @@ async fn fetch_history(
         });
     }
     // The reason column is free text in the server's encoding; the fields checked are ASCII.
-    if let Err(e) = parse_history_of(timeline, &String::from_utf8_lossy(&content)) {
-        return Err(SessionError::Protocol {
+    match parse_history_of(timeline, &String::from_utf8_lossy(&content)) {
+        Ok(entries) => Ok((content, entries)),
+        Err(e) => Err(SessionError::Protocol {
             server,
             message: format!("TIMELINE_HISTORY {timeline} returned an invalid history file {name}: {e}"),
-        });
+        }),
     }
+}
+
+/// Fetch and store the history file of `timeline`, checked before it is stored ([`timeline_history`]):
+/// garbage from a server never lands in the archive, where restore would serve it to a recovering server.
+async fn fetch_history(
+    conn: &mut Connection,
+    dir: &WalDir,
+    timeline: TimeLineId,
+) -> Result<(), SessionError> {
+    let (content, _) = timeline_history(conn, timeline).await?;
     dir.write_history(timeline, &content)?;
     Ok(())
 }
@@ -726,5 +842,54 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::ServerError;
+
+    fn server_error(code: &str, message: &str) -> SessionError {
+        let error = ServerError {
+            severity: "ERROR".into(),
+            code: code.into(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        };
+        ConnError::Server { server: "db2:5432".into(), error }.into()
+    }
+
+    #[test]
+    fn a_removed_segment_is_named_and_fatal() {
+        let e = wal_gone(server_error(
+            sqlstate::UNDEFINED_FILE,
+            "requested WAL segment 000000020000000000000005 has already been removed",
+        ));
+        assert!(
+            matches!(&e, SessionError::WalGone { server, segment } if server == "db2:5432" && segment == "000000020000000000000005"),
+            "{e:?}"
+        );
+        assert!(e.is_fatal());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("db2:5432: the server no longer has WAL segment 000000020000000000000005, "),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+        // Other errors stay what they are.
+        let other =
+            wal_gone(server_error("XX000", "could not read from log segment 000000020000000000000005"));
+        assert!(matches!(other, SessionError::Conn(_)), "{other:?}");
+        let refused = SessionError::Refused {
+            server: "db1:5432".into(),
+            refusal: Refusal::OlderTimeline { archive: 2, server: 1 },
+        };
+        assert!(!refused.is_fatal());
+        assert_eq!(
+            refused.to_string(),
+            "db1:5432: not streaming from this server: timeline 1 is older than the archive's newest timeline 2"
+        );
     }
 }

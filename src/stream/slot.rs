@@ -4,20 +4,27 @@
 //! slot's `restart_lsn` from `pg_replication_slots` over a short normal session (same host, user and
 //! password; database `postgres` unless the connection string names one), and falls back to pg_receivewal's
 //! behaviour, with a warning, only when that session is refused.
+//!
+//! Creating a missing slot (`create_slot`: `receive --failover`, after a promotion the slot usually exists
+//! on the old primary only) is here too: physical, reserving WAL at once — from the server's last
+//! checkpoint's redo pointer, which after a fresh promotion can lie past the segment the archive needs
+//! (docs/failover.md, "the slot-creation gap").
 
 use crate::conn::{connect, ConnParams, ConnectOptions, Connection, PasswordPrompt};
 use crate::protocol::replication::{self as repl, ResultSet, SlotInfo};
 use crate::protocol::sqlstate;
-use crate::stream::session::{ServerInfo, SessionError};
+use crate::stream::session::{timeline_history, ServerInfo, SessionError};
 use crate::stream::ReceiveConfig;
 use crate::wal::segment::TimeLineId;
-use crate::wal::timeline::{parse_history, timeline_of};
+use crate::wal::timeline::timeline_of;
 use crate::wal::Lsn;
 
-/// What the slot says: where to start, nothing (no position reserved yet), or that it does not exist.
+/// What the slot says: where to start, nothing (no position reserved yet, or not readable on 13/14), or
+/// that it does not exist.
 pub enum SlotStart {
     At(Lsn, TimeLineId),
     NoPosition,
+    Missing,
 }
 
 /// What the server knows of a slot, as `receive` and `check` both read it.
@@ -41,7 +48,12 @@ pub async fn inspect(
     let server = conn.server().to_string();
     let rerr = |error| SessionError::Replication { server: server.clone(), error };
     let Some(cmd) = repl::read_slot(major, slot).map_err(rerr)? else {
-        return Ok(match read_slot_via_sql(params, connect_options, slot).await {
+        // The same server as `conn`, whichever host of several it is.
+        let mut params = params.clone();
+        if let Some(endpoint) = conn.endpoint() {
+            params.endpoints = vec![endpoint.clone()];
+        }
+        return Ok(match read_slot_via_sql(&params, connect_options, slot).await {
             Ok(Some((slot_type, restart_lsn))) => {
                 SlotState::Found(SlotInfo { slot_type, restart_lsn, restart_tli: None })
             }
@@ -71,7 +83,7 @@ pub async fn inspect(
     }
 }
 
-/// The slot's start position; an error when it does not exist or is not physical.
+/// The slot's start position; an error when it is not physical.
 pub async fn slot_start(
     conn: &mut Connection,
     cfg: &ReceiveConfig,
@@ -80,7 +92,7 @@ pub async fn slot_start(
 ) -> Result<SlotStart, SessionError> {
     let found = match inspect(conn, &cfg.conn, &cfg.connect, info.major, slot).await? {
         SlotState::Found(found) => found,
-        SlotState::Missing => return Err(missing(slot)),
+        SlotState::Missing => return Ok(SlotStart::Missing),
         SlotState::Unknown(why) => {
             tracing::warn!(
                 "could not read the position of replication slot \"{slot}\" ({why}); starting at the \
@@ -105,10 +117,15 @@ pub async fn slot_start(
     Ok(SlotStart::At(lsn, timeline))
 }
 
-fn missing(slot: &str) -> SessionError {
-    SessionError::NotReady(format!(
-        "replication slot \"{slot}\" does not exist (create it with --create-slot)"
-    ))
+/// Create `slot` (physical, reserving WAL) unless it exists; true when it was created.
+pub async fn create_if_missing(conn: &mut Connection, major: u32, slot: &str) -> Result<bool, SessionError> {
+    let cmd = repl::create_physical_slot(major, slot, false)
+        .map_err(|error| SessionError::Replication { server: conn.server().to_string(), error })?;
+    match conn.simple_query(&cmd).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.server_error().is_some_and(|s| s.has_code(sqlstate::DUPLICATE_OBJECT)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `(slot_type, restart_lsn)` from `pg_replication_slots` over a normal session with the same settings (database
@@ -155,14 +172,7 @@ async fn timeline_for(
     if current == 1 {
         return Ok(1);
     }
-    let server = conn.server().to_string();
-    let rs = conn.simple_query(&repl::timeline_history(current)).await?;
-    let (_, content) = repl::parse_timeline_history(&rs)
-        .map_err(|error| SessionError::Replication { server: server.clone(), error })?;
-    let history = parse_history(&String::from_utf8_lossy(&content)).map_err(|e| SessionError::Protocol {
-        server,
-        message: format!("history file of timeline {current}: {e}"),
-    })?;
+    let (_, history) = timeline_history(conn, current).await?;
     Ok(timeline_of(&history, current, lsn))
 }
 

@@ -6,6 +6,7 @@
 //! sync (the flushed position: durable *and* validated, the only WAL that may be acknowledged or served
 //! downstream), when a segment is completed, and when a session starts or fails. Counters only grow.
 
+use crate::archive::fork::TailReport;
 use crate::wal::segment::TimeLineId;
 use crate::wal::Lsn;
 use std::time::SystemTime;
@@ -17,7 +18,8 @@ pub enum Phase {
     /// Not connected yet.
     #[default]
     Starting,
-    /// Connected, before START_REPLICATION (identify, history, slot).
+    /// Connected, before START_REPLICATION (identify, history, slot); under `--failover`, also while hunting
+    /// (`server` is then the host being tried).
     Connecting,
     /// In the CopyBoth loop.
     Streaming,
@@ -47,6 +49,8 @@ pub struct SourceState {
     pub phase_since: Option<SystemTime>,
     /// `host:port` of the server of the current (or last) session.
     pub server: Option<String>,
+    /// `primary`, `standby` (or `read-only` when PostgreSQL 13 cannot tell) — see `conn::connect::ServerRole`.
+    pub server_role: Option<&'static str>,
     pub server_version: Option<String>,
     pub system_id: Option<u64>,
     pub segment_size: Option<u32>,
@@ -70,6 +74,9 @@ pub struct SourceState {
     pub reconnects: u64,
     /// Sessions that ended on WAL failing validation.
     pub invalid_wal: u64,
+    /// Old-timeline WAL the archive holds past the fork point of the timeline now streamed, if the last
+    /// failover left any (what the old primary wrote that the new one never had).
+    pub diverged_tail: Option<TailReport>,
 }
 
 /// The sending side, owned by the receive loop.

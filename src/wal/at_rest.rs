@@ -53,11 +53,18 @@ impl Feed {
     /// off by the end of what was received, and the decoder stays where the data ended. Returns the records
     /// completed by the zeros.
     pub fn finish(self, d: &mut WalDecoder) -> u64 {
+        self.finish_with(d, &mut |_: &RecordInfo| {})
+    }
+
+    /// [`finish`](Feed::finish), handing the records the zeros complete to `on_record` (only when they are
+    /// kept).
+    pub fn finish_with<F: FnMut(&RecordInfo)>(self, d: &mut WalDecoder, on_record: &mut F) -> u64 {
         let mut with_zeros = d.clone();
-        let mut completed = 0u64;
-        if feed_zeros(&mut with_zeros, self.held, &mut |_: &RecordInfo| completed += 1).is_ok() {
+        let mut completed = Vec::new();
+        if feed_zeros(&mut with_zeros, self.held, &mut |r: &RecordInfo| completed.push(*r)).is_ok() {
             *d = with_zeros;
-            completed
+            completed.iter().for_each(&mut *on_record);
+            completed.len() as u64
         } else {
             0
         }

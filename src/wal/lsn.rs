@@ -36,6 +36,13 @@ impl fmt::Display for Lsn {
     }
 }
 
+/// As text (`%X/%08X`): JSON readers would lose digits of numbers above 2^53.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Debug for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Lsn({self})")

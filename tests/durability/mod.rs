@@ -51,12 +51,17 @@ pub struct Walkeeper {
 impl Walkeeper {
     /// `walkeeper receive -D dir -h 127.0.0.1 -p PORT -U postgres <extra...>`.
     pub fn start(cluster: &Cluster, dir: &Path, extra: &[&str], log: &Path) -> Walkeeper {
-        let out = OpenOptions::new().create(true).append(true).open(log).expect("open walkeeper log");
-        let err = out.try_clone().unwrap();
         let mut cmd = walkeeper();
         cmd.arg("receive").arg("-D").arg(dir);
         cmd.args(["-h", cluster.host(), "-p", &cluster.port().to_string(), "-U", "postgres", "-v"]);
         cmd.args(extra);
+        Walkeeper::spawn(cmd, log)
+    }
+
+    /// Runs `cmd` (a `walkeeper` command line) with its output appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Walkeeper {
+        let out = OpenOptions::new().create(true).append(true).open(log).expect("open walkeeper log");
+        let err = out.try_clone().unwrap();
         let child =
             cmd.stdout(out).stderr(err).spawn().unwrap_or_else(|e| panic!("cannot run {WALKEEPER}: {e}"));
         Walkeeper { child, log: log.to_path_buf() }

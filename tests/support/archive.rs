@@ -42,6 +42,11 @@ impl ArchiveDir {
         self.root.path().join("archive")
     }
 
+    /// The directory holding `archive/`, also the server user's: for logs, and as its HOME.
+    pub fn root(&self) -> &std::path::Path {
+        self.root.path()
+    }
+
     /// Every name in the archive, sorted.
     pub fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.path())

@@ -139,6 +139,9 @@ impl Walsender {
         }
         self.send(b'R', &0i32.to_be_bytes()); // AuthenticationOk
         self.send(b'S', b"server_version\x0016.4\x00");
+        // As PostgreSQL 14+ reports them: a primary.
+        self.send(b'S', b"in_hot_standby\x00off\x00");
+        self.send(b'S', b"default_transaction_read_only\x00off\x00");
         self.send(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]);
         self.send_ready();
         Some(())

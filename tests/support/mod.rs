@@ -650,6 +650,15 @@ impl Cluster {
         self.running = false;
     }
 
+    /// Stops the server at once (`-m immediate`): as if the host died; crash recovery runs at the next start.
+    pub fn crash(&mut self) {
+        let out = run(&mut self.pg_ctl_stop("immediate"));
+        if !out.status.success() {
+            self.fail("pg_ctl stop -m immediate failed", &describe(&out));
+        }
+        self.running = false;
+    }
+
     /// Starts a stopped server again on the same port; panics with the log if it does not come up.
     pub fn start_again(&mut self) {
         self.write_conf();
@@ -845,7 +854,8 @@ pub fn chown_to_server(path: &Path) {
 impl Cluster {
     /// A base backup of this running cluster (pg_basebackup, fast checkpoint, `-X none`: no WAL in it, so
     /// recovery needs every segment from an archive) as a new, stopped cluster with the same options. Start
-    /// it with [`Cluster::start_recovery`].
+    /// it with [`Cluster::start_recovery`]. Debian's pg_basebackup 15 refuses newer servers: see
+    /// [`Cluster::backup_any_major`].
     pub fn base_backup(&self) -> Cluster {
         let backup = Cluster::new_dirs(self.install.clone(), self.options.clone());
         let conninfo = format!("host={} port={} user=postgres", self.socket_dir().display(), self.port);
@@ -855,6 +865,33 @@ impl Cluster {
         let out = run(&mut cmd);
         if !out.status.success() {
             self.fail("pg_basebackup failed", &describe(&out));
+        }
+        backup
+    }
+
+    /// [`Cluster::base_backup`] up to 15; from 16 on, a copy of the cleanly stopped cluster without its
+    /// pg_wal (the server is started again), which recovery replays from its shutdown checkpoint on, every
+    /// segment from the archive as after `pg_basebackup -X none`.
+    pub fn backup_any_major(&mut self) -> Cluster {
+        if self.major() <= 15 {
+            return self.base_backup();
+        }
+        let backup = Cluster::new_dirs(self.install.clone(), self.options.clone());
+        self.stop();
+        let mut cmd = server_command("cp", backup.dir.path());
+        cmd.arg("-a").arg(self.data_dir()).arg(backup.data_dir());
+        let out = run(&mut cmd);
+        self.start_again();
+        if !out.status.success() {
+            self.fail("copying the data directory for a backup failed", &describe(&out));
+        }
+        let _ = fs::remove_file(backup.data_dir().join("postmaster.opts"));
+        // No WAL in the backup: recovery takes every segment from the archive, as after pg_basebackup -X none.
+        let wal = backup.data_dir().join("pg_wal");
+        for entry in fs::read_dir(&wal).unwrap().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                fs::remove_file(entry.path()).unwrap();
+            }
         }
         backup
     }

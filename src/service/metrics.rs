@@ -1,0 +1,286 @@
+//! /metrics: every source's published state in the Prometheus text format (0.0.4), one series per metric
+//! and source (`source` label), each present from startup (counters at 0, positions at 0 until known).
+//! Built at each scrape from the state channels by a prometheus-client [`Collector`]; nothing is kept
+//! between scrapes. LSNs are exported as byte positions (the LSN as a 64-bit number, what
+//! `pg_current_wal_lsn() - '0/0'` gives in SQL), so differences are byte counts. docs/service.md documents
+//! each metric.
+
+use crate::stream::state::{Phase, SourceState};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::time::SystemTime;
+
+/// The Content-Type of what [`render`] returns.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// One source at scrape time.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub source: String,
+    pub state: SourceState,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+enum Value {
+    Int(u64),
+    Float(f64),
+}
+
+/// A metric: its name without unit and `_total` suffixes (the encoder adds them), help, unit, kind and
+/// how to read it from a state.
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    kind: Kind,
+    value: fn(&SourceState) -> Value,
+}
+
+fn lsn(l: Option<crate::wal::Lsn>) -> Value {
+    Value::Int(l.map_or(0, |l| l.0))
+}
+
+/// The server's end of WAL minus the flushed position: WAL the server has that is not safe here yet.
+pub fn lag_bytes(s: &SourceState) -> u64 {
+    match (s.server_end, s.flushed) {
+        (Some(end), Some(flushed)) => end.0.saturating_sub(flushed.0),
+        _ => 0,
+    }
+}
+
+const DEFS: &[Def] = &[
+    Def {
+        name: "walkeeper_source_up",
+        help: "1 while the source streams, 0 while it connects, retries or has stopped",
+        unit: None,
+        kind: Kind::Gauge,
+        value: |s| Value::Int(u64::from(s.phase == Phase::Streaming)),
+    },
+    Def {
+        name: "walkeeper_received_lsn",
+        help: "End of the WAL written to the archive's files, as a byte position (0 until known)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |s| lsn(s.received),
+    },
+    Def {
+        name: "walkeeper_flushed_lsn",
+        help: "End of the WAL that is fsynced and validated, as a byte position (0 until known)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |s| lsn(s.flushed),
+    },
+    Def {
+        name: "walkeeper_server_lsn",
+        help: "The server's end of WAL as it last reported it, as a byte position (0 until known)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |s| lsn(s.server_end),
+    },
+    Def {
+        name: "walkeeper_lag",
+        help: "Server end of WAL minus flushed position: WAL not yet safe in the archive (0 until both are known)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |s| Value::Int(lag_bytes(s)),
+    },
+    Def {
+        name: "walkeeper_timeline",
+        help: "Timeline being streamed (0 until known)",
+        unit: None,
+        kind: Kind::Gauge,
+        value: |s| Value::Int(s.timeline.map_or(0, u64::from)),
+    },
+    Def {
+        name: "walkeeper_segments_completed",
+        help: "Segments completed: fsynced, validated and renamed to their final name",
+        unit: None,
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.segments_completed),
+    },
+    Def {
+        name: "walkeeper_received",
+        help: "WAL bytes received (a segment streamed again after a reconnect counts again)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.received_bytes),
+    },
+    Def {
+        name: "walkeeper_reconnects",
+        help: "Sessions that failed and were retried",
+        unit: None,
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.reconnects),
+    },
+    Def {
+        name: "walkeeper_invalid_wal",
+        help: "Sessions that ended because the WAL received failed validation",
+        unit: None,
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.invalid_wal),
+    },
+    Def {
+        name: "walkeeper_last_message_timestamp",
+        help: "When the last message from the server arrived, seconds since the Unix epoch (0: never)",
+        unit: Some(Unit::Seconds),
+        kind: Kind::Gauge,
+        value: |s| {
+            Value::Float(
+                s.last_message
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            )
+        },
+    },
+];
+
+#[derive(Debug)]
+struct Sources(Vec<Sample>);
+
+impl Collector for Sources {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let info = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
+        info.encode(encoder.encode_descriptor(
+            "walkeeper_build",
+            "walkeeper's version; always 1",
+            None,
+            info.metric_type(),
+        )?)?;
+        for def in DEFS {
+            let metric_type = match def.kind {
+                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+                Kind::Counter => ConstCounter::new(0u64).metric_type(),
+            };
+            let mut metric = encoder.encode_descriptor(def.name, def.help, def.unit.as_ref(), metric_type)?;
+            for sample in &self.0 {
+                let labels = [("source", sample.source.as_str())];
+                let family = metric.encode_family(&labels)?;
+                match (def.kind, (def.value)(&sample.state)) {
+                    (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(family)?,
+                    (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(family)?,
+                    (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(family)?,
+                    (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(family)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text of a scrape.
+pub fn render(samples: Vec<Sample>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Sources(samples)));
+    let mut out = String::new();
+    // Writing into a String cannot fail, and every value encodes.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Lsn;
+    use std::time::Duration;
+
+    /// `name{source="x"}` → value, from a scrape.
+    fn value(text: &str, series: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn every_series_of_every_source_from_the_start() {
+        let text = render(vec![
+            Sample { source: "a".into(), state: SourceState::default() },
+            Sample { source: "b".into(), state: SourceState::default() },
+        ]);
+        for name in [
+            "walkeeper_source_up",
+            "walkeeper_received_lsn_bytes",
+            "walkeeper_flushed_lsn_bytes",
+            "walkeeper_server_lsn_bytes",
+            "walkeeper_lag_bytes",
+            "walkeeper_timeline",
+            "walkeeper_segments_completed_total",
+            "walkeeper_received_bytes_total",
+            "walkeeper_reconnects_total",
+            "walkeeper_invalid_wal_total",
+            "walkeeper_last_message_timestamp_seconds",
+        ] {
+            for source in ["a", "b"] {
+                let v: f64 = value(&text, &format!("{name}{{source=\"{source}\"}}")).parse().unwrap();
+                assert_eq!(v, 0.0, "{name}");
+            }
+        }
+        assert!(text.contains("# TYPE walkeeper_reconnects_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE walkeeper_lag_bytes gauge\n"), "{text}");
+        assert!(text.contains("# HELP walkeeper_lag_bytes "), "{text}");
+        assert_eq!(
+            value(&text, &format!("walkeeper_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))),
+            "1"
+        );
+    }
+
+    #[test]
+    fn values_come_from_the_state() {
+        let state = SourceState {
+            phase: Phase::Streaming,
+            timeline: Some(3),
+            received: Some(Lsn(0x1_0000_2000)),
+            flushed: Some(Lsn(0x1_0000_1000)),
+            server_end: Some(Lsn(0x1_0000_3000)),
+            segments_completed: 7,
+            received_bytes: 123,
+            reconnects: 2,
+            invalid_wal: 1,
+            last_message: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)),
+            ..SourceState::default()
+        };
+        let text = render(vec![Sample { source: "db".into(), state }]);
+        let v = |name: &str| value(&text, &format!("{name}{{source=\"db\"}}"));
+        assert_eq!(v("walkeeper_source_up"), "1");
+        assert_eq!(v("walkeeper_timeline"), "3");
+        assert_eq!(v("walkeeper_received_lsn_bytes"), "4294975488");
+        assert_eq!(v("walkeeper_flushed_lsn_bytes"), "4294971392");
+        assert_eq!(v("walkeeper_server_lsn_bytes"), "4294979584");
+        assert_eq!(v("walkeeper_lag_bytes"), "8192");
+        assert_eq!(v("walkeeper_segments_completed_total"), "7");
+        assert_eq!(v("walkeeper_received_bytes_total"), "123");
+        assert_eq!(v("walkeeper_reconnects_total"), "2");
+        assert_eq!(v("walkeeper_invalid_wal_total"), "1");
+        assert_eq!(v("walkeeper_last_message_timestamp_seconds"), "1700000000.5");
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_the_alert_rules_are_the_docs_ones() {
+        let docs = include_str!("../../docs/service.md");
+        let text = render(vec![Sample { source: "x".into(), state: SourceState::default() }]);
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "{name} is not in docs/service.md's metrics table"
+            );
+        }
+        let rules = include_str!("../../docker/alerts.yml");
+        assert!(docs.contains(rules), "docs/service.md does not show docker/alerts.yml as it is");
+    }
+
+    #[test]
+    fn lag_is_never_negative() {
+        let s = SourceState { server_end: Some(Lsn(10)), flushed: Some(Lsn(20)), ..SourceState::default() };
+        assert_eq!(lag_bytes(&s), 0);
+    }
+}

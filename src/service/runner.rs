@@ -1,0 +1,214 @@
+//! One source, isolated: its receive loop (`stream::follow::receive`, exactly what `walkeeper receive`
+//! runs) on an OS thread of its own with a single-threaded tokio runtime of its own. The loop writes and
+//! fsyncs inline; on its own thread a slow disk, a stalled server or a flood of WAL holds up that source
+//! only — never another source's network reads, fsyncs or acknowledgements, and never the HTTP endpoints
+//! (docs/design.md, "The service"). The runner holds the archive's lock and releases it only after the loop
+//! has ended, so a restarted source never overlaps its predecessor.
+//!
+//! A source with `keep_backups` also runs retention on that thread's runtime (its blocking pool), under the
+//! same lock. Everything the rest of the service learns about the source comes from its `SourceState`
+//! channel and its log lines.
+
+use crate::archive::lock::ArchiveLock;
+use crate::archive::retention;
+use crate::archive::store::LocalStore;
+use crate::service::config::{Retention, Source};
+use crate::stream::follow::receive;
+use crate::stream::state::{set_phase, Phase, SourceState, StateSender};
+use crate::stream::ReceiveConfig;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
+
+/// After being asked to stop, a source that has not finished by then is abandoned: the loop stops at once
+/// when streaming (sync, report, CopyDone) or waiting to reconnect; only a connection attempt or a
+/// replication command awaiting a silent server can take longer, and those have nothing to sync.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A running (or ended) source.
+#[derive(Debug)]
+pub struct Runner {
+    name: String,
+    stop: watch::Sender<bool>,
+    state: watch::Receiver<SourceState>,
+    /// Resolves when the thread has ended (the lock is released by then).
+    done: Option<oneshot::Receiver<()>>,
+}
+
+impl Runner {
+    /// Start streaming `source` on a new thread, holding `lock` (its directory's) until the loop ends.
+    pub fn start(source: &Source, lock: ArchiveLock) -> Runner {
+        let (stop, stop_rx) = watch::channel(false);
+        let sender = StateSender::new(SourceState::default());
+        let state = sender.subscribe();
+        let (done_tx, done_rx) = oneshot::channel();
+        let cfg = source.receive.clone();
+        let retention = source.retention;
+        let name = source.name.clone();
+        let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
+            run_thread(&name, &cfg, retention, stop_rx, &sender);
+            // The loop has ended: no more writes. Now the next writer may have the directory.
+            drop(lock);
+            let _ = done_tx.send(());
+        });
+        match spawned {
+            Ok(_) => Runner { name: source.name.clone(), stop, state, done: Some(done_rx) },
+            Err(e) => Runner::failed(&source.name, format!("could not start a thread for the source: {e}")),
+        }
+    }
+
+    /// A source that could not start (its directory's lock, a thread): stopped, with `error` as its last
+    /// error, for /health and /status to report.
+    pub fn failed(name: &str, error: String) -> Runner {
+        tracing::error!("source {name}: {error}");
+        let sender = StateSender::new(SourceState::default());
+        sender.send_modify(|s| s.last_error = Some(error));
+        set_phase(&sender, Phase::Stopped);
+        let (stop, _) = watch::channel(false);
+        Runner { name: name.to_string(), stop, state: sender.subscribe(), done: None }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A receiver of the source's state (the last value stays readable after the runner ends).
+    pub fn state(&self) -> watch::Receiver<SourceState> {
+        self.state.clone()
+    }
+
+    /// Whether the loop has ended (a fatal error, or stopped): a reload starts such a source again.
+    pub fn ended(&self) -> bool {
+        self.state.borrow().phase == Phase::Stopped
+    }
+
+    /// Ask the loop to stop: it syncs what it has, reports it to the server, and ends.
+    pub fn request_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Wait until the thread has ended (true), or `limit` has passed (false: it still runs, and holds its
+    /// directory's lock).
+    pub async fn wait(&mut self, limit: Duration) -> bool {
+        let Some(done) = self.done.as_mut() else { return true };
+        let finished = tokio::time::timeout(limit, done).await.is_ok();
+        if finished {
+            self.done = None;
+        }
+        finished
+    }
+}
+
+/// Linux keeps 15 bytes of a thread's name: `wk:` and the start of the source's.
+fn thread_name(source: &str) -> String {
+    let mut name = format!("wk:{source}");
+    name.truncate((0..=15.min(name.len())).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0));
+    name
+}
+
+/// The thread's body: a runtime of its own, the receive loop in a `source` span (log lines carry its name),
+/// and a published error if anything escapes (a runtime that cannot be built, a panic).
+fn run_thread(
+    name: &str,
+    cfg: &ReceiveConfig,
+    retention: Option<Retention>,
+    stop: watch::Receiver<bool>,
+    state: &StateSender,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return give_up(state, format!("could not start a runtime for the source: {e}")),
+    };
+    let span = tracing::info_span!("source", source = %name);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(run(cfg, retention, stop, state).instrument(span))
+    }));
+    // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
+    drop(runtime);
+    if result.is_err() {
+        give_up(
+            state,
+            "internal error: the receive loop panicked; reload the service to start it again".into(),
+        );
+    }
+}
+
+fn give_up(state: &StateSender, error: String) {
+    tracing::error!("{error}");
+    state.send_modify(|s| s.last_error = Some(error));
+    set_phase(state, Phase::Stopped);
+}
+
+/// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request; beside it, retention when
+/// the source has `keep_backups`.
+async fn run(
+    cfg: &ReceiveConfig,
+    retention: Option<Retention>,
+    stop: watch::Receiver<bool>,
+    state: &StateSender,
+) {
+    let mut asked = stop.clone();
+    let abandon = async {
+        // A dropped sender means the service is gone: stop as well.
+        let _ = asked.wait_for(|stop| *stop).await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::select! {
+        result = receive(cfg, stop, state) => match result {
+            Ok(_) => tracing::info!("stopped"),
+            Err(e) => tracing::error!("{e}; the source stays stopped until the service is reloaded"),
+        },
+        () = abandon => give_up(
+            state,
+            format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
+        ),
+        () = retain(&cfg.directory, retention) => {}
+    }
+}
+
+/// Apply retention every `interval` (the first time one interval after the start), forever. Each run
+/// lists the archive, finds its base backups and removes what the policy lets go
+/// (`archive::retention::run`), on the runtime's blocking pool: this source's own loop keeps streaming
+/// meanwhile, and the runner holds the directory's lock throughout.
+async fn retain(directory: &Path, retention: Option<Retention>) {
+    let Some(Retention { policy, interval }) = retention else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let dir = directory.to_path_buf();
+        let run = tokio::task::spawn_blocking(move || {
+            retention::run(&LocalStore::new(&dir), &policy, false, SystemTime::now())
+        });
+        match run.await {
+            Ok(Ok(outcome)) => tracing::info!("retention: {}", outcome.plan.summary()),
+            Ok(Err(e)) => tracing::error!("retention: {e}"),
+            Err(e) => tracing::error!("retention: internal error: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_names_fit_linux_s_limit() {
+        assert_eq!(thread_name("main"), "wk:main");
+        assert_eq!(thread_name("a-very-long-source-name"), "wk:a-very-long-");
+        assert_eq!(thread_name("a-very-long-source-name").len(), 15);
+    }
+
+    #[test]
+    fn a_failed_runner_reports_its_error_and_has_ended() {
+        let mut r = Runner::failed("db", "archive \"/x\" is in use".into());
+        assert!(r.ended());
+        let s = r.state().borrow().clone();
+        assert_eq!(s.phase, Phase::Stopped);
+        assert_eq!(s.last_error.as_deref(), Some("archive \"/x\" is in use"));
+        assert!(crate::cli::block_on(r.wait(Duration::ZERO)));
+    }
+}
