@@ -45,7 +45,7 @@ fn bad_configurations_are_one_line_and_create_nothing() {
         ("[[source]]\nname = \"a\"\nconninfo = \"\"\ndirectory = \"c\"\n", "source \"a\": key \"name\": \"a\" is also the name of an earlier source"),
         ("[[source]]\nname = \"c\"\nconninfo = \"\"\ndirectory = \"b/\"\n", "key \"directory\": \""),
         ("synchronous = \"yes\"\n", "line 13: source \"b\": key \"synchronous\": invalid type: string \"yes\", expected a boolean"),
-        ("failover = true\n", "source \"b\": key \"failover\": failover = true is not available in this version of walkeeper yet; remove the key"),
+        ("create_slot = true\n", "source \"b\": key \"create_slot\": needs a slot: set \"slot\" too"),
         ("keep_min_age = \"7d\"\n", "source \"b\": key \"keep_min_age\": applies to keep_backups, which is not set"),
         ("compression = \"zstd:99\"\n", "source \"b\": key \"compression\": invalid compression specification"),
     ];

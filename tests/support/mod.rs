@@ -922,12 +922,15 @@ impl Cluster {
 /// walkeeper's lock file in an archive it writes to: not part of the archive's contents.
 pub const LOCK_FILE: &str = ".walkeeper.lock";
 
-/// The file names in `dir`, sorted, without [`LOCK_FILE`].
+/// The backup index `status`, `cleanup` and the service keep in an archive: not WAL either.
+pub const BACKUP_INDEX_FILE: &str = ".walkeeper-backups";
+
+/// The file names in `dir`, sorted, without walkeeper's own [`LOCK_FILE`] and [`BACKUP_INDEX_FILE`].
 pub fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != LOCK_FILE)
+        .filter(|n| n != LOCK_FILE && n != BACKUP_INDEX_FILE)
         .collect();
     v.sort();
     v
