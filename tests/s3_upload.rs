@@ -96,7 +96,8 @@ fn every_compression_uploads_restores_byte_identical_and_reads_from_the_bucket()
         let r = run_s3(&s3, &["cleanup", "-D", &url, cutoff]);
         assert_eq!(r.code, Some(0), "{m}: {r}");
         // `status` saved its index of the base backups found in the WAL (`.walkeeper-backups`) next to the WAL.
-        let after: Vec<String> = bucket.names(m).into_iter().filter(|n| n != ".walkeeper-backups").collect();
+        let after: Vec<String> =
+            bucket.names(m).into_iter().filter(|n| n != support::BACKUP_INDEX_FILE).collect();
         let expected: Vec<String> =
             objects.iter().filter(|n| n.contains(".partial") || n[..24] >= *cutoff).cloned().collect();
         assert_eq!(after, expected, "{m}");

@@ -42,12 +42,24 @@ fn bad_configurations_are_one_line_and_create_nothing() {
     let addr = free_addr().to_string();
     let cases = [
         ("bogus = 1\n", "line 13: source \"b\": unknown key `bogus`, expected one of"),
-        ("[[source]]\nname = \"a\"\nconninfo = \"\"\ndirectory = \"c\"\n", "source \"a\": key \"name\": \"a\" is also the name of an earlier source"),
+        (
+            "[[source]]\nname = \"a\"\nconninfo = \"\"\ndirectory = \"c\"\n",
+            "source \"a\": key \"name\": \"a\" is also the name of an earlier source",
+        ),
         ("[[source]]\nname = \"c\"\nconninfo = \"\"\ndirectory = \"b/\"\n", "key \"directory\": \""),
-        ("synchronous = \"yes\"\n", "line 13: source \"b\": key \"synchronous\": invalid type: string \"yes\", expected a boolean"),
+        (
+            "synchronous = \"yes\"\n",
+            "line 13: source \"b\": key \"synchronous\": invalid type: string \"yes\", expected a boolean",
+        ),
         ("create_slot = true\n", "source \"b\": key \"create_slot\": needs a slot: set \"slot\" too"),
-        ("keep_min_age = \"7d\"\n", "source \"b\": key \"keep_min_age\": applies to keep_backups, which is not set"),
-        ("compression = \"zstd:99\"\n", "source \"b\": key \"compression\": invalid compression specification"),
+        (
+            "keep_min_age = \"7d\"\n",
+            "source \"b\": key \"keep_min_age\": applies to keep_backups, which is not set",
+        ),
+        (
+            "compression = \"zstd:99\"\n",
+            "source \"b\": key \"compression\": invalid compression specification",
+        ),
     ];
     for (extra, expected) in cases {
         let root = tempfile::tempdir().unwrap();
