@@ -119,6 +119,43 @@ pub struct Finished {
     pub partial_pending: bool,
 }
 
+/// What a stop left undone, for the log line or exit message that says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Undone {
+    /// Objects of the files' names hold other contents (never retried).
+    Conflicts(String),
+    /// Uploads were still pending when the wait ended (the next start does them).
+    Pending(String),
+}
+
+impl Finished {
+    /// What was left undone, described in one line; `wait_name` is how the user set the wait
+    /// (`--upload-wait`, `upload_wait`). None: everything is in the store.
+    pub fn undone(&self, spool: &Path, wait_name: &str, wait: Duration) -> Option<Undone> {
+        let spool = spool.display();
+        if let Some(first) = self.conflicts.first() {
+            let more = match self.conflicts.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            return Some(Undone::Conflicts(format!(
+                "not uploaded: \"{first}\"{more} already exist with different contents; \"{spool}\" keeps the files (see docs/s3.md, conflicts)"
+            )));
+        }
+        if self.pending_files > 0 || self.partial_pending {
+            let partial = if self.partial_pending { " and the last state of the open .partial" } else { "" };
+            return Some(Undone::Pending(format!(
+                "uploads to \"{}\" did not finish within {wait_name} ({} s): {} files ({} bytes){partial} wait in \"{spool}\"; the next start uploads them",
+                self.location,
+                wait.as_secs(),
+                self.pending_files,
+                self.pending_bytes
+            )));
+        }
+        None
+    }
+}
+
 enum Control {
     /// Upload everything pending, the `.partial` files too, until done or `deadline`; then answer.
     Drain { deadline: Instant, reply: mpsc::Sender<Finished> },
@@ -366,14 +403,17 @@ pub fn resume_point(
     }
 }
 
-/// Refuse an upload location that is the spool itself.
+/// Refuse an upload location that cannot be a store, or is the spool itself (no request is made).
 pub fn check_location(settings: &UploadSettings, spool: &Path) -> Result<(), String> {
+    if settings.location.is_empty() {
+        return Err("the upload location is empty".into());
+    }
     if settings.location.starts_with("s3://") {
         return store::open_with(&settings.location, &settings.s3).map(drop).map_err(|e| e.to_string());
     }
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     if canonical(Path::new(&settings.location)) == canonical(spool) {
-        return Err(format!("--upload \"{}\" is the receive directory itself", settings.location));
+        return Err(format!("upload location \"{}\" is the receive directory itself", settings.location));
     }
     store::open_with(&settings.location, &settings.s3).map(drop).map_err(|e| e.to_string())
 }

@@ -2,7 +2,7 @@
 //! the same refusals and texts; then the receive loop.
 
 use crate::archive::lock::ArchiveLock;
-use crate::archive::upload::{self, Finished, UploadSettings, Uploader};
+use crate::archive::upload::{self, Finished, Undone, UploadSettings, Uploader};
 use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{
     connect_options, resolve_conn, resolve_conn_with_default_attrs, usage_error, ConnectionArgs, Exit, Prog,
@@ -392,29 +392,15 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
 
 /// A clean stop's exit, from how the uploads stood (the exit codes are documented in the help and docs/s3.md).
 fn upload_exit(f: &Finished, spool: &std::path::Path, wait: Duration, prog: &Prog) -> Result<(), Exit> {
-    let spool = spool.display();
-    if let Some(first) = f.conflicts.first() {
-        let more = match f.conflicts.len() {
-            1 => String::new(),
-            n => format!(" and {} more", n - 1),
-        };
-        let message = format!(
-            "not uploaded: \"{first}\"{more} already exist with different contents; \"{spool}\" keeps the files (see docs/s3.md, conflicts)"
-        );
-        return Err(Exit { code: EXIT_UPLOAD_CONFLICT, ..Exit::error(prog, &message) });
+    match f.undone(spool, "--upload-wait", wait) {
+        None => Ok(()),
+        Some(Undone::Conflicts(message)) => {
+            Err(Exit { code: EXIT_UPLOAD_CONFLICT, ..Exit::error(prog, &message) })
+        }
+        Some(Undone::Pending(message)) => {
+            Err(Exit { code: EXIT_UPLOADS_PENDING, ..Exit::error(prog, &message) })
+        }
     }
-    if f.pending_files > 0 || f.partial_pending {
-        let partial = if f.partial_pending { " and the last state of the open .partial" } else { "" };
-        let message = format!(
-            "uploads to \"{}\" did not finish within --upload-wait ({} s): {} files ({} bytes){partial} wait in \"{spool}\"; the next start uploads them",
-            f.location,
-            wait.as_secs(),
-            f.pending_files,
-            f.pending_bytes
-        );
-        return Err(Exit { code: EXIT_UPLOADS_PENDING, ..Exit::error(prog, &message) });
-    }
-    Ok(())
 }
 
 async fn create_slot(cfg: &ReceiveConfig, if_not_exists: bool, prog: &Prog) -> Result<(), Exit> {

@@ -79,6 +79,7 @@ mod tests {
         let s = |name: &str, phase, error: Option<&str>| Sample {
             source: name.into(),
             state: SourceState { phase, last_error: error.map(str::to_string), ..SourceState::default() },
+            upload: None,
         };
         assert_eq!(summary(&[s("a", Phase::Streaming, None)]), "1 source: 1 streaming");
         assert_eq!(

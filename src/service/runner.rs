@@ -6,12 +6,16 @@
 //! has ended, so a restarted source never overlaps its predecessor.
 //!
 //! A source with `keep_backups` also runs retention on that thread's runtime (its blocking pool), under the
-//! same lock. Everything the rest of the service learns about the source comes from its `SourceState`
-//! channel and its log lines.
+//! same lock. A source with `upload` has an uploader (`archive::upload`, its own thread, as `receive
+//! --upload` has): started with the source, it follows the loop's `SourceState`; when the loop has stopped
+//! cleanly it gets up to `upload_wait` to finish, still under the lock (`--remove-uploaded` deletes from the
+//! directory). Everything the rest of the service learns about the source comes from its `SourceState`
+//! channel, its uploader's `UploadState` channel and its log lines.
 
 use crate::archive::lock::ArchiveLock;
 use crate::archive::retention;
 use crate::archive::store::LocalStore;
+use crate::archive::upload::{Undone, UploadWatch, Uploader};
 use crate::service::config::{Retention, Source};
 use crate::stream::follow::receive;
 use crate::stream::state::{set_phase, Phase, SourceState, StateSender};
@@ -32,6 +36,10 @@ pub struct Runner {
     name: String,
     stop: watch::Sender<bool>,
     state: watch::Receiver<SourceState>,
+    /// The uploader's state, for a source with `upload`.
+    upload: Option<UploadWatch>,
+    /// How long a clean stop waits for pending uploads (`upload_wait`; zero without `upload`).
+    upload_wait: Duration,
     /// Resolves when the thread has ended (the lock is released by then).
     done: Option<oneshot::Receiver<()>>,
 }
@@ -43,17 +51,31 @@ impl Runner {
         let sender = StateSender::new(SourceState::default());
         let state = sender.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
-        let cfg = source.receive.clone();
+        let mut cfg = source.receive.clone();
+        // Opening the store makes no request: only a location that cannot be a store fails here (the
+        // configuration has checked it already).
+        let uploader = match &source.upload {
+            Some(settings) => match Uploader::start(settings, &cfg.directory, sender.subscribe()) {
+                Ok(uploader) => Some(uploader),
+                Err(e) => return Runner::failed(&source.name, format!("could not start uploading: {e}")),
+            },
+            None => None,
+        };
+        cfg.upload = uploader.as_ref().map(Uploader::link);
+        let upload = uploader.as_ref().map(Uploader::state);
+        let upload_wait = source.upload.as_ref().map_or(Duration::ZERO, |u| u.wait);
         let retention = source.retention;
         let name = source.name.clone();
         let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
-            run_thread(&name, &cfg, retention, stop_rx, &sender);
-            // The loop has ended: no more writes. Now the next writer may have the directory.
+            run_thread(&name, &cfg, retention, uploader, upload_wait, stop_rx, &sender);
+            // The loop and the uploads have ended: no more writes. Now the next writer may have the directory.
             drop(lock);
             let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => Runner { name: source.name.clone(), stop, state, done: Some(done_rx) },
+            Ok(_) => {
+                Runner { name: source.name.clone(), stop, state, upload, upload_wait, done: Some(done_rx) }
+            }
             Err(e) => Runner::failed(&source.name, format!("could not start a thread for the source: {e}")),
         }
     }
@@ -66,7 +88,14 @@ impl Runner {
         sender.send_modify(|s| s.last_error = Some(error));
         set_phase(&sender, Phase::Stopped);
         let (stop, _) = watch::channel(false);
-        Runner { name: name.to_string(), stop, state: sender.subscribe(), done: None }
+        Runner {
+            name: name.to_string(),
+            stop,
+            state: sender.subscribe(),
+            upload: None,
+            upload_wait: Duration::ZERO,
+            done: None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -76,6 +105,11 @@ impl Runner {
     /// A receiver of the source's state (the last value stays readable after the runner ends).
     pub fn state(&self) -> watch::Receiver<SourceState> {
         self.state.clone()
+    }
+
+    /// A receiver of the uploader's state, for a source with `upload`.
+    pub fn upload(&self) -> Option<UploadWatch> {
+        self.upload.clone()
     }
 
     /// Whether the loop has ended (a fatal error, or stopped): a reload starts such a source again.
@@ -88,11 +122,11 @@ impl Runner {
         let _ = self.stop.send(true);
     }
 
-    /// Wait until the thread has ended (true), or `limit` has passed (false: it still runs, and holds its
-    /// directory's lock).
+    /// Wait until the thread has ended (true), or `limit` and the source's `upload_wait` have passed (false:
+    /// it still runs, and holds its directory's lock).
     pub async fn wait(&mut self, limit: Duration) -> bool {
         let Some(done) = self.done.as_mut() else { return true };
-        let finished = tokio::time::timeout(limit, done).await.is_ok();
+        let finished = tokio::time::timeout(limit + self.upload_wait, done).await.is_ok();
         if finished {
             self.done = None;
         }
@@ -108,29 +142,48 @@ fn thread_name(source: &str) -> String {
 }
 
 /// The thread's body: a runtime of its own, the receive loop in a `source` span (log lines carry its name),
-/// and a published error if anything escapes (a runtime that cannot be built, a panic).
+/// then the uploads' end, and a published error if anything escapes (a runtime that cannot be built, a
+/// panic).
 fn run_thread(
     name: &str,
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
+    uploader: Option<Uploader>,
+    upload_wait: Duration,
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
+    let span = tracing::info_span!("source", source = %name);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return give_up(state, format!("could not start a runtime for the source: {e}")),
     };
-    let span = tracing::info_span!("source", source = %name);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run(cfg, retention, stop, state).instrument(span))
+        runtime.block_on(run(cfg, retention, stop, state).instrument(span.clone()))
     }));
     // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
     drop(runtime);
+    if let Some(uploader) = uploader {
+        // As `receive`: a clean stop waits for the uploads; after an error the next start does what is left.
+        let wait = if result.as_ref().is_ok_and(|clean| *clean) { upload_wait } else { Duration::ZERO };
+        span.in_scope(|| finish_uploads(uploader, wait, &cfg.directory));
+    }
     if result.is_err() {
         give_up(
             state,
             "internal error: the receive loop panicked; reload the service to start it again".into(),
         );
+    }
+}
+
+/// Let the uploader finish within `wait` and log what it left undone (the next start uploads what is
+/// pending; a conflict needs a person).
+fn finish_uploads(uploader: Uploader, wait: Duration, directory: &Path) {
+    let finished = uploader.finish(wait);
+    match finished.undone(directory, "upload_wait", wait) {
+        None => tracing::info!("uploads to \"{}\" are complete", finished.location),
+        Some(Undone::Conflicts(message)) => tracing::error!("{message}"),
+        Some(Undone::Pending(message)) => tracing::warn!("{message}"),
     }
 }
 
@@ -141,13 +194,13 @@ fn give_up(state: &StateSender, error: String) {
 }
 
 /// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request; beside it, retention when
-/// the source has `keep_backups`.
+/// the source has `keep_backups`. True when the loop stopped cleanly (asked to).
 async fn run(
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
     stop: watch::Receiver<bool>,
     state: &StateSender,
-) {
+) -> bool {
     let mut asked = stop.clone();
     let abandon = async {
         // A dropped sender means the service is gone: stop as well.
@@ -156,14 +209,23 @@ async fn run(
     };
     tokio::select! {
         result = receive(cfg, stop, state) => match result {
-            Ok(_) => tracing::info!("stopped"),
-            Err(e) => tracing::error!("{e}; the source stays stopped until the service is reloaded"),
+            Ok(_) => {
+                tracing::info!("stopped");
+                true
+            }
+            Err(e) => {
+                tracing::error!("{e}; the source stays stopped until the service is reloaded");
+                false
+            }
         },
-        () = abandon => give_up(
-            state,
-            format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
-        ),
-        () = retain(&cfg.directory, retention) => {}
+        () = abandon => {
+            give_up(
+                state,
+                format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
+            );
+            false
+        }
+        () = retain(&cfg.directory, retention) => false,
     }
 }
 

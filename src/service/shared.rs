@@ -1,6 +1,7 @@
 //! What the HTTP endpoints and the archive lister read: the running sources (name, directory, state
 //! channel), replaced whole by the supervisor at start and at each reload, and the latest archive listings.
 
+use crate::archive::upload::UploadWatch;
 use crate::service::archives::{ArchiveSummary, Summaries, Target};
 use crate::service::metrics::Sample;
 use crate::stream::state::SourceState;
@@ -14,6 +15,8 @@ pub struct View {
     pub name: String,
     pub directory: PathBuf,
     pub state: watch::Receiver<SourceState>,
+    /// The uploader's state, for a source with `upload`.
+    pub upload: Option<UploadWatch>,
 }
 
 #[derive(Debug, Default)]
@@ -43,7 +46,10 @@ impl Shared {
     pub fn samples(&self) -> Vec<(Sample, PathBuf)> {
         self.views()
             .into_iter()
-            .map(|v| (Sample { source: v.name, state: v.state.borrow().clone() }, v.directory))
+            .map(|v| {
+                let upload = v.upload.as_ref().map(|u| u.borrow().clone());
+                (Sample { source: v.name, state: v.state.borrow().clone(), upload }, v.directory)
+            })
             .collect()
     }
 

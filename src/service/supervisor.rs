@@ -89,6 +89,7 @@ impl Supervisor {
                 name: s.name.clone(),
                 directory: s.directory().to_path_buf(),
                 state: r.state(),
+                upload: r.upload(),
             })
             .collect();
         self.shared.set_views(views);

@@ -190,6 +190,7 @@ fn the_spool_itself_is_no_upload_location() {
     let same = UploadSettings::new(s.spool.to_str().unwrap());
     let err = check_location(&same, &s.spool).unwrap_err();
     assert!(err.contains("is the receive directory itself"), "{err}");
+    assert!(check_location(&UploadSettings::new(""), &s.spool).unwrap_err().contains("empty"));
     assert!(check_location(&s.settings(), &s.spool).is_ok());
     assert!(check_location(&UploadSettings::new("gs://b/x"), &s.spool).is_err());
 }
