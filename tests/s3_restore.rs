@@ -9,24 +9,9 @@ mod support;
 
 use s3_common::{run_s3, wait_for, walkeeper_s3, Bucket, Receiver, WAIT};
 use std::fs;
+use support::archive::{create_pitr_table, insert_batch, rows, target_time};
 use support::s3::S3Cluster;
 use support::{Cluster, Run};
-
-fn rows(server: &Cluster) -> String {
-    server.psql("SELECT count(*) || ' ' || coalesce(min(id), 0) || '..' || coalesce(max(id), 0) FROM pitr")
-}
-
-fn insert_batch(server: &Cluster, from: u32, to: u32) {
-    server.psql(&format!("INSERT INTO pitr (id) SELECT g FROM generate_series({from}, {to}) g"));
-}
-
-/// A time strictly between the commits before and after this call.
-fn target_time(server: &Cluster) -> String {
-    server.psql("SELECT pg_sleep(0.2)");
-    let t = server.psql("SELECT clock_timestamp()");
-    server.psql("SELECT pg_sleep(0.2)");
-    t
-}
 
 /// restore_command for the bucket, with the store's settings in the standard variables.
 fn restore_command(s3: &S3Cluster, prefix: &str) -> String {
@@ -50,7 +35,7 @@ fn pitr_from_a_base_backup_with_every_segment_from_the_bucket() {
     fs::create_dir(&spool).unwrap();
     let url = s3.url("pitr");
     let mut rx = Receiver::start(&s3, &primary, &spool, &["-S", "pitr", "-Z", "zstd", "--upload", &url]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    create_pitr_table(&primary);
     let mut backup = primary.base_backup();
     primary.generate_wal(4);
     insert_batch(&primary, 1, 100);

@@ -4,9 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use crate::support::s3::{S3Cluster, BUCKET};
+use crate::support::s3::S3Cluster;
 use crate::support::{walkeeper, Cluster, Run};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::BTreeMap;
@@ -54,18 +54,7 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(s3: &S3Cluster) -> Bucket {
-        let o = s3.options();
-        // As walkeeper's S3 client does: rustls on ring.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = AmazonS3Builder::new()
-            .with_endpoint(o.endpoint.unwrap())
-            .with_region(o.region.unwrap())
-            .with_access_key_id(o.access_key_id.unwrap())
-            .with_secret_access_key(o.secret_access_key.unwrap())
-            .with_allow_http(true)
-            .with_bucket_name(BUCKET)
-            .build()
-            .unwrap();
+        let client = s3.raw_client();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Bucket { client, runtime }
     }
