@@ -132,7 +132,7 @@ fn run() -> Result<(), Exit> {
     let prog = Prog::Walkeeper { command: cli.command.name() };
     logging::init(prog.log_name(), cli.log_format, cli.verbose);
     match cli.command {
-        Command::Receive(cmd) => receive::run_command(cmd, &prog),
+        Command::Receive(cmd) => receive::run_command(*cmd, &prog),
         Command::Check(args) => cli::block_on(cli::check::run(args, &prog)),
         Command::Demo(args) => cli::block_on(cli::demo::run(args, &prog)),
         Command::Restore(args) => cli::restore::run(args, &prog),

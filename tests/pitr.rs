@@ -11,7 +11,9 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use support::archive::{create_slot, ArchiveDir, Receiver};
+use support::archive::{
+    create_pitr_table, create_slot, insert_batch, rows, target_time, ArchiveDir, Receiver,
+};
 use support::{chown_to_server, wait_until, Cluster};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -26,22 +28,6 @@ fn status_json(archive: &ArchiveDir) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn insert_batch(server: &Cluster, from: u32, to: u32) {
-    server.psql(&format!("INSERT INTO pitr (id) SELECT g FROM generate_series({from}, {to}) g"));
-}
-
-/// A time strictly between the commits before and after this call.
-fn target_time(server: &Cluster) -> String {
-    server.psql("SELECT pg_sleep(0.2)");
-    let t = server.psql("SELECT clock_timestamp()");
-    server.psql("SELECT pg_sleep(0.2)");
-    t
-}
-
-fn rows(server: &Cluster) -> String {
-    server.psql("SELECT count(*) || ' ' || coalesce(min(id), 0) || '..' || coalesce(max(id), 0) FROM pitr")
 }
 
 fn assert_restored_through_walkeeper(server: &Cluster) {
@@ -70,7 +56,7 @@ fn pitr_to_time(receive_extra: &[&str], suffix: &str) {
     let mut args = vec!["-S", "pitr"];
     args.extend_from_slice(receive_extra);
     let rx = Receiver::start(&archive, &primary, &args);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    create_pitr_table(&primary);
     let mut backup = primary.base_backup();
     // Several segments between the backup and the target, so that replay needs many restores.
     primary.generate_wal(4);
@@ -112,7 +98,7 @@ fn synchronous_archive(backups: usize) -> (Cluster, ArchiveDir, Receiver, Vec<Cl
     let archive = ArchiveDir::new();
     create_slot(&archive, &primary, "dr");
     let rx = Receiver::start(&archive, &primary, &["-S", "dr", "--synchronous"]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    create_pitr_table(&primary);
     let backups = (0..backups).map(|_| primary.base_backup()).collect();
     insert_batch(&primary, 1, 100);
     let last = primary.switch_wal();
@@ -167,7 +153,7 @@ fn disaster_recovery_reaches_into_the_partial() {
 #[test]
 fn pitr_across_a_timeline_switch() {
     let mut primary = Cluster::builder().segment_size_mb(1).start();
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    create_pitr_table(&primary);
     let standby = primary.standby();
     let archive = ArchiveDir::new();
     let rx = Receiver::start(&archive, &standby, &[]);
@@ -265,7 +251,7 @@ fn a_damaged_segment_stops_archive_recovery() {
     let archive = ArchiveDir::new();
     create_slot(&archive, &primary, "pitr");
     let rx = Receiver::start(&archive, &primary, &["-S", "pitr"]);
-    primary.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+    create_pitr_table(&primary);
     let mut backup = primary.base_backup();
     primary.generate_wal(1);
     let victim = segment_name(primary.current_lsn() / primary.segment_size());

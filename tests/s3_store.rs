@@ -5,13 +5,12 @@
 
 mod support;
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::time::Duration;
-use support::s3::{S3Cluster, BUCKET};
+use support::s3::S3Cluster;
 use walkeeper::archive::store::s3::Timeouts;
 use walkeeper::archive::store::{self, Put, S3Options, S3Store, Store, StoreError};
 
@@ -19,26 +18,12 @@ fn store(s3: &S3Cluster, prefix: &str) -> S3Store {
     S3Store::open(&s3.url(prefix), &s3.options()).unwrap()
 }
 
-/// A plain object_store client on the same bucket, to see and make objects behind the store's back.
-fn raw(s3: &S3Cluster) -> AmazonS3 {
-    let o = s3.options();
-    AmazonS3Builder::new()
-        .with_endpoint(o.endpoint.unwrap())
-        .with_region(o.region.unwrap())
-        .with_access_key_id(o.access_key_id.unwrap())
-        .with_secret_access_key(o.secret_access_key.unwrap())
-        .with_allow_http(true)
-        .with_bucket_name(BUCKET)
-        .build()
-        .unwrap()
-}
-
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 fn raw_put(s3: &S3Cluster, key: &str, data: &[u8]) {
-    let client = raw(s3);
+    let client = s3.raw_client();
     block_on(client.put(&ObjectPath::parse(key).unwrap(), PutPayload::from(data.to_vec()))).unwrap();
 }
 
@@ -125,7 +110,7 @@ fn put_new_creates_once_and_never_overwrites() {
     assert_eq!(wal.put_new(name, b"segment three").unwrap(), Put::AlreadyThere);
 
     // SeaweedFS returns the checksum the store wrote as user metadata on HEAD: that is what put_new compares.
-    let client = raw(&s3);
+    let client = s3.raw_client();
     let head = block_on(client.get_opts(
         &ObjectPath::parse(format!("wal/{name}")).unwrap(),
         GetOptions { head: true, ..GetOptions::default() },

@@ -36,6 +36,7 @@ fn config(cluster: &Cluster, dir: &std::path::Path) -> ReceiveConfig {
         live_readers: Default::default(),
         failover: false,
         create_slot: false,
+        upload: None,
     }
 }
 

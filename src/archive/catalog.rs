@@ -187,6 +187,23 @@ impl Catalog {
         c
     }
 
+    /// The same files without the `.partial` files that a complete file of the same segment supersedes. In a
+    /// bucket such an object is expected for a moment (the uploader deletes it only once the complete object
+    /// is uploaded and checked) and is no part of the archive; `verify` and `status` on a bucket ignore it.
+    pub fn without_superseded_partials(self) -> Catalog {
+        let complete: std::collections::BTreeSet<SegmentId> =
+            self.segments.iter().filter(|s| !s.partial).map(|s| s.id).collect();
+        let superseded: std::collections::BTreeSet<&str> = self
+            .segments
+            .iter()
+            .filter(|s| s.partial && complete.contains(&s.id))
+            .map(|s| s.file.as_str())
+            .collect();
+        let entries =
+            self.entries.iter().filter(|e| !superseded.contains(e.name.as_str())).cloned().collect();
+        Catalog::new(entries, self.segment_size, self.segment_size_known)
+    }
+
     /// The same files, classified for another segment size (verify, once the headers have told).
     pub fn with_segment_size(self, segment_size: u32) -> Catalog {
         Catalog::new(self.entries, segment_size, true)
@@ -513,6 +530,21 @@ mod tests {
         assert_eq!(c.find(id(2, 6), true), None);
         assert_eq!(c.find(id(3, 8), true).unwrap().file, "000000030000000000000008");
         assert!(c.in_trailing_run(c.find(id(1, 5), true).unwrap()));
+    }
+
+    #[test]
+    fn superseded_partials_can_be_left_out() {
+        let c = catalog(&[
+            "000000010000000000000003",
+            "000000010000000000000003.zst.partial",
+            "000000010000000000000004.partial",
+            "00000002.history",
+        ])
+        .without_superseded_partials();
+        let segs: Vec<&str> = c.segments().iter().map(|s| s.file.as_str()).collect();
+        assert_eq!(segs, ["000000010000000000000003", "000000010000000000000004.partial"]);
+        assert_eq!(c.histories().len(), 1);
+        assert_eq!(c.with_segment_size(SEG).segments().len(), 2, "gone from the entries too");
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! The oldest kept file may be given as a segment name, with a compression and/or `.partial` suffix, or as a
 //! backup history file name (`…​.00000028.backup`): then its segment part is used. Anything else is refused.
 //!
+//! In a bucket (`-D s3://…`) only complete objects are removed: `.partial` objects belong to the uploader of
+//! `receive --upload`, which replaces and deletes them itself. No lock is taken there (a bucket has none), and
+//! none is needed: the uploader only creates objects newer than any cut-off a running archive is given.
+//!
 //! The files come from the archive's [`Catalog`]. Two things are said before anything is removed (warnings):
 //! a WAL-named entry that is not a regular file is left in place, and removing the live `.partial` (the
 //! newest segment file of the newest timeline, which a running `walkeeper receive` may be writing) is
@@ -91,9 +95,11 @@ pub fn plan(store: &dyn Store, oldest_kept: &str, backup_history: bool) -> Resul
     let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
     let removable = |name: &str| is_removable(name, &cutoff, backup_history);
     let mut plan = Plan::default();
+    let bucket = store.local_dir().is_none();
     let candidates = catalog
         .segments()
         .iter()
+        .filter(|s| !(bucket && s.partial))
         .map(|s| &s.file)
         .chain(catalog.impossible().iter().map(|e| &e.name))
         .chain(catalog.backup_histories().iter().map(|e| &e.name));
@@ -107,7 +113,7 @@ pub fn plan(store: &dyn Store, oldest_kept: &str, backup_history: bool) -> Resul
         let last = files.last()?.id;
         files.iter().find(|f| f.id == last)
     });
-    if let Some(live) = live.filter(|f| f.partial && removable(&f.file)) {
+    if let Some(live) = live.filter(|f| f.partial && !bucket && removable(&f.file)) {
         plan.warnings.push(format!(
             "removing \"{}\", the newest segment file of the newest timeline: a running walkeeper receive may still be writing it",
             store.location_of(&live.file)

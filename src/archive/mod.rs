@@ -1,5 +1,6 @@
 //! Where WAL lands and how it is served back: the segment writer (`.partial`, preallocation, fsync,
-//! durable rename), compression, and the read side (restore, verify, status, cleanup).
+//! durable rename), compression, the read side (restore, verify, status, cleanup), and the uploader that copies it
+//! off-site.
 
 pub mod backups;
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod retention;
 pub mod scan;
 pub mod status;
 pub mod store;
+pub mod upload;
 pub mod verify;
 
 pub use error::WalDirError;

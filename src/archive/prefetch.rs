@@ -41,6 +41,15 @@
 //! archive is chosen (`XLogFileReadAnyTLI`). When PostgreSQL keeps asking for an older timeline past a
 //! switch point, the worker follows that timeline alone.
 //!
+//! # From a bucket
+//!
+//! For an archive in object storage (`-D s3://…`) the worker keeps up to [`BUCKET_JOBS`] fetches running, the
+//! next one started as soon as one ends, in replay order: one segment's GETs wait on the network far more
+//! than on the CPU, so several in flight keep ahead of replay. A local archive is read one segment at a time
+//! (decompression is the cost there, and recovery needs the CPU too). A restore asking for a segment the
+//! worker is fetching at that moment waits for it ([`Spool::wait_for_fetch`]) instead of reading it a second
+//! time.
+//!
 //! # Lifetime
 //!
 //! The worker is a detached child (`walkeeper restore --prefetch-worker`, its own process group, so the
@@ -70,6 +79,11 @@ pub const DEFAULT_SPOOL_NAME: &str = ".walkeeper-prefetch";
 pub const DEFAULT_DEPTH: usize = 8;
 /// The worker exits when no new segment was requested for this long (default of `--prefetch-idle-ms`).
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
+/// How long a restore waits for the worker's fetch of the very segment it serves (then it reads the
+/// archive itself): as long as the store takes to answer a read.
+pub const WAIT_FOR_FETCH: Duration = Duration::from_secs(30);
+/// Segments fetched at once from an archive in object storage.
+pub const BUCKET_JOBS: usize = 4;
 /// How often the worker looks for a new request when it has nothing to fetch.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -166,6 +180,26 @@ impl Spool {
         Some(Restored { source, bytes: len, segment_size: Some(size), partial: false })
     }
 
+    /// When the worker is fetching segment `name` right now (its temporary file is in the spool), wait
+    /// until the entry lands or the fetch ends, at most `max`: reading the segment again beside the worker
+    /// would only slow both down.
+    pub fn wait_for_fetch(&self, name: &str, max: Duration) {
+        if !is_segment_name(name) || !self.worker_running() {
+            return;
+        }
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline && !self.dir.join(name).exists() && self.fetching(name) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// True while a temporary file of a fetch of `name` is in the spool.
+    fn fetching(&self, name: &str) -> bool {
+        let prefix = fetch_temp_prefix(name);
+        let Ok(rd) = fs::read_dir(&self.dir) else { return false };
+        rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)))
+    }
+
     /// Record that `name` (of `segment_size`) was served: the worker keeps the segments after it.
     pub fn request(&self, name: &str, segment_size: u32) -> io::Result<()> {
         let tmp = self.dir.join(format!(".request.{}.tmp", std::process::id()));
@@ -242,13 +276,17 @@ impl Spool {
         names
     }
 
-    /// Remove entries not in `keep` (and leftover temporary files); returns the entries removed.
-    fn remove_entries_except(&self, keep: &[String]) -> Vec<String> {
+    /// Remove entries not in `keep` (and leftover temporary files, but not those of the fetches in
+    /// `busy`); returns the entries removed.
+    fn remove_entries_except(&self, keep: &[String], busy: &[&str]) -> Vec<String> {
         let mut removed = Vec::new();
         let Ok(rd) = fs::read_dir(&self.dir) else { return removed };
         for entry in rd.filter_map(|e| e.ok()) {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let stale_tmp = name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(".request.");
+            let stale_tmp = name.starts_with('.')
+                && name.ends_with(".tmp")
+                && !name.starts_with(".request.")
+                && !busy.iter().any(|b| name.starts_with(&fetch_temp_prefix(b)));
             let unwanted = is_segment_name(&name) && !keep.contains(&name);
             if stale_tmp {
                 let _ = fs::remove_file(entry.path());
@@ -264,6 +302,11 @@ impl Spool {
             let _ = writeln!(f, "{msg}");
         }
     }
+}
+
+/// How the temporary file of a fetch of `name` begins (`restore::temp_beside` of the entry).
+fn fetch_temp_prefix(name: &str) -> String {
+    format!(".{name}.walkeeper-")
 }
 
 fn try_lock(file: &File) -> bool {
@@ -350,29 +393,47 @@ pub fn run_worker(
     }
     let _ = fs::remove_file(spool.dir.join(LOG));
     if !spool.archive_matches() {
-        spool.remove_entries_except(&[]);
+        spool.remove_entries_except(&[], &[]);
         let tmp = spool.dir.join(".archive.tmp");
         fs::write(&tmp, format!("{}\n", spool.archive))
             .and_then(|_| fs::rename(&tmp, spool.dir.join(ARCHIVE)))
             .map_err(|e| WalDirError::io("write", &spool.dir.join(ARCHIVE), e))?;
     }
+    std::thread::scope(|scope| work(spool, store, depth, idle, scope))
+}
+
+/// The worker's loop, with its fetches running on threads of `scope`: up to `jobs` at once, the next one
+/// started as soon as one ends (in replay order, so the segment recovery needs next is always among them).
+fn work<'scope>(
+    spool: &'scope Spool,
+    store: &'scope dyn Store,
+    depth: usize,
+    idle: Duration,
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> Result<(), RestoreError> {
     let started = SystemTime::now();
+    let jobs = if store.local_dir().is_some() { 1 } else { BUCKET_JOBS };
+    let mut in_flight: Vec<(String, std::thread::ScopedJoinHandle<'scope, ()>)> = Vec::new();
     // The request the plan was made for, the plan, and when to look at the archive again.
     let mut current: Option<(SegmentId, SystemTime)> = None;
     let mut wanted: Vec<String> = Vec::new();
     let mut replan_at: Option<Instant> = None;
-    // Entries fetched (or failed, or seen in the spool) and not removed by the worker since: never fetched
-    // again, so an entry a restore has just taken is not fetched back before the worker sees the next
-    // request. Pruned of everything up to the requested segment.
+    // Entries fetched (or failed, or seen in the spool, or being fetched) and not removed by the worker
+    // since: never fetched again, so an entry a restore has just taken is not fetched back before the worker
+    // sees the next request. Pruned of everything up to the requested segment.
     let mut seen: Vec<String> = Vec::new();
     loop {
+        in_flight.retain(|(_, fetch)| !fetch.is_finished());
         if !spool.dir.is_dir() {
             return Ok(());
         }
         let request = spool.read_request();
         let last_activity = request.map(|r| r.2).unwrap_or(started).max(started);
         if SystemTime::now().duration_since(last_activity).unwrap_or_default() > idle {
-            spool.remove_entries_except(&[]);
+            for (_, fetch) in in_flight.drain(..) {
+                let _ = fetch.join();
+            }
+            spool.remove_entries_except(&[], &[]);
             let _ = fs::remove_file(spool.dir.join(REQUEST));
             return Ok(());
         }
@@ -383,30 +444,39 @@ pub fn run_worker(
         let new_request = current != Some((requested, stamp));
         if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
             wanted = plan(store, requested, segment_size, depth);
-            let removed = spool.remove_entries_except(&wanted);
+            let busy: Vec<&str> = in_flight.iter().map(|(n, _)| n.as_str()).collect();
+            let removed = spool.remove_entries_except(&wanted, &busy);
             let requested_name = requested.file_name(segment_size);
             seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
             current = Some((requested, stamp));
             // Short of the depth: the end of the archive so far; look again later for new segments.
             replan_at = (wanted.len() < depth).then(|| Instant::now() + Duration::from_millis(200));
         }
-        let present = spool.entries();
-        for n in &present {
-            if !seen.contains(n) {
-                seen.push(n.clone());
+        for n in spool.entries() {
+            if !seen.contains(&n) {
+                seen.push(n);
             }
         }
-        let Some(name) = wanted.iter().find(|n| !seen.contains(n)).cloned() else {
+        let free = jobs.saturating_sub(in_flight.len());
+        let next: Vec<String> = wanted.iter().filter(|n| !seen.contains(n)).take(free).cloned().collect();
+        if next.is_empty() {
             std::thread::sleep(POLL);
             continue;
-        };
-        let started_fetch = Instant::now();
-        if let Err(e) = fetch(spool, store, &name) {
-            spool.log(&format!("{name}: {e}"));
-        } else {
-            tracing::debug!(segment = %name, elapsed = ?started_fetch.elapsed(), "prefetched");
         }
-        seen.push(name);
+        for name in next {
+            seen.push(name.clone());
+            let fetching = name.clone();
+            in_flight.push((name, scope.spawn(move || fetch_logged(spool, store, &fetching))));
+        }
+    }
+}
+
+/// [`fetch`], its failure logged in the spool.
+fn fetch_logged(spool: &Spool, store: &dyn Store, name: &str) {
+    let started = Instant::now();
+    match fetch(spool, store, name) {
+        Ok(()) => tracing::debug!(segment = %name, elapsed = ?started.elapsed(), "prefetched"),
+        Err(e) => spool.log(&format!("{name}: {e}")),
     }
 }
 
@@ -448,6 +518,38 @@ mod tests {
 
     fn names(v: &[String]) -> Vec<String> {
         v.iter().map(|n| format!("{}/{}", &n[7..8], u64::from_str_radix(&n[16..], 16).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_restore_waits_for_the_workers_fetch_of_its_segment() {
+        let archive = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), &LocalStore::new(archive.path())).unwrap();
+        let name = SegmentId { timeline: 1, number: 3 }.file_name(SEG);
+        let temp = spool.dir.join(format!("{}abc123.tmp", fetch_temp_prefix(&name)));
+        fs::write(&temp, b"").unwrap();
+        assert!(spool.fetching(&name));
+        assert!(!spool.fetching(&SegmentId { timeline: 1, number: 4 }.file_name(SEG)));
+        // Stale: no worker holds the lock, so nothing is waited for.
+        assert!(!spool.worker_running());
+        // A worker (this test holding its lock) lands the entry a little later.
+        let lock = spool.open_lock().unwrap();
+        assert!(try_lock(&lock));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                fs::rename(&temp, spool.dir.join(&name)).unwrap();
+            });
+            spool.wait_for_fetch(&name, Duration::from_secs(60));
+            assert!(spool.dir.join(&name).exists(), "returned before the fetch ended");
+        });
+        // The worker's clean-up spares the temporary files of fetches in flight only.
+        let busy = spool.dir.join(format!("{}x.tmp", fetch_temp_prefix(&name)));
+        let stale = spool.dir.join(".000000010000000000000009.walkeeper-y.tmp");
+        fs::write(&busy, b"").unwrap();
+        fs::write(&stale, b"").unwrap();
+        spool.remove_entries_except(std::slice::from_ref(&name), &[&name]);
+        assert!(busy.exists() && !stale.exists());
     }
 
     #[test]

@@ -142,6 +142,40 @@ pub fn find_start(
     }))
 }
 
+/// Where streaming would resume after the newest complete segment of `store` alone (`.partial` files are
+/// ignored): for `receive --remove-uploaded`, whose spool gives uploaded segments up, this is what the upload
+/// store adds to the spool's start. That segment's header is checked as in [`find_start`]; the other files
+/// are not read (a bucket may hold many).
+pub fn after_newest_complete(
+    store: &dyn Store,
+    segment_size: u32,
+    system_id: u64,
+) -> Result<Option<StartPoint>, ScanError> {
+    let catalog = Catalog::read(store, SegmentSize::Known(segment_size))?;
+    let Some(newest) =
+        catalog.segments().iter().filter(|s| !s.partial).max_by_key(|s| (s.id.number, s.id.timeline))
+    else {
+        return Ok(None);
+    };
+    check_cheap_size(store, newest, segment_size)?;
+    if matches!(newest.compression, Compression::Lz4 | Compression::Zstd) {
+        let len = contents::decoded_len(store, &newest.file, newest.compression, false)?;
+        check_size(&store.location_of(&newest.file), len, segment_size)?;
+    }
+    check_belongs(store, newest, segment_size, system_id)?;
+    let lsn = newest
+        .id
+        .end_lsn(segment_size)
+        .ok_or(WalDirError::LsnOverflow { path: store.location_of(&newest.file).into() })?;
+    Ok(Some(StartPoint {
+        lsn,
+        timeline: newest.id.timeline,
+        file: newest.file.clone(),
+        from_partial: false,
+        summary: ScanSummary::default(),
+    }))
+}
+
 /// Check the long page header of the deciding file `f` (module docs). False when it has none (a `.partial`
 /// nothing was written to, or that is started over anyway).
 fn check_belongs(
@@ -313,6 +347,27 @@ mod tests {
         assert_eq!(s.file, "000000010000000000000003");
         assert!(!s.from_partial);
         assert_eq!(s.summary, ScanSummary { complete: 2, partial: 0, highest_timeline: 1, other: 0 });
+    }
+
+    #[test]
+    fn after_the_newest_complete_segment_of_a_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path());
+        assert_eq!(after_newest_complete(&store, SEG, SYSID).unwrap(), None);
+        put(tmp.path(), "000000010000000000000002", FULL);
+        put(tmp.path(), "000000010000000000000003.zst", FULL);
+        put(tmp.path(), "000000010000000000000009.partial", FULL);
+        let s = after_newest_complete(&store, SEG, SYSID).unwrap().unwrap();
+        assert_eq!(
+            (s.lsn, s.timeline, s.file.as_str()),
+            (Lsn(4 * SEG_LSN), 1, "000000010000000000000003.zst")
+        );
+        // Its header is checked: another system's WAL gives no start.
+        let err = after_newest_complete(&store, SEG, SYSID + 1).unwrap_err();
+        assert!(matches!(err, ScanError::OtherSystem { .. }), "{err}");
+        // A complete segment cut short is refused.
+        put(tmp.path(), "000000010000000000000004", FULL / 2);
+        assert!(after_newest_complete(&store, SEG, SYSID).is_err());
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub struct NewestWal {
 /// Look at the archive in `store`.
 pub fn status(store: &dyn Store) -> Result<ArchiveStatus, StoreError> {
     let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    // In a bucket, a `.partial` object next to its complete segment is the uploader's, about to be deleted.
+    let catalog = match store.local_dir() {
+        Some(_) => catalog,
+        None => catalog.without_superseded_partials(),
+    };
     let segment_size = catalog.segment_size();
     let mut warnings: Vec<String> =
         catalog.irregular().iter().map(|e| NotRegular(store.location_of(&e.name)).to_string()).collect();

@@ -307,6 +307,11 @@ pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
 /// One pass over a listing; true when a listed file was gone when read.
 fn verify_once(store: &dyn Store) -> Result<(Report, bool), StoreError> {
     let catalog = Catalog::read(store, SegmentSize::FromHeaders)?;
+    // In a bucket, a `.partial` object next to its complete segment is the uploader's, about to be deleted.
+    let catalog = match store.local_dir() {
+        Some(_) => catalog,
+        None => catalog.without_superseded_partials(),
+    };
     let mut v = Verifier::new(store);
     for e in catalog.irregular() {
         let message = NotRegular(store.location_of(&e.name)).to_string();

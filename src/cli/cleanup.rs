@@ -1,15 +1,16 @@
-//! `walkeeper cleanup -D DIR [-n] [-b] OLDEST_KEPT`: pg_archivecleanup for a walkeeper archive (see
-//! [`crate::archive::cleanup`]); `walkeeper cleanup -D DIR [-n] --keep-backups N [--keep-min-age AGE]`:
-//! retention by the base backups found in the WAL, once (see [`crate::archive::retention`]). Exit codes as
-//! pg_archivecleanup's: 2 for an invalid file name or a missing archive, 1 when a removal fails.
+//! `walkeeper cleanup -D DIR|s3://BUCKET/PREFIX [-n] [-b] OLDEST_KEPT`: pg_archivecleanup for a walkeeper
+//! archive (see [`crate::archive::cleanup`]; in a bucket only complete objects are removed);
+//! `walkeeper cleanup -D DIR [-n] --keep-backups N [--keep-min-age AGE]`: retention by the base backups found
+//! in the WAL, once (see [`crate::archive::retention`]). Exit codes as pg_archivecleanup's: 2 for an invalid
+//! file name or a missing archive, 1 when a removal fails.
 //!
-//! Both remove files, so both take the archive's lock (not for a dry run). A directory that `walkeeper
-//! service` holds is refused with a pointer to the service's own retention (`keep_backups`).
+//! Both remove files, so both take a directory's lock (not for a dry run; a bucket has none). A directory
+//! that `walkeeper service` holds is refused with a pointer to the service's own retention (`keep_backups`).
 
 use crate::archive::cleanup::{plan, remove, CleanupError};
 use crate::archive::lock::{ArchiveLock, LockError};
 use crate::archive::retention::{self, Policy};
-use crate::archive::store::{LocalStore, Store};
+use crate::archive::store;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::io::Write;
@@ -21,7 +22,7 @@ pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Args, Debug, Clone)]
 pub struct CleanupArgs {
-    /// the walkeeper archive directory
+    /// the walkeeper archive: a directory or s3://BUCKET/PREFIX
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
     /// dry run: print the files that would be removed, remove nothing
@@ -54,20 +55,21 @@ pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
             "--keep-min-age applies to --keep-backups, which is not given",
         ));
     }
-    // One writer per archive. A dry run removes nothing and does not lock; a missing archive is left to the
-    // planning to report (exit 2, as pg_archivecleanup).
-    let _lock = match args.dry_run || !args.directory.is_dir() {
-        true => None,
-        false => Some(lock(&args, prog)?),
-    };
     let fail =
         |e: CleanupError| Exit { code: e.exit_code(), message: format!("{}: error: {e}", prog.log_name()) };
-    let store = LocalStore::new(&args.directory);
+    let store = store::open_path(&args.directory).map_err(|e| fail(e.into()))?;
+    let store = &*store;
+    // One writer per directory archive (a bucket has no lock). A dry run removes nothing and does not lock; a
+    // missing archive is left to the planning to report (exit 2, as pg_archivecleanup).
+    let _lock = match store.local_dir().is_some_and(|dir| !args.dry_run && dir.is_dir()) {
+        true => Some(lock(&args, prog)?),
+        false => None,
+    };
     let files = match (args.keep_backups, &args.oldest_kept) {
         (Some(keep_backups), _) => {
             let policy =
                 Policy { keep_backups, keep_min_age: args.keep_min_age.unwrap_or_default(), floor: None };
-            let outcome = retention::run(&store, &policy, args.dry_run, SystemTime::now()).map_err(fail)?;
+            let outcome = retention::run(store, &policy, args.dry_run, SystemTime::now()).map_err(fail)?;
             for w in &outcome.found.warnings {
                 tracing::warn!("{w}");
             }
@@ -78,12 +80,12 @@ pub fn run(args: CleanupArgs, prog: &Prog) -> Result<(), Exit> {
             outcome.plan.remove
         }
         (None, Some(oldest_kept)) => {
-            let plan = plan(&store, oldest_kept, args.clean_backup_history).map_err(fail)?;
+            let plan = plan(store, oldest_kept, args.clean_backup_history).map_err(fail)?;
             for w in &plan.warnings {
                 tracing::warn!("{w}");
             }
             if !args.dry_run {
-                remove(&store, &plan).map_err(fail)?;
+                remove(store, &plan).map_err(fail)?;
             }
             plan.files
         }

@@ -225,6 +225,7 @@ async fn demo_body(
         live_readers: Default::default(),
         failover: false,
         create_slot: false,
+        upload: None,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let started = std::time::Instant::now();

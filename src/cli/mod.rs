@@ -194,7 +194,7 @@ pub struct Cli {
 pub enum Command {
     /// Stream WAL into a directory: pg_receivewal's job, with its options (see `walkeeper receive -?`)
     #[command(disable_help_flag = true, disable_version_flag = true)]
-    Receive(receive::ReceiveCommand),
+    Receive(Box<receive::ReceiveCommand>),
     /// Connect as a replication client and report whether streaming can start
     #[command(disable_help_flag = true)]
     Check(check::CheckArgs),

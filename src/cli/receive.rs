@@ -2,6 +2,7 @@
 //! the same refusals and texts; then the receive loop.
 
 use crate::archive::lock::ArchiveLock;
+use crate::archive::upload::{self, Finished, Undone, UploadSettings, Uploader};
 use crate::cli::compress::{parse_compress, CompressSpec};
 use crate::cli::{
     connect_options, resolve_conn, resolve_conn_with_default_attrs, usage_error, ConnectionArgs, Exit, Prog,
@@ -67,6 +68,21 @@ pub struct ReceiveArgs {
     /// follow a failover among the connection string's hosts (walkeeper; see docs/failover.md)
     #[arg(long = "failover")]
     pub failover: bool,
+    /// also upload the archive to this store: s3://BUCKET/PREFIX, or a directory (walkeeper)
+    #[arg(long = "upload", value_name = "LOCATION")]
+    pub upload: Option<String>,
+    /// upload the open .partial this often when it changed (default: 60, 0: never) (walkeeper)
+    #[arg(long = "upload-partial-interval", value_name = "SECS", allow_negative_numbers = true)]
+    pub upload_partial_interval: Option<String>,
+    /// at exit, wait this long for pending uploads (default: 60) (walkeeper)
+    #[arg(long = "upload-wait", value_name = "SECS", allow_negative_numbers = true)]
+    pub upload_wait: Option<String>,
+    /// report WAL as flushed only once it is uploaded, so the slot keeps it on the server until then (walkeeper)
+    #[arg(long = "slot-follows-upload")]
+    pub slot_follows_upload: bool,
+    /// delete segments from the directory once they are uploaded (walkeeper)
+    #[arg(long = "remove-uploaded")]
+    pub remove_uploaded: bool,
     #[command(flatten)]
     pub conn: ConnectionArgs,
     /// too many command-line arguments
@@ -135,6 +151,15 @@ walkeeper options:
                          create the slot there when missing (see docs/failover.md)
       --log-format=FMT   text (default) or json
 
+Upload (walkeeper):
+      --upload=LOCATION  also upload the archive to s3://BUCKET/PREFIX (or a directory)
+      --upload-partial-interval=SECS
+                         upload the open .partial this often (default: 60, 0 disables)
+      --upload-wait=SECS wait this long for pending uploads at exit (default: 60)
+      --slot-follows-upload
+                         report WAL as flushed only once it is uploaded
+      --remove-uploaded  delete uploaded segments from the directory
+
 Connection options:
   -d, --dbname=CONNSTR   connection string
   -h, --host=HOSTNAME    database server host or socket directory
@@ -147,15 +172,70 @@ Optional actions:
       --create-slot      create a new replication slot (for the slot's name see --slot)
       --drop-slot        drop the replication slot (for the slot's name see --slot)
 
+Exit status: 0 stopped cleanly (--endpos, a signal); 1 an error; with --upload, {EXIT_UPLOAD_CONFLICT} when a file
+conflicted with a different object of its name in the store, {EXIT_UPLOADS_PENDING} when uploads were still pending
+after --upload-wait (the directory keeps them; the next start uploads them).
+
 walkeeper is a drop-in replacement for pg_receivewal; see its README for the differences.
 "
     )
 }
 
+/// Exit code of a clean stop after which a file is not uploaded because the store holds another object
+/// of its name (see docs/s3.md).
+pub const EXIT_UPLOAD_CONFLICT: i32 = 3;
+/// Exit code of a clean stop with uploads still pending after `--upload-wait`.
+pub const EXIT_UPLOADS_PENDING: i32 = 4;
+
 /// Validated options, before anything touches the network.
 struct Plan {
     cfg: ReceiveConfig,
     action: Action,
+    upload: Option<UploadSettings>,
+}
+
+/// A number of seconds in 0..2147483 (pg_receivewal's range for -s); 0 is `None`.
+fn seconds(value: &str, option: &str, prog: &Prog) -> Result<Option<Duration>, Exit> {
+    match value.trim().parse::<i64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if (1..=2_147_483).contains(&n) => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
+        _ => Err(Exit::error(prog, &format!("{option} must be in range 0..2147483"))),
+    }
+}
+
+/// `--upload` and the options that go with it.
+fn upload_settings(args: &ReceiveArgs, prog: &Prog) -> Result<Option<UploadSettings>, Exit> {
+    let Some(location) = &args.upload else {
+        let needs = [
+            (args.upload_partial_interval.is_some(), "--upload-partial-interval"),
+            (args.upload_wait.is_some(), "--upload-wait"),
+            (args.slot_follows_upload, "--slot-follows-upload"),
+            (args.remove_uploaded, "--remove-uploaded"),
+        ];
+        return match needs.iter().find(|(given, _)| *given) {
+            Some((_, option)) => Err(usage_error(prog, &format!("{option} needs --upload"))),
+            None => Ok(None),
+        };
+    };
+    let mut settings = UploadSettings::new(location);
+    if let Some(v) = &args.upload_partial_interval {
+        settings.partial_interval = seconds(v, "--upload-partial-interval", prog)?;
+    }
+    if let Some(v) = &args.upload_wait {
+        settings.wait = seconds(v, "--upload-wait", prog)?.unwrap_or_default();
+    }
+    if args.slot_follows_upload && args.slot.is_none() && !args.synchronous {
+        return Err(usage_error(
+            prog,
+            "--slot-follows-upload needs a slot (--slot) or --synchronous: without either no flush position is reported",
+        ));
+    }
+    settings.slot_follows = args.slot_follows_upload;
+    settings.remove_uploaded = args.remove_uploaded;
+    if let Some(dir) = &args.directory {
+        upload::check_location(&settings, dir).map_err(|e| Exit::error(prog, &e))?;
+    }
+    Ok(Some(settings))
 }
 
 enum Action {
@@ -178,11 +258,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
     };
     let receive_timeout = match &args.receive_timeout {
         None => Some(DEFAULT_RECEIVE_TIMEOUT),
-        Some(s) => match s.trim().parse::<i64>() {
-            Ok(0) => None,
-            Ok(n) if (1..=2_147_483).contains(&n) => Some(Duration::from_secs(n.unsigned_abs())),
-            _ => return Err(Exit::error(prog, "--receive-timeout must be in range 0..2147483")),
-        },
+        Some(s) => seconds(s, "--receive-timeout", prog)?,
     };
     let endpos = match &args.endpos {
         None => None,
@@ -226,6 +302,7 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
     } else {
         Action::Stream
     };
+    let upload = upload_settings(args, prog)?;
     let conn = if args.failover {
         resolve_conn_with_default_attrs(&args.conn, prog, "read-write")?
     } else {
@@ -249,8 +326,9 @@ fn plan(args: &ReceiveArgs, prog: &Prog) -> Result<Plan, Exit> {
         live_readers: Default::default(),
         failover: args.failover,
         create_slot: args.failover && args.slot.is_some(),
+        upload: None,
     };
-    Ok(Plan { cfg, action })
+    Ok(Plan { cfg, action, upload })
 }
 
 /// Check the target directory before connecting, as pg_receivewal does.
@@ -266,7 +344,7 @@ fn check_directory(dir: &std::path::Path, prog: &Prog) -> Result<(), Exit> {
 
 pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
     let plan = plan(&args, prog)?;
-    let cfg = plan.cfg;
+    let mut cfg = plan.cfg;
     if matches!(plan.action, Action::Stream | Action::CreateSlot { .. }) && args.directory.is_some() {
         check_directory(&cfg.directory, prog)?;
     }
@@ -279,10 +357,49 @@ pub async fn run(args: ReceiveArgs, prog: &Prog) -> Result<(), Exit> {
                 ArchiveLock::acquire(&cfg.directory).map_err(|e| Exit::error(prog, &e.to_string()))?;
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(crate::cli::forward_signals(tx));
-            receive(&cfg, rx, &crate::stream::state::unobserved())
+            let state = crate::stream::state::unobserved();
+            let uploader = match &plan.upload {
+                Some(settings) => Some(
+                    Uploader::start(settings, &cfg.directory, state.subscribe())
+                        .map_err(|e| Exit::error(prog, &e.to_string()))?,
+                ),
+                None => None,
+            };
+            cfg.upload = uploader.as_ref().map(Uploader::link);
+            let received =
+                receive(&cfg, rx, &state).await.map(drop).map_err(|e| Exit::error(prog, &e.to_string()));
+            let Some(uploader) = uploader else { return received };
+            // A clean stop waits for the uploads; after an error the next start uploads what is left.
+            let wait = match &received {
+                Ok(()) => plan.upload.map(|u| u.wait).unwrap_or_default(),
+                Err(_) => Duration::ZERO,
+            };
+            let finished = tokio::task::spawn_blocking(move || uploader.finish(wait))
                 .await
-                .map(|_| ())
-                .map_err(|e| Exit::error(prog, &e.to_string()))
+                .map_err(|e| Exit::error(prog, &format!("the uploader ended abnormally: {e}")))?;
+            if received.is_err() && finished.pending_files > 0 {
+                tracing::warn!(
+                    "{} files wait in \"{}\" for their upload to \"{}\"; the next start uploads them",
+                    finished.pending_files,
+                    cfg.directory.display(),
+                    finished.location
+                );
+            }
+            received?;
+            upload_exit(&finished, &cfg.directory, wait, prog)
+        }
+    }
+}
+
+/// A clean stop's exit, from how the uploads stood (the exit codes are documented in the help and docs/s3.md).
+fn upload_exit(f: &Finished, spool: &std::path::Path, wait: Duration, prog: &Prog) -> Result<(), Exit> {
+    match f.undone(spool, "--upload-wait", wait) {
+        None => Ok(()),
+        Some(Undone::Conflicts(message)) => {
+            Err(Exit { code: EXIT_UPLOAD_CONFLICT, ..Exit::error(prog, &message) })
+        }
+        Some(Undone::Pending(message)) => {
+            Err(Exit { code: EXIT_UPLOADS_PENDING, ..Exit::error(prog, &message) })
         }
     }
 }

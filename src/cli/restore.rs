@@ -1,4 +1,5 @@
-//! `walkeeper restore -D DIR %f %p`: PostgreSQL's `restore_command`, served from a walkeeper archive.
+//! `walkeeper restore -D DIR|s3://BUCKET/PREFIX %f %p`: PostgreSQL's `restore_command`, served from a
+//! walkeeper archive (a directory, or a bucket: credentials from the AWS environment, see docs/s3.md).
 //!
 //! Exit codes: 0 served; 1 not in the archive, nothing printed (the end of archive recovery); an error is
 //! one line on stderr and exits 126 in archive recovery (`recovery.signal` in the working directory, which
@@ -8,7 +9,7 @@
 
 use crate::archive::prefetch::{self, Spool};
 use crate::archive::restore::{self, parse_request, Mode, Request, RestoreError, RestoreOptions};
-use crate::archive::store::LocalStore;
+use crate::archive::store;
 use crate::cli::{Exit, Prog};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ mode (standby.signal), so the standby retries and can fall back to streaming; 2 
 #[derive(Args, Debug, Clone)]
 #[command(after_help = EXIT_CODES)]
 pub struct RestoreArgs {
-    /// the walkeeper archive directory (where `walkeeper receive -D` writes)
+    /// the walkeeper archive: the directory `walkeeper receive -D` writes, or s3://BUCKET/PREFIX it uploads to
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     pub directory: PathBuf,
     /// also serve the .partial files at the end of a timeline (after a disaster: every byte received)
@@ -81,40 +82,44 @@ pub fn run(args: RestoreArgs, prog: &Prog) -> Result<(), Exit> {
     let data_dir = Path::new(".");
     let mode = Mode::of_data_directory(data_dir);
     let failing = Failing { prog, mode, fatal_errors: args.fatal_errors };
-    let store = LocalStore::new(&args.directory);
+    let store = store::open_path(&args.directory).map_err(|e| failing.exit(RestoreError::Store(e)))?;
+    let store = &*store;
     if args.prefetch_worker {
         let Some(spool_dir) = &args.spool else { return Err(usage(prog, "--prefetch-worker needs --spool")) };
-        let spool = Spool::open(spool_dir, &store)
+        let spool = Spool::open(spool_dir, store)
             .map_err(|e| Exit { code: 2, message: format!("{}: error: spool: {e}", prog.log_name()) })?;
         let idle = Duration::from_millis(args.prefetch_idle_ms);
-        return prefetch::run_worker(&spool, &store, args.prefetch.max(1), idle).map_err(|e| failing.exit(e));
+        return prefetch::run_worker(&spool, store, args.prefetch.max(1), idle).map_err(|e| failing.exit(e));
     }
     let (Some(file), Some(dest)) = (args.file.as_deref(), args.path.as_deref()) else {
         return Err(usage(prog, "needs the file name (%f) and the destination path (%p)"));
     };
     let request = parse_request(file).map_err(|e| failing.exit(e))?;
-    restore::check_archive(&store).map_err(|e| failing.exit(e))?;
+    restore::check_archive(store).map_err(|e| failing.exit(e))?;
     restore::check_destination(dest).map_err(|e| failing.exit(e))?;
     let opts = RestoreOptions {
         partial: args.partial,
         system_id: (mode != Mode::ByHand).then(|| restore::data_directory_system_id(data_dir)).flatten(),
     };
     let Request::Segment { name } = &request else {
-        return restore::restore(&store, file, dest, &opts).map(drop).map_err(|e| failing.exit(e));
+        return restore::restore(store, file, dest, &opts).map(drop).map_err(|e| failing.exit(e));
     };
     let spool = (args.prefetch > 0)
         .then(|| {
             let dir = args.spool.clone().unwrap_or_else(|| prefetch::default_spool(dest));
-            Spool::open(&dir, &store).ok()
+            Spool::open(&dir, store).ok()
         })
         .flatten();
-    let served = match spool.as_ref().and_then(|s| s.take(&store, name, dest, opts.system_id)) {
+    if let Some(spool) = &spool {
+        spool.wait_for_fetch(name, prefetch::WAIT_FOR_FETCH);
+    }
+    let served = match spool.as_ref().and_then(|s| s.take(store, name, dest, opts.system_id)) {
         Some(r) => {
             tracing::info!("restored \"{name}\" from the prefetch spool");
             r
         }
         None => {
-            let r = restore::restore(&store, file, dest, &opts).map_err(|e| failing.exit(e))?;
+            let r = restore::restore(store, file, dest, &opts).map_err(|e| failing.exit(e))?;
             tracing::info!("restored \"{name}\" from \"{}\"", r.source);
             r
         }

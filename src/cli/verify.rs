@@ -1,9 +1,10 @@
-//! `walkeeper verify -D DIR [--json]`: prove that a WAL archive at rest is whole (see `archive::verify`).
+//! `walkeeper verify -D DIR|s3://BUCKET/PREFIX [--json]`: prove that a WAL archive at rest is whole (see
+//! `archive::verify`).
 //!
 //! Exit status: 0 when the archive is whole; 1 when a problem was found (each printed with file, LSN and
 //! cause); 2 when verification could not be done (usage error, unreadable directory or file).
 
-use crate::archive::store::LocalStore;
+use crate::archive::store;
 use crate::archive::verify::verify;
 use crate::cli::{Exit, Prog};
 use clap::Args;
@@ -16,7 +17,8 @@ pub const EXIT_CANNOT_VERIFY: i32 = 2;
 #[command(after_help = "Exit status: 0 when the archive is whole, 1 when a problem was found, \
                         2 on a usage error or when a file or the directory cannot be read.")]
 pub struct VerifyArgs {
-    /// WAL archive directory to verify (segments of any compression, .partial files, history files)
+    /// WAL archive to verify: a directory or s3://BUCKET/PREFIX (segments of any compression, .partial files,
+    /// history files)
     #[arg(short = 'D', long = "directory", value_name = "DIR", required = true)]
     pub directory: PathBuf,
     /// print one JSON document (summary and problems) instead of text
@@ -25,7 +27,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs, prog: &Prog) -> Result<(), Exit> {
-    let report = match verify(&LocalStore::new(&args.directory)) {
+    let report = match store::open_path(&args.directory).and_then(|store| verify(&*store)) {
         Ok(r) => r,
         Err(e) => {
             if args.json {

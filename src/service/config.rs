@@ -8,6 +8,7 @@
 //! Defaults are those of `walkeeper receive` without options. docs/service.md is the reference.
 
 use crate::archive::retention::{parse_age, Policy};
+use crate::archive::upload::{self, UploadSettings};
 use crate::cli::compress::parse_compress;
 use crate::conn::conninfo::{self, Sources};
 use crate::conn::{ConnectOptions, PasswordPrompt};
@@ -61,6 +62,8 @@ pub struct Source {
     pub retention: Option<Retention>,
     /// `[source.serve]`: the walsender serving this archive to standbys.
     pub serve: Option<ServeConfig>,
+    /// `upload` and its keys, as `receive --upload` and its options; None without `upload`.
+    pub upload: Option<UploadSettings>,
     /// The settings as written, to tell a changed source from an untouched one on reload.
     settings: SourceSettings,
 }
@@ -124,6 +127,13 @@ struct SourceSettings {
     status_interval: Option<toml::Value>,
     receive_timeout: Option<toml::Value>,
     serve: Option<ServeSection>,
+    upload: Option<String>,
+    upload_partial_interval: Option<toml::Value>,
+    upload_wait: Option<toml::Value>,
+    #[serde(default)]
+    slot_follows_upload: bool,
+    #[serde(default)]
+    remove_uploaded: bool,
 }
 
 /// A configuration error: one line, `FILE: [line N: ][source "NAME": ][key "KEY": ]what is wrong`.
@@ -238,6 +248,20 @@ fn parse(
                 format!(
                     "listen = \"{}\" is also where source \"{}\" serves",
                     listen(&source).unwrap_or_default(),
+                    other.name
+                ),
+            ));
+        }
+        let same_upload = |o: &Source| match (&o.upload, &source.upload) {
+            (Some(a), Some(b)) => a.location == b.location,
+            _ => false,
+        };
+        if let Some(other) = sources.iter().find(|o| same_upload(o)) {
+            return Err(err(
+                "upload",
+                format!(
+                    "\"{}\" is also the upload location of source \"{}\": their objects would conflict",
+                    source.upload.as_ref().map_or("", |u| u.location.as_str()),
                     other.name
                 ),
             ));
@@ -386,6 +410,7 @@ fn source(
     };
     let status_interval = optional(&s.status_interval, "status_interval", DEFAULT_STATUS_INTERVAL)?;
     let receive_timeout = optional(&s.receive_timeout, "receive_timeout", DEFAULT_RECEIVE_TIMEOUT)?;
+    let upload = upload_settings(&s, &directory, base)?;
     let receive = ReceiveConfig {
         conn,
         connect: ConnectOptions { prompt: PasswordPrompt::Never, ..ConnectOptions::default() },
@@ -404,10 +429,57 @@ fn source(
         live_readers: Default::default(),
         failover: s.failover,
         create_slot: s.create_slot,
+        upload: None,
     };
     let serve =
         s.serve.as_ref().map(ServeConfig::from_section).transpose().map_err(|e| ("serve", e.to_string()))?;
-    Ok(Source { name: s.name.clone(), receive, retention, serve, settings: s })
+    Ok(Source { name: s.name.clone(), receive, retention, serve, upload, settings: s })
+}
+
+/// `upload` and the keys that go with it, with `receive --upload`'s meanings and defaults. The location is
+/// checked without a request: a store that is down at start is an outage like any other.
+fn upload_settings(
+    s: &SourceSettings,
+    directory: &Path,
+    base: &Path,
+) -> Result<Option<UploadSettings>, (&'static str, String)> {
+    let Some(location) = &s.upload else {
+        for (key, set) in [
+            ("upload_partial_interval", s.upload_partial_interval.is_some()),
+            ("upload_wait", s.upload_wait.is_some()),
+            ("slot_follows_upload", s.slot_follows_upload),
+            ("remove_uploaded", s.remove_uploaded),
+        ] {
+            if set {
+                return Err((key, "applies to upload, which is not set".into()));
+            }
+        }
+        return Ok(None);
+    };
+    // A directory given relative is relative to the configuration file's, as `directory` is.
+    let location = if location.contains("://") || location.is_empty() {
+        location.clone()
+    } else {
+        base.join(location).to_string_lossy().into_owned()
+    };
+    let mut settings = UploadSettings::new(&location);
+    upload::check_location(&settings, directory).map_err(|m| ("upload", m))?;
+    if let Some(v) = &s.upload_partial_interval {
+        let every = bounded(duration(v)).map_err(|m| ("upload_partial_interval", m))?;
+        settings.partial_interval = (!every.is_zero()).then_some(every);
+    }
+    if let Some(v) = &s.upload_wait {
+        settings.wait = bounded(duration(v)).map_err(|m| ("upload_wait", m))?;
+    }
+    if s.slot_follows_upload && s.slot.is_none() && !s.synchronous {
+        return Err((
+            "slot_follows_upload",
+            "needs a slot or synchronous: without either no flush position is reported".into(),
+        ));
+    }
+    settings.slot_follows = s.slot_follows_upload;
+    settings.remove_uploaded = s.remove_uploaded;
+    Ok(Some(settings))
 }
 
 /// The canonical path of an existing directory we can list (`receive` checks the same before connecting).
@@ -673,6 +745,76 @@ receive_timeout = 0
         let r = cfg.sources[1].retention.unwrap();
         assert_eq!((r.policy.keep_min_age, r.interval), (Duration::ZERO, Duration::from_secs(60)));
         assert_eq!(cfg.sources[2].retention, None);
+    }
+
+    #[test]
+    fn upload_keys_mean_what_receive_s_options_mean() {
+        let base = "[[source]]\nname = \"s\"\nconninfo = \"\"\ndirectory = \"a\"\nslot = \"arch\"\n";
+        let (_dir, result) = setup(&format!("{base}upload = \"s3://wal/prod/main\"\n"));
+        let u = result.unwrap().sources[0].upload.clone().unwrap();
+        assert_eq!(u.location, "s3://wal/prod/main");
+        assert_eq!(
+            (u.partial_interval, u.wait),
+            (Some(upload::DEFAULT_PARTIAL_INTERVAL), upload::DEFAULT_WAIT)
+        );
+        assert!(!u.slot_follows && !u.remove_uploaded);
+        let (_dir, result) = setup(&format!(
+            "{base}upload = \"s3://wal/x\"\nupload_partial_interval = 0\nupload_wait = \"2m\"\n\
+             slot_follows_upload = true\nremove_uploaded = true\n"
+        ));
+        let u = result.unwrap().sources[0].upload.clone().unwrap();
+        assert_eq!((u.partial_interval, u.wait), (None, Duration::from_secs(120)));
+        assert!(u.slot_follows && u.remove_uploaded);
+        // A directory given relative is the configuration file's neighbour, as `directory` is.
+        let (dir, result) = setup(&format!("{base}upload = \"b\"\n"));
+        assert_eq!(
+            result.unwrap().sources[0].upload.clone().unwrap().location,
+            dir.path().join("b").to_string_lossy()
+        );
+        let (_dir, result) = setup(base);
+        assert!(result.unwrap().sources[0].upload.is_none());
+    }
+
+    #[test]
+    fn upload_keys_are_checked() {
+        let one = |extra: &str| {
+            error(&format!("[[source]]\nname = \"s\"\nconninfo = \"\"\ndirectory = \"a\"\n{extra}\n"))
+        };
+        assert_eq!(
+            one("upload = \"s3://\""),
+            "source \"s\": key \"upload\": could not open \"s3://\": no bucket name after s3://"
+        );
+        assert!(one("upload = \"s3://b c/x\"").starts_with("source \"s\": key \"upload\": "));
+        assert!(
+            one("upload = \"gs://b/x\"").contains("key \"upload\": "),
+            "{}",
+            one("upload = \"gs://b/x\"")
+        );
+        assert!(one("upload = \"\"").ends_with("key \"upload\": the upload location is empty"));
+        assert!(one("upload = \"a/\"").ends_with("is the receive directory itself"));
+        assert!(one("upload = 3").contains("key \"upload\": invalid type"));
+        for key in [
+            "upload_wait = 5",
+            "upload_partial_interval = 5",
+            "slot_follows_upload = true",
+            "remove_uploaded = true",
+        ] {
+            assert!(one(key).ends_with("applies to upload, which is not set"), "{key}: {}", one(key));
+        }
+        assert!(one("upload = \"s3://b/x\"\nslot_follows_upload = true")
+            .contains("key \"slot_follows_upload\": needs a slot or synchronous"));
+        assert!(one("upload = \"s3://b/x\"\nupload_wait = \"forever\"")
+            .contains("key \"upload_wait\": invalid age"));
+        assert!(one("upload = \"s3://b/x\"\nupload_partial_interval = -1")
+            .contains("key \"upload_partial_interval\": expected a duration"));
+        let e = error(
+            "[[source]]\nname = \"a\"\nconninfo = \"\"\ndirectory = \"a\"\nupload = \"s3://b/x\"\n\
+             [[source]]\nname = \"b\"\nconninfo = \"\"\ndirectory = \"b\"\nupload = \"s3://b/x\"\n",
+        );
+        assert_eq!(
+            e,
+            "source \"b\": key \"upload\": \"s3://b/x\" is also the upload location of source \"a\": their objects would conflict"
+        );
     }
 
     #[test]

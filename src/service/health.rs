@@ -51,7 +51,7 @@ mod tests {
 
     fn sample(source: &str, phase: Phase, error: Option<&str>) -> Sample {
         let state = SourceState { phase, last_error: error.map(str::to_string), ..SourceState::default() };
-        Sample { source: source.into(), state, serve: None }
+        Sample { source: source.into(), state, serve: None, upload: None }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! and source (`source` label), each present from startup (counters at 0, positions at 0 until known).
 //! Built at each scrape from the state channels by a prometheus-client [`Collector`]; nothing is kept
 //! between scrapes. LSNs are exported as byte positions (the LSN as a 64-bit number, what
-//! `pg_current_wal_lsn() - '0/0'` gives in SQL), so differences are byte counts. docs/service.md documents
-//! each metric.
+//! `pg_current_wal_lsn() - '0/0'` gives in SQL), so differences are byte counts. The upload metrics are
+//! the exception to "every source": only sources with `upload` have them (from startup), so that an
+//! expression over them never matches a source that does not upload. docs/service.md documents each metric.
 
+use crate::archive::upload::UploadState;
 use crate::serve::{downstreams, Downstream};
 use crate::stream::state::{Phase, SourceState};
 use prometheus_client::collector::Collector;
@@ -25,6 +27,8 @@ pub struct Sample {
     pub state: SourceState,
     /// With `[source.serve]`: where its walsender listens and the standbys streaming from it.
     pub serve: Option<ServeSample>,
+    /// The uploader's state, for a source with `upload`.
+    pub upload: Option<UploadState>,
 }
 
 /// A source's walsender at scrape time.
@@ -48,13 +52,13 @@ enum Value {
 }
 
 /// A metric: its name without unit and `_total` suffixes (the encoder adds them), help, unit, kind and
-/// how to read it from a state.
-struct Def {
+/// how to read it from a state (`S`: the source's or its uploader's).
+struct Def<S = SourceState> {
     name: &'static str,
     help: &'static str,
     unit: Option<Unit>,
     kind: Kind,
-    value: fn(&SourceState) -> Value,
+    value: fn(&S) -> Value,
 }
 
 fn lsn(l: Option<crate::wal::Lsn>) -> Value {
@@ -155,8 +159,52 @@ const DEFS: &[Def] = &[
     },
 ];
 
+/// The uploader's metrics (sources with `upload` only), besides `walkeeper_uploads_total{result}`.
+const UPLOAD_DEFS: &[Def<UploadState>] = &[
+    Def {
+        name: "walkeeper_upload_backlog_segments",
+        help: "Complete segment and history files in the directory not yet in the upload store",
+        unit: None,
+        kind: Kind::Gauge,
+        value: |u| Value::Int(u.backlog_files),
+    },
+    Def {
+        name: "walkeeper_uploaded_lsn",
+        help: "Every flushed WAL byte below this position is in the upload store, as a byte position (0 until the store answered once)",
+        unit: Some(Unit::Bytes),
+        kind: Kind::Gauge,
+        value: |u| lsn(u.uploaded_through),
+    },
+];
+
 #[derive(Debug)]
 struct Sources(Vec<Sample>);
+
+/// One family per definition, one series per (source, state) pair.
+fn encode_defs<'a, S: 'a>(
+    encoder: &mut DescriptorEncoder,
+    defs: &[Def<S>],
+    series: impl Iterator<Item = (&'a str, &'a S)> + Clone,
+) -> Result<(), std::fmt::Error> {
+    for def in defs {
+        let metric_type = match def.kind {
+            Kind::Gauge => ConstGauge::new(0i64).metric_type(),
+            Kind::Counter => ConstCounter::new(0u64).metric_type(),
+        };
+        let mut metric = encoder.encode_descriptor(def.name, def.help, def.unit.as_ref(), metric_type)?;
+        for (source, state) in series.clone() {
+            let labels = [("source", source)];
+            let family = metric.encode_family(&labels)?;
+            match (def.kind, (def.value)(state)) {
+                (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(family)?,
+                (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(family)?,
+                (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(family)?,
+                (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(family)?,
+            }
+        }
+    }
+    Ok(())
+}
 
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -167,21 +215,20 @@ impl Collector for Sources {
             None,
             info.metric_type(),
         )?)?;
-        for def in DEFS {
-            let metric_type = match def.kind {
-                Kind::Gauge => ConstGauge::new(0i64).metric_type(),
-                Kind::Counter => ConstCounter::new(0u64).metric_type(),
-            };
-            let mut metric = encoder.encode_descriptor(def.name, def.help, def.unit.as_ref(), metric_type)?;
-            for sample in &self.0 {
-                let labels = [("source", sample.source.as_str())];
-                let family = metric.encode_family(&labels)?;
-                match (def.kind, (def.value)(&sample.state)) {
-                    (Kind::Gauge, Value::Int(v)) => ConstGauge::new(v).encode(family)?,
-                    (Kind::Gauge, Value::Float(v)) => ConstGauge::new(v).encode(family)?,
-                    (Kind::Counter, Value::Int(v)) => ConstCounter::new(v).encode(family)?,
-                    (Kind::Counter, Value::Float(v)) => ConstCounter::new(v).encode(family)?,
-                }
+        encode_defs(&mut encoder, DEFS, self.0.iter().map(|s| (s.source.as_str(), &s.state)))?;
+        let uploads = self.0.iter().filter_map(|s| Some((s.source.as_str(), s.upload.as_ref()?)));
+        encode_defs(&mut encoder, UPLOAD_DEFS, uploads.clone())?;
+        let mut metric = encoder.encode_descriptor(
+            "walkeeper_uploads",
+            "Files uploaded (result=ok, or found there identical), upload attempts that failed and are retried (failed), files whose name the store holds with other contents, never retried (conflict)",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (source, u) in uploads {
+            for (result, v) in [("ok", u.uploads_ok), ("failed", u.uploads_failed), ("conflict", u.conflicts)]
+            {
+                let labels = [("source", source), ("result", result)];
+                ConstCounter::new(v).encode(metric.encode_family(&labels)?)?;
             }
         }
         encode_downstreams(&self.0, &mut encoder)
@@ -261,8 +308,8 @@ mod tests {
     #[test]
     fn every_series_of_every_source_from_the_start() {
         let text = render(vec![
-            Sample { source: "a".into(), state: SourceState::default(), serve: None },
-            Sample { source: "b".into(), state: SourceState::default(), serve: None },
+            Sample { source: "a".into(), state: SourceState::default(), serve: None, upload: None },
+            Sample { source: "b".into(), state: SourceState::default(), serve: None, upload: None },
         ]);
         for name in [
             "walkeeper_source_up",
@@ -306,7 +353,7 @@ mod tests {
             last_message: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)),
             ..SourceState::default()
         };
-        let text = render(vec![Sample { source: "db".into(), state, serve: None }]);
+        let text = render(vec![Sample { source: "db".into(), state, serve: None, upload: None }]);
         let v = |name: &str| value(&text, &format!("{name}{{source=\"db\"}}"));
         assert_eq!(v("walkeeper_source_up"), "1");
         assert_eq!(v("walkeeper_timeline"), "3");
@@ -324,7 +371,12 @@ mod tests {
     #[test]
     fn every_metric_is_documented_and_the_alert_rules_are_the_docs_ones() {
         let docs = include_str!("../../docs/service.md");
-        let text = render(vec![Sample { source: "x".into(), state: SourceState::default(), serve: None }]);
+        let text = render(vec![Sample {
+            source: "x".into(),
+            state: SourceState::default(),
+            serve: None,
+            upload: Some(UploadState::default()),
+        }]);
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
             let name = line.split_whitespace().nth(2).unwrap();
             assert!(
@@ -362,8 +414,8 @@ mod tests {
         ];
         let serve = Some(ServeSample { listen: "127.0.0.1:5499".into(), downstreams, error: None });
         let text = render(vec![
-            Sample { source: "db".into(), state: SourceState::default(), serve },
-            Sample { source: "plain".into(), state: SourceState::default(), serve: None },
+            Sample { source: "db".into(), state: SourceState::default(), serve, upload: None },
+            Sample { source: "plain".into(), state: SourceState::default(), serve: None, upload: None },
         ]);
         assert_eq!(value(&text, "walkeeper_downstreams{source=\"db\"}"), "3");
         assert_eq!(value(&text, "walkeeper_downstreams{source=\"plain\"}"), "0");
@@ -379,6 +431,45 @@ mod tests {
             )
         };
         assert_eq!((flushed("dr"), flushed("late")), ("1280".to_string(), "0".to_string()));
+    }
+
+    #[test]
+    fn upload_series_only_for_sources_that_upload() {
+        let upload = UploadState {
+            uploaded_through: Some(Lsn(0x2_0000_0000)),
+            backlog_files: 3,
+            uploads_ok: 10,
+            uploads_failed: 2,
+            conflicts: 1,
+            ..UploadState::default()
+        };
+        let text = render(vec![
+            Sample { source: "up".into(), state: SourceState::default(), serve: None, upload: Some(upload) },
+            Sample {
+                source: "fresh".into(),
+                state: SourceState::default(),
+                serve: None,
+                upload: Some(UploadState::default()),
+            },
+            Sample { source: "plain".into(), state: SourceState::default(), serve: None, upload: None },
+        ]);
+        let v = |series: &str| value(&text, series);
+        assert_eq!(v("walkeeper_upload_backlog_segments{source=\"up\"}"), "3");
+        assert_eq!(v("walkeeper_uploaded_lsn_bytes{source=\"up\"}"), "8589934592");
+        assert_eq!(v("walkeeper_uploads_total{source=\"up\",result=\"ok\"}"), "10");
+        assert_eq!(v("walkeeper_uploads_total{source=\"up\",result=\"failed\"}"), "2");
+        assert_eq!(v("walkeeper_uploads_total{source=\"up\",result=\"conflict\"}"), "1");
+        // From the start: zeros until the uploader knows better.
+        assert_eq!(v("walkeeper_uploaded_lsn_bytes{source=\"fresh\"}"), "0");
+        for result in ["ok", "failed", "conflict"] {
+            assert_eq!(v(&format!("walkeeper_uploads_total{{source=\"fresh\",result=\"{result}\"}}")), "0");
+        }
+        assert!(
+            !text.lines().any(|l| l.starts_with("walkeeper_upload") && l.contains("\"plain\"")),
+            "{text}"
+        );
+        assert!(text.contains("walkeeper_flushed_lsn_bytes{source=\"plain\"} 0\n"), "{text}");
+        assert!(text.contains("# TYPE walkeeper_uploads_total counter\n"), "{text}");
     }
 
     #[test]

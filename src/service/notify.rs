@@ -80,6 +80,7 @@ mod tests {
             source: name.into(),
             state: SourceState { phase, last_error: error.map(str::to_string), ..SourceState::default() },
             serve: None,
+            upload: None,
         };
         assert_eq!(summary(&[s("a", Phase::Streaming, None)]), "1 source: 1 streaming");
         assert_eq!(

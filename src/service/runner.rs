@@ -9,12 +9,17 @@
 //! same lock; it never removes what a standby streaming from the source still needs. A source with
 //! `[source.serve]` runs its walsender (`serve`) on a second thread and runtime: standbys are served
 //! whatever the receive loop is doing (fsyncing, retrying an upstream that is down, or stopped), and the
-//! loop syncs every batch while they stream. Everything the rest of the service learns about the source
-//! comes from its `SourceState` channel, its downstreams and its log lines.
+//! loop syncs every batch while they stream. A source with `upload` has an uploader (`archive::upload`, its
+//! own thread, as `receive --upload` has): started with the source, it follows the loop's `SourceState`;
+//! when the loop has stopped cleanly it gets up to `upload_wait` to finish, still under the lock
+//! (`--remove-uploaded` deletes from the directory). Everything the rest of the service learns about the
+//! source comes from its `SourceState` channel, its downstreams, its uploader's `UploadState` channel and
+//! its log lines.
 
 use crate::archive::lock::ArchiveLock;
 use crate::archive::retention;
 use crate::archive::store::LocalStore;
+use crate::archive::upload::{Undone, UploadWatch, Uploader};
 use crate::serve::{Downstreams, ServeConfig, WalSource, Walsender};
 use crate::service::config::{Retention, Source};
 use crate::service::shared::ServeView;
@@ -38,6 +43,10 @@ pub struct Runner {
     name: String,
     stop: watch::Sender<bool>,
     state: watch::Receiver<SourceState>,
+    /// The uploader's state, for a source with `upload`.
+    upload: Option<UploadWatch>,
+    /// How long a clean stop waits for pending uploads (`upload_wait`; zero without `upload`).
+    upload_wait: Duration,
     /// Resolves when the thread has ended (the lock is released by then).
     done: Option<oneshot::Receiver<()>>,
     /// The walsender's thread, with `[source.serve]`.
@@ -61,7 +70,19 @@ impl Runner {
         let state = sender.subscribe();
         let (done_tx, done_rx) = oneshot::channel();
         let live_readers = LiveReaders::default();
-        let cfg = ReceiveConfig { live_readers: live_readers.clone(), ..source.receive.clone() };
+        let mut cfg = ReceiveConfig { live_readers: live_readers.clone(), ..source.receive.clone() };
+        // Opening the store makes no request: only a location that cannot be a store fails here (the
+        // configuration has checked it already).
+        let uploader = match &source.upload {
+            Some(settings) => match Uploader::start(settings, &cfg.directory, sender.subscribe()) {
+                Ok(uploader) => Some(uploader),
+                Err(e) => return Runner::failed(&source.name, format!("could not start uploading: {e}")),
+            },
+            None => None,
+        };
+        cfg.upload = uploader.as_ref().map(Uploader::link);
+        let upload = uploader.as_ref().map(Uploader::state);
+        let upload_wait = source.upload.as_ref().map_or(Duration::ZERO, |u| u.wait);
         let serving = source.serve.as_ref().map(|serve| {
             Serving::start(&source.name, serve.clone(), source.directory(), state.clone(), live_readers)
         });
@@ -69,13 +90,21 @@ impl Runner {
         let name = source.name.clone();
         let downstreams = serving.as_ref().map(|s| s.view.downstreams.clone());
         let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
-            run_thread(&name, &cfg, retention, downstreams, stop_rx, &sender);
-            // The loop has ended: no more writes. Now the next writer may have the directory.
+            run_thread(&name, &cfg, retention, downstreams, uploader, upload_wait, stop_rx, &sender);
+            // The loop and the uploads have ended: no more writes. Now the next writer may have the directory.
             drop(lock);
             let _ = done_tx.send(());
         });
         match spawned {
-            Ok(_) => Runner { name: source.name.clone(), stop, state, done: Some(done_rx), serving },
+            Ok(_) => Runner {
+                name: source.name.clone(),
+                stop,
+                state,
+                upload,
+                upload_wait,
+                done: Some(done_rx),
+                serving,
+            },
             Err(e) => {
                 if let Some(s) = &serving {
                     let _ = s.stop.send(true);
@@ -93,7 +122,15 @@ impl Runner {
         sender.send_modify(|s| s.last_error = Some(error));
         set_phase(&sender, Phase::Stopped);
         let (stop, _) = watch::channel(false);
-        Runner { name: name.to_string(), stop, state: sender.subscribe(), done: None, serving: None }
+        Runner {
+            name: name.to_string(),
+            stop,
+            state: sender.subscribe(),
+            upload: None,
+            upload_wait: Duration::ZERO,
+            done: None,
+            serving: None,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -103,6 +140,11 @@ impl Runner {
     /// A receiver of the source's state (the last value stays readable after the runner ends).
     pub fn state(&self) -> watch::Receiver<SourceState> {
         self.state.clone()
+    }
+
+    /// A receiver of the uploader's state, for a source with `upload`.
+    pub fn upload(&self) -> Option<UploadWatch> {
+        self.upload.clone()
     }
 
     /// Whether the loop has ended (a fatal error, or stopped), or its walsender has failed (its address
@@ -126,10 +168,10 @@ impl Runner {
         }
     }
 
-    /// Wait until the threads have ended (true), or `limit` has passed (false: one still runs; the loop
-    /// holds its directory's lock, the walsender its listening socket).
+    /// Wait until the threads have ended (true), or `limit` (plus the source's `upload_wait`) has passed
+    /// (false: one still runs; the loop holds its directory's lock, the walsender its listening socket).
     pub async fn wait(&mut self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit + self.upload_wait;
         let serving = self.serving.as_mut().and_then(|s| s.done.as_mut());
         for done in [self.done.as_mut(), serving].into_iter().flatten() {
             if tokio::time::timeout_at(deadline, &mut *done).await.is_err() {
@@ -229,30 +271,49 @@ fn fit_thread_name(mut name: String) -> String {
 }
 
 /// The thread's body: a runtime of its own, the receive loop in a `source` span (log lines carry its name),
-/// and a published error if anything escapes (a runtime that cannot be built, a panic).
+/// then the uploads' end, and a published error if anything escapes (a runtime that cannot be built, a
+/// panic).
 fn run_thread(
     name: &str,
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
     downstreams: Option<Downstreams>,
+    uploader: Option<Uploader>,
+    upload_wait: Duration,
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
+    let span = tracing::info_span!("source", source = %name);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return give_up(state, format!("could not start a runtime for the source: {e}")),
     };
-    let span = tracing::info_span!("source", source = %name);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run(cfg, retention, downstreams, stop, state).instrument(span))
+        runtime.block_on(run(cfg, retention, downstreams, stop, state).instrument(span.clone()))
     }));
     // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
     drop(runtime);
+    if let Some(uploader) = uploader {
+        // As `receive`: a clean stop waits for the uploads; after an error the next start does what is left.
+        let wait = if result.as_ref().is_ok_and(|clean| *clean) { upload_wait } else { Duration::ZERO };
+        span.in_scope(|| finish_uploads(uploader, wait, &cfg.directory));
+    }
     if result.is_err() {
         give_up(
             state,
             "internal error: the receive loop panicked; reload the service to start it again".into(),
         );
+    }
+}
+
+/// Let the uploader finish within `wait` and log what it left undone (the next start uploads what is
+/// pending; a conflict needs a person).
+fn finish_uploads(uploader: Uploader, wait: Duration, directory: &Path) {
+    let finished = uploader.finish(wait);
+    match finished.undone(directory, "upload_wait", wait) {
+        None => tracing::info!("uploads to \"{}\" are complete", finished.location),
+        Some(Undone::Conflicts(message)) => tracing::error!("{message}"),
+        Some(Undone::Pending(message)) => tracing::warn!("{message}"),
     }
 }
 
@@ -263,14 +324,14 @@ fn give_up(state: &StateSender, error: String) {
 }
 
 /// The receive loop until it ends, or until [`STOP_GRACE`] after a stop request; beside it, retention when
-/// the source has `keep_backups`.
+/// the source has `keep_backups`. True when the loop stopped cleanly (asked to).
 async fn run(
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
     downstreams: Option<Downstreams>,
     stop: watch::Receiver<bool>,
     state: &StateSender,
-) {
+) -> bool {
     let mut asked = stop.clone();
     let abandon = async {
         // A dropped sender means the service is gone: stop as well.
@@ -279,14 +340,23 @@ async fn run(
     };
     tokio::select! {
         result = receive(cfg, stop, state) => match result {
-            Ok(_) => tracing::info!("stopped"),
-            Err(e) => tracing::error!("{e}; the source stays stopped until the service is reloaded"),
+            Ok(_) => {
+                tracing::info!("stopped");
+                true
+            }
+            Err(e) => {
+                tracing::error!("{e}; the source stays stopped until the service is reloaded");
+                false
+            }
         },
-        () = abandon => give_up(
-            state,
-            format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
-        ),
-        () = retain(&cfg.directory, retention, downstreams) => {}
+        () = abandon => {
+            give_up(
+                state,
+                format!("did not stop within {} seconds of being asked; abandoned", STOP_GRACE.as_secs()),
+            );
+            false
+        }
+        () = retain(&cfg.directory, retention, downstreams) => false,
     }
 }
 

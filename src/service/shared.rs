@@ -1,6 +1,7 @@
 //! What the HTTP endpoints and the archive lister read: the running sources (name, directory, state
 //! channel), replaced whole by the supervisor at start and at each reload, and the latest archive listings.
 
+use crate::archive::upload::UploadWatch;
 use crate::serve::Downstreams;
 use crate::service::archives::{ArchiveSummary, Summaries, Target};
 use crate::service::metrics::{Sample, ServeSample};
@@ -17,6 +18,8 @@ pub struct View {
     pub state: watch::Receiver<SourceState>,
     /// With `[source.serve]`: its walsender.
     pub serve: Option<ServeView>,
+    /// The uploader's state, for a source with `upload`.
+    pub upload: Option<UploadWatch>,
 }
 
 /// A source's walsender, as seen from outside it.
@@ -62,7 +65,8 @@ impl Shared {
                     downstreams: s.downstreams.list(),
                     error: s.failed.get().cloned(),
                 });
-                (Sample { source: v.name, state: v.state.borrow().clone(), serve }, v.directory)
+                let upload = v.upload.as_ref().map(|u| u.borrow().clone());
+                (Sample { source: v.name, state: v.state.borrow().clone(), serve, upload }, v.directory)
             })
             .collect()
     }

@@ -1,7 +1,8 @@
 //! /status: one JSON object per source — where it is (phase, server, timeline), its positions as LSNs, its
-//! counters, its last error, and what its archive holds (from [`archives`](super::archives), listed off the
-//! request path).
+//! counters, its last error, what its archive holds (from [`archives`](super::archives), listed off the
+//! request path), and how its uploads stand (sources with `upload`).
 
+use crate::archive::upload::UploadState;
 use crate::serve::downstreams;
 use crate::service::archives::ArchiveSummary;
 use crate::service::metrics::{lag_bytes, Sample, ServeSample};
@@ -43,6 +44,8 @@ pub struct SourceStatus<'a> {
     /// With `[source.serve]`: the walsender and the standbys streaming from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serve: Option<ServeStatus<'a>>,
+    /// None without `upload`.
+    pub upload: Option<UploadStatus<'a>>,
 }
 
 /// A source's walsender.
@@ -104,6 +107,43 @@ fn serve_status(s: &ServeSample) -> ServeStatus<'_> {
     }
 }
 
+/// A source's uploads: how far the store's copy reaches, what waits, and whether the store is failing.
+#[derive(Debug, Serialize)]
+pub struct UploadStatus<'a> {
+    pub location: &'a str,
+    pub uploaded_lsn: Option<String>,
+    pub backlog_files: u64,
+    pub backlog_bytes: u64,
+    pub uploads_ok: u64,
+    pub uploads_failed: u64,
+    pub conflicts: u64,
+    pub conflicted: &'a [String],
+    pub partial_uploads: u64,
+    /// Upload rounds fail (the store is down, unreachable or refuses); receiving goes on.
+    pub failing: bool,
+    pub last_error: Option<&'a str>,
+    pub failing_since_unix: Option<f64>,
+    pub last_upload_unix: Option<f64>,
+}
+
+fn upload_status(u: &UploadState) -> UploadStatus<'_> {
+    UploadStatus {
+        location: &u.location,
+        uploaded_lsn: u.uploaded_through.map(|l| l.to_string()),
+        backlog_files: u.backlog_files,
+        backlog_bytes: u.backlog_bytes,
+        uploads_ok: u.uploads_ok,
+        uploads_failed: u.uploads_failed,
+        conflicts: u.conflicts,
+        conflicted: &u.conflicted,
+        partial_uploads: u.partial_uploads,
+        failing: u.last_error.is_some(),
+        last_error: u.last_error.as_deref(),
+        failing_since_unix: unix(u.failing_since),
+        last_upload_unix: unix(u.last_upload),
+    }
+}
+
 fn unix(t: Option<SystemTime>) -> Option<f64> {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())
 }
@@ -136,6 +176,7 @@ pub fn source_status<'a>(
         invalid_wal: s.invalid_wal,
         archive,
         serve: sample.serve.as_ref().map(serve_status),
+        upload: sample.upload.as_ref().map(upload_status),
     }
 }
 
@@ -154,7 +195,7 @@ mod tests {
             server_end: Some(Lsn(0x1_0000_0100)),
             ..SourceState::default()
         };
-        let sample = Sample { source: "db".into(), state, serve: None };
+        let sample = Sample { source: "db".into(), state, serve: None, upload: None };
         let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
         assert_eq!(json["phase"], "streaming");
         assert_eq!(json["flushed_lsn"], "1/00000000");
@@ -164,6 +205,7 @@ mod tests {
         assert_eq!(json["directory"], "/a");
         assert_eq!(json["archive"], serde_json::Value::Null);
         assert!(json.get("serve").is_none(), "no walsender, no serve object");
+        assert_eq!(json["upload"], serde_json::Value::Null);
     }
 
     #[test]
@@ -188,7 +230,7 @@ mod tests {
         };
         let _held = d.register(standby);
         let serve = Some(ServeSample { listen: "0.0.0.0:5499".into(), downstreams: d.list(), error: None });
-        let sample = Sample { source: "db".into(), state: SourceState::default(), serve };
+        let sample = Sample { source: "db".into(), state: SourceState::default(), serve, upload: None };
         let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
         let serve = &json["serve"];
         assert_eq!(serve["listen"], "0.0.0.0:5499");
@@ -202,5 +244,29 @@ mod tests {
         assert_eq!(one["replay_lsn"], serde_json::Value::Null);
         assert_eq!(one["xmin"], serde_json::Value::Null);
         assert_eq!(one["client_addr"], "10.1.2.4:51234");
+    }
+
+    #[test]
+    fn uploads_show_the_store_failing() {
+        let upload = UploadState {
+            location: "s3://wal/main".into(),
+            uploaded_through: Some(Lsn(0x3_0000_0000)),
+            backlog_files: 4,
+            uploads_failed: 2,
+            last_error: Some("could not create \"s3://wal/main/x\": connection refused".into()),
+            failing_since: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+            ..UploadState::default()
+        };
+        let sample =
+            Sample { source: "db".into(), state: SourceState::default(), serve: None, upload: Some(upload) };
+        let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
+        let u = &json["upload"];
+        assert_eq!(u["location"], "s3://wal/main");
+        assert_eq!(u["uploaded_lsn"], "3/00000000");
+        assert_eq!((u["backlog_files"].as_u64(), u["uploads_failed"].as_u64()), (Some(4), Some(2)));
+        assert_eq!(u["failing"], true);
+        assert_eq!(u["failing_since_unix"], 1_700_000_000.0);
+        assert!(u["last_error"].as_str().unwrap().contains("connection refused"));
+        assert_eq!(u["conflicted"], serde_json::json!([]));
     }
 }

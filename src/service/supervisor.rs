@@ -90,6 +90,7 @@ impl Supervisor {
                 directory: s.directory().to_path_buf(),
                 state: r.state(),
                 serve: r.serve_view(),
+                upload: r.upload(),
             })
             .collect();
         self.shared.set_views(views);

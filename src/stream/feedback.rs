@@ -1,7 +1,8 @@
 //! What to tell the server in standby status updates. Three positions move independently:
 //! `received` (written to the file), `synced` (fsynced) and `validated` (passed the WAL decoder).
 //! The flush position reported is the smallest of `synced` and `validated` — never beyond what is both
-//! durable and checked (DESIGN.md invariants 1 and 5).
+//! durable and checked (DESIGN.md invariants 1 and 5) — and, with `--slot-follows-upload`, never beyond
+//! what is off-site: the uploader's `uploaded_through` caps it ([`Positions::set_offsite`]).
 
 use crate::wal::Lsn;
 
@@ -15,14 +16,28 @@ pub enum ApplyReport {
     Flush,
 }
 
+/// What bounds the reported flush position besides durability and validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Offsite {
+    /// No upload to wait for.
+    Ignored,
+    /// `--slot-follows-upload`: the uploader has not said yet how far the store's copy reaches.
+    Unknown,
+    /// `--slot-follows-upload`: everything below is off-site.
+    Through(Lsn),
+}
+
 #[derive(Clone, Debug)]
 pub struct Positions {
+    /// Where this session started streaming.
+    start: Lsn,
     received: Lsn,
     synced: Lsn,
     validated: Option<Lsn>,
     /// pg_receivewal reports a flush position only with a slot or `--synchronous`.
     report_flush: bool,
     apply: ApplyReport,
+    offsite: Offsite,
 }
 
 /// The three LSNs of one status update.
@@ -38,11 +53,13 @@ impl Positions {
     /// `validate` says whether a decoder gates the flush position.
     pub fn new(start: Lsn, validate: bool, report_flush: bool, apply: ApplyReport) -> Positions {
         Positions {
+            start,
             received: start,
             synced: start,
             validated: validate.then_some(start),
             report_flush,
             apply,
+            offsite: Offsite::Ignored,
         }
     }
 
@@ -81,8 +98,26 @@ impl Positions {
         self.received > self.synced
     }
 
+    /// `--slot-follows-upload`: everything below `through` is off-site (`None`: not known yet). From the first
+    /// call on, the flush position reported never passes it; while the store's copy is behind where this
+    /// session started, none is reported at all (the server's slot stays where it is, never moved back).
+    pub fn set_offsite(&mut self, through: Option<Lsn>) {
+        self.offsite = through.map_or(Offsite::Unknown, Offsite::Through);
+    }
+
+    /// The flush position to report: durable, validated and, when asked, off-site.
+    fn flush(&self) -> Lsn {
+        let safe = self.safe();
+        match self.offsite {
+            Offsite::Ignored => safe,
+            Offsite::Unknown => Lsn::INVALID,
+            Offsite::Through(through) if through.min(safe) >= self.start => through.min(safe),
+            Offsite::Through(_) => Lsn::INVALID,
+        }
+    }
+
     pub fn report(&self) -> Report {
-        let flush = if self.report_flush { self.safe() } else { Lsn::INVALID };
+        let flush = if self.report_flush { self.flush() } else { Lsn::INVALID };
         let apply = match self.apply {
             ApplyReport::Invalid => Lsn::INVALID,
             ApplyReport::Flush => flush,
@@ -130,20 +165,41 @@ mod tests {
         assert_eq!(p.report(), Report { write: Lsn(10), flush: Lsn(0), apply: Lsn(0) });
     }
 
+    #[test]
+    fn offsite_caps_the_flush_and_never_reports_below_the_start() {
+        let mut p = Positions::new(Lsn(100), false, true, ApplyReport::Flush);
+        p.set_received(Lsn(500));
+        p.set_synced(Lsn(500));
+        assert_eq!(p.report().flush, Lsn(500));
+        p.set_offsite(None);
+        assert_eq!(p.report(), Report { write: Lsn(500), flush: Lsn(0), apply: Lsn(0) }, "not known yet");
+        p.set_offsite(Some(Lsn(50)));
+        assert_eq!(p.report().flush, Lsn(0), "behind the session's start: the slot is left alone");
+        p.set_offsite(Some(Lsn(100)));
+        assert_eq!(p.report().flush, Lsn(100));
+        p.set_offsite(Some(Lsn(300)));
+        assert_eq!(p.report(), Report { write: Lsn(500), flush: Lsn(300), apply: Lsn(300) });
+        p.set_offsite(Some(Lsn(900)));
+        assert_eq!(p.report().flush, Lsn(500), "never beyond what is durable");
+    }
+
     proptest! {
         #[test]
-        fn flush_never_exceeds_synced_validated_or_received(ops in proptest::collection::vec((0u8..3, 0u64..1000), 0..50)) {
+        fn flush_never_exceeds_synced_validated_received_or_offsite(ops in proptest::collection::vec((0u8..4, 0u64..1000), 0..50)) {
             let mut p = Positions::new(Lsn(0), true, true, ApplyReport::Invalid);
             let (mut max_synced, mut max_validated) = (0, 0);
+            let mut offsite = None;
             for (op, v) in ops {
                 match op {
                     0 => p.set_received(Lsn(v)),
                     1 => { p.set_synced(Lsn(v)); max_synced = max_synced.max(v) }
-                    _ => { p.set_validated(Lsn(v)); max_validated = max_validated.max(v) }
+                    2 => { p.set_validated(Lsn(v)); max_validated = max_validated.max(v) }
+                    _ => { p.set_offsite(Some(Lsn(v))); offsite = Some(v) }
                 }
                 let r = p.report();
                 prop_assert!(r.flush <= r.write);
                 prop_assert!(r.flush.0 <= max_synced && r.flush.0 <= max_validated);
+                prop_assert!(offsite.is_none_or(|o| r.flush.0 <= o));
             }
         }
     }

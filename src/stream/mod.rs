@@ -15,6 +15,7 @@ pub mod state;
 
 use crate::archive::fsutil::Preallocation;
 use crate::archive::local::WalDirOptions;
+use crate::archive::upload::UploadLink;
 use crate::conn::{ConnParams, ConnectOptions};
 use crate::wal::segment::Compression;
 use crate::wal::Lsn;
@@ -51,6 +52,8 @@ pub struct ReceiveConfig {
     /// Create the slot (physical, reserving WAL) on the server streamed from when it is missing there,
     /// instead of failing as pg_receivewal does. `--failover` implies it when a slot is named.
     pub create_slot: bool,
+    /// `--upload`: the running uploader (the start position and the flush cap read it); see `archive::upload`.
+    pub upload: Option<UploadLink>,
 }
 
 impl ReceiveConfig {

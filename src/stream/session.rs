@@ -6,6 +6,7 @@
 use crate::archive::local::{LocalWalDir as WalDir, SegmentWriter};
 use crate::archive::scan::{find_start, ScanError};
 use crate::archive::store::LocalStore;
+use crate::archive::upload;
 use crate::conn::connect::{server_role, ServerRole};
 use crate::conn::{ConnError, Connection};
 use crate::protocol::messages::Backend;
@@ -309,7 +310,7 @@ async fn start_position(
     info: &ServerInfo,
 ) -> Result<(Lsn, TimeLineId, Option<DivergedTail>), SessionError> {
     let store = LocalStore::new(dir.path());
-    let found = match find_start(&store, info.segment_size, info.identity.system_id) {
+    let mut found = match find_start(&store, info.segment_size, info.identity.system_id) {
         // Hunting: the server is the wrong one, not the archive.
         Err(ScanError::OtherSystem { found, expected, .. }) if cfg.failover => {
             let refusal = Refusal::SystemId { archive: found, server: expected };
@@ -317,6 +318,11 @@ async fn start_position(
         }
         other => other.map_err(|e| SessionError::Scan(Box::new(e)))?,
     };
+    if let Some(link) = cfg.upload.as_ref().filter(|l| l.settings.remove_uploaded) {
+        // The spool gives uploaded segments up: the upload store's newest complete segment counts too.
+        found = upload::resume_point(&link.settings, found, info.segment_size, info.identity.system_id)
+            .map_err(|e| SessionError::Scan(Box::new(e)))?;
+    }
     if let Some(found) = found {
         let Some(start) = resume::reconcile_archive(conn, &store, info).await? else {
             return Ok((found.lsn, found.timeline, None));
@@ -798,6 +804,9 @@ impl<'a> CopyLoop<'a> {
         // compressor may still hold some, as pg_receivewal's does).
         for w in self.pending.iter_mut().chain(self.current.as_mut()) {
             w.write_out_staged()?;
+        }
+        if let Some(link) = self.cfg.upload.as_ref().filter(|l| l.settings.slot_follows) {
+            self.positions.set_offsite(link.state.borrow().uploaded_through);
         }
         let r = self.positions.report();
         let msg = repl::standby_status_update(r.write, r.flush, r.apply, repl::now_unix_us(), reply);

@@ -140,3 +140,26 @@ pub fn create_slot(archive: &ArchiveDir, server: &Cluster, slot: &str) {
     let out = receive_command(archive, server, &["--create-slot", "-S", slot]).output().unwrap();
     assert!(out.status.success(), "create slot: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The `pitr` table of the recovery tests, created on `server` before its rows are written.
+pub fn create_pitr_table(server: &Cluster) {
+    server.psql("CREATE TABLE pitr (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
+}
+
+/// Rows `from..=to` into the `pitr` table, in one transaction.
+pub fn insert_batch(server: &Cluster, from: u32, to: u32) {
+    server.psql(&format!("INSERT INTO pitr (id) SELECT g FROM generate_series({from}, {to}) g"));
+}
+
+/// A time strictly between the commits before and after this call.
+pub fn target_time(server: &Cluster) -> String {
+    server.psql("SELECT pg_sleep(0.2)");
+    let t = server.psql("SELECT clock_timestamp()");
+    server.psql("SELECT pg_sleep(0.2)");
+    t
+}
+
+/// The `pitr` table as `count min..max`, to compare a recovered server with what it should hold.
+pub fn rows(server: &Cluster) -> String {
+    server.psql("SELECT count(*) || ' ' || coalesce(min(id), 0) || '..' || coalesce(max(id), 0) FROM pitr")
+}

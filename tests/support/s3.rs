@@ -229,6 +229,21 @@ impl S3Cluster {
         }
     }
 
+    /// A plain object_store client on the bucket, to see and make objects behind walkeeper's back (rustls on
+    /// ring, as walkeeper's own client).
+    pub fn raw_client(&self) -> object_store::aws::AmazonS3 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_region(REGION)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .build()
+            .expect("an S3 client for the test cluster")
+    }
+
     /// The standard environment variables that point a client (walkeeper, aws-cli...) at this cluster.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

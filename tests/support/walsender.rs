@@ -92,6 +92,7 @@ impl Receiver {
             live_readers: live_readers.clone(),
             failover: false,
             create_slot: false,
+            upload: None,
         };
         let (stop, stop_rx) = watch::channel(false);
         let state_tx = walkeeper::stream::state::unobserved();

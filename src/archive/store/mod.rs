@@ -24,8 +24,14 @@ use std::time::SystemTime;
 /// environment, see docs/s3.md), or else a local directory. Other `scheme://` locations are refused rather than
 /// taken for a directory. Makes no request and touches no file: errors show at the first operation.
 pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_with(location, &S3Options::default())
+}
+
+/// [`open`], with explicit settings for an S3 location (the service's configuration keys); unset ones still
+/// come from the environment.
+pub fn open_with(location: &str, s3: &S3Options) -> Result<Box<dyn Store>, StoreError> {
     if location.starts_with("s3://") {
-        return Ok(Box::new(S3Store::open(location, &S3Options::default())?));
+        return Ok(Box::new(S3Store::open(location, s3)?));
     }
     if let Some((scheme, _)) = location.split_once("://") {
         if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) {
@@ -37,6 +43,14 @@ pub fn open(location: &str) -> Result<Box<dyn Store>, StoreError> {
         }
     }
     Ok(Box::new(LocalStore::new(location)))
+}
+
+/// [`open`] for a command's `-D` argument: a path that is not UTF-8 can only be a directory.
+pub fn open_path(location: &Path) -> Result<Box<dyn Store>, StoreError> {
+    match location.to_str() {
+        Some(text) => open(text),
+        None => Ok(Box::new(LocalStore::new(location))),
+    }
 }
 
 /// One file of a directory or one object of a bucket.

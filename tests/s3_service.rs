@@ -1,0 +1,130 @@
+//! `walkeeper service` with `upload = "s3://…"`, against a real PostgreSQL and a real SeaweedFS: completed
+//! segments go up, the metrics and /status show them; with the S3 gateway killed the source keeps streaming
+//! (/health stays 200), the backlog and the failures show in the metrics and /status says the store is
+//! failing; with the gateway back everything goes up and a SIGTERM stops the service with nothing pending.
+//! A source without `upload` has no upload series and a null `upload` in /status.
+
+#[path = "s3_common/mod.rs"]
+mod s3_common;
+mod service_support;
+mod support;
+
+use s3_common::{complete_segments, run_s3, spool_names, wait_for, Rig, WAIT};
+use service_support::{create_slot, source_toml, Service};
+use std::fs;
+
+/// `walkeeper_uploads_total{source,result}`; panics when the series is absent.
+fn uploads(svc: &Service, source: &str, result: &str) -> u64 {
+    let series = format!("walkeeper_uploads_total{{source=\"{source}\",result=\"{result}\"}}");
+    let metrics = svc.metrics();
+    let v = metrics.get(&series).unwrap_or_else(|| panic!("no {series} in {metrics:?}"));
+    v.parse::<f64>().unwrap() as u64
+}
+
+/// The byte position just past segment file `name` (segments of `size` bytes).
+fn segment_end(name: &str, size: u64) -> u64 {
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    (log << 32) + (seg + 1) * size
+}
+
+#[test]
+fn a_source_with_upload_uploads_shows_an_outage_in_its_metrics_and_catches_up() {
+    let Some(Rig { mut s3, bucket, primary, spool, url, dir }) = Rig::start("up") else { return };
+    create_slot(&primary, "plain");
+    let plain = dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let sources = source_toml(
+        "up",
+        &primary,
+        &spool,
+        &format!("upload = \"{url}\"\nupload_partial_interval = 1\nupload_wait = 60\n"),
+    ) + &source_toml("plain", &primary, &plain, "");
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut svc = Service::start_with(&sources, &env);
+
+    // The upload series exist from the start, for the source with `upload` only.
+    let metrics = svc.metrics();
+    assert!(metrics.contains_key("walkeeper_upload_backlog_segments{source=\"up\"}"), "{metrics:?}");
+    assert!(metrics.contains_key("walkeeper_uploaded_lsn_bytes{source=\"up\"}"), "{metrics:?}");
+    assert!(
+        !metrics.keys().any(|k| k.starts_with("walkeeper_upload") && k.contains("\"plain\"")),
+        "{metrics:?}"
+    );
+    assert_eq!(svc.status("plain")["upload"], serde_json::Value::Null);
+    assert_eq!(svc.status("up")["upload"]["location"], url.as_str());
+    wait_for("both sources to stream", || svc.failing().is_empty(), || svc.log());
+
+    // Completed segments go up; the metrics show them.
+    primary.generate_wal(2);
+    let first = primary.switch_wal();
+    wait_for("the first segment in the bucket", || bucket.names("wal").contains(&first), || svc.log());
+    wait_for(
+        "the metrics to show it uploaded",
+        || {
+            uploads(&svc, "up", "ok") >= 1
+                && svc.metric("walkeeper_upload_backlog_segments", "up") == 0
+                && svc.metric("walkeeper_uploaded_lsn_bytes", "up") >= segment_end(&first, 1 << 20)
+        },
+        || format!("{:?}\n{}", svc.metrics(), svc.log()),
+    );
+    assert_eq!(uploads(&svc, "up", "conflict"), 0);
+    assert_eq!(svc.status("up")["upload"]["failing"], false);
+
+    // The gateway goes away: receiving goes on, /health stays 200, the backlog and the failures show.
+    s3.kill_gateway();
+    let failed_before = uploads(&svc, "up", "failed");
+    for _ in 0..3 {
+        primary.generate_wal(1);
+    }
+    let last = primary.switch_wal();
+    wait_for("the spool to receive everything", || spool.join(&last).is_file(), || svc.log());
+    wait_for(
+        "the backlog, the failures and the failing store to show",
+        || {
+            svc.metric("walkeeper_upload_backlog_segments", "up") >= 2
+                && uploads(&svc, "up", "failed") > failed_before
+                && svc.status("up")["upload"]["failing"] == true
+        },
+        || format!("{:?}\n{}\n{}", svc.metrics(), svc.status("up"), svc.log()),
+    );
+    let (code, health) = svc.health();
+    assert_eq!(code, 200, "a store outage is not a receiving outage: {health}");
+    let status = svc.status("up");
+    assert!(status["upload"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
+    assert!(status["upload"]["failing_since_unix"].is_number(), "{status}");
+    assert_eq!(status["phase"], "streaming", "{status}");
+    assert!(svc.metric("walkeeper_flushed_lsn_bytes", "up") >= segment_end(&last, 1 << 20));
+    assert!(svc.metric("walkeeper_uploaded_lsn_bytes", "up") < segment_end(&last, 1 << 20));
+
+    // The gateway is back: the backlog drains.
+    s3.restart_gateway();
+    wait_for(
+        "the uploads to catch up",
+        || {
+            bucket.names("wal").contains(&last)
+                && svc.metric("walkeeper_upload_backlog_segments", "up") == 0
+                && svc.status("up")["upload"]["failing"] == false
+                && svc.metric("walkeeper_uploaded_lsn_bytes", "up") >= segment_end(&last, 1 << 20)
+        },
+        || format!("{:?}\n{}\n{}", svc.metrics(), svc.status("up"), svc.log()),
+    );
+    assert_eq!(svc.health().0, 200);
+    assert_eq!(uploads(&svc, "up", "conflict"), 0);
+
+    // A clean stop leaves nothing pending; the bucket mirrors the spool and verifies whole.
+    svc.signal(libc::SIGTERM);
+    let status = svc.wait_exit(WAIT).expect("the service exits");
+    assert_eq!(status.code(), Some(0), "{}", svc.log());
+    let log = svc.log();
+    assert!(log.contains(&format!("uploads to \"{url}\" are complete")), "{log}");
+    assert!(log.contains(&format!("upload to \"{url}\" failed: ")), "{log}");
+    let in_spool = complete_segments(&spool_names(&spool));
+    assert_eq!(complete_segments(&bucket.names("wal")), in_spool, "no gap, nothing extra");
+    for name in &in_spool {
+        assert_eq!(bucket.get("wal", name), fs::read(spool.join(name)).unwrap(), "object {name}");
+    }
+    let r = run_s3(&s3, &["verify", "-D", &url]);
+    assert_eq!(r.code, Some(0), "{r}");
+}
