@@ -90,7 +90,8 @@ impl Runner {
         let name = source.name.clone();
         let downstreams = serving.as_ref().map(|s| s.view.downstreams.clone());
         let spawned = std::thread::Builder::new().name(thread_name(&name)).spawn(move || {
-            run_thread(&name, &cfg, retention, downstreams, uploader, upload_wait, stop_rx, &sender);
+            let uploader = uploader.map(|u| (u, upload_wait));
+            run_thread(&name, &cfg, retention, downstreams, uploader, stop_rx, &sender);
             // The loop and the uploads have ended: no more writes. Now the next writer may have the directory.
             drop(lock);
             let _ = done_tx.send(());
@@ -278,8 +279,7 @@ fn run_thread(
     cfg: &ReceiveConfig,
     retention: Option<Retention>,
     downstreams: Option<Downstreams>,
-    uploader: Option<Uploader>,
-    upload_wait: Duration,
+    uploader: Option<(Uploader, Duration)>,
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
@@ -293,7 +293,7 @@ fn run_thread(
     }));
     // Dropping the runtime waits for a retention run still removing files: the lock outlives it.
     drop(runtime);
-    if let Some(uploader) = uploader {
+    if let Some((uploader, upload_wait)) = uploader {
         // As `receive`: a clean stop waits for the uploads; after an error the next start does what is left.
         let wait = if result.as_ref().is_ok_and(|clean| *clean) { upload_wait } else { Duration::ZERO };
         span.in_scope(|| finish_uploads(uploader, wait, &cfg.directory));
