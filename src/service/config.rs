@@ -624,6 +624,48 @@ receive_timeout = 0
         assert_eq!(result.unwrap().sources[0].receive.conn.target_session_attrs, TargetSessionAttrs::Any);
     }
 
+    /// The TOML a user copies: the packaged and container configurations and every example in the docs.
+    const SHIPPED: [(&str, &str); 5] = [
+        ("packaging/walkeeper.toml", include_str!("../../packaging/walkeeper.toml")),
+        ("docker/walkeeper.toml", include_str!("../../docker/walkeeper.toml")),
+        ("docs/service.md", include_str!("../../docs/service.md")),
+        ("docs/s3.md", include_str!("../../docs/s3.md")),
+        ("docs/dr-standby.md", include_str!("../../docs/dr-standby.md")),
+    ];
+
+    /// A markdown file's ```toml blocks, or a TOML file whole.
+    fn examples(file: &str, text: &str) -> Vec<String> {
+        if file.ends_with(".toml") {
+            return vec![text.to_string()];
+        }
+        text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn shipped_examples_are_accepted_as_written() {
+        let mut checked = 0;
+        for (file, text) in SHIPPED {
+            for example in examples(file, text) {
+                deserialize(&example, Path::new(file)).unwrap_or_else(|e| panic!("{file}: {e}\n{example}"));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6, "every example was found");
+        // The full example, with its directories made real, passes every check `--check` makes.
+        let example = &examples("docs/service.md", SHIPPED[2].1)[0];
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = example.clone();
+        for name in ["main", "billing"] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            let real = dir.path().join(name).display().to_string();
+            text = text.replace(&format!("/var/lib/walkeeper/{name}"), &real);
+        }
+        let file = dir.path().join("walkeeper.toml");
+        std::fs::write(&file, text).unwrap();
+        let cfg = load(&file, &env).unwrap();
+        assert_eq!(cfg.sources.len(), 2);
+    }
+
     #[test]
     fn the_listen_address_has_a_default() {
         let (_dir, result) = setup("[[source]]\nname = \"x\"\nconninfo = \"\"\ndirectory = \"a\"\n");
