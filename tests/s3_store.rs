@@ -253,6 +253,9 @@ fn a_store_that_cannot_answer_is_an_error_never_not_found() {
     assert_io_naming(nobucket.open(missing).err().unwrap(), missing, &endpoint);
     assert_io_naming(nobucket.read_range(missing, 0, 1).unwrap_err(), missing, &endpoint);
     assert_io_naming(nobucket.list().unwrap_err(), "s3://no-such-bucket/wal", &endpoint);
+    // A create-only upload into a bucket that never answered confirms its HEAD's 404 (SeaweedFS would accept
+    // the PUT and hide a mistyped name).
+    assert_io_naming(nobucket.put_new(missing, b"new").unwrap_err(), missing, &endpoint);
 
     // Wrong credentials.
     let options = S3Options { secret_access_key: Some("wrong".into()), ..s3.options() };

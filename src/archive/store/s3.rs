@@ -36,6 +36,7 @@ use reader::ChunkReader;
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
@@ -61,6 +62,8 @@ struct Shared {
     handle: tokio::runtime::Handle,
     /// Owns `handle`'s threads; `Some` until dropped (taken out to shut it down without blocking).
     runtime: Option<tokio::runtime::Runtime>,
+    /// The bucket has answered a LIST: it exists (see [`S3Store::put_new`]).
+    bucket_seen: AtomicBool,
 }
 
 /// A request running on the store's runtime. Dropping it cancels the request.
@@ -100,6 +103,7 @@ impl S3Store {
             writes: Arc::new(clients.writes),
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
+            bucket_seen: AtomicBool::new(false),
         };
         Ok(S3Store { shared: Arc::new(shared) })
     }
@@ -129,7 +133,10 @@ impl S3Store {
         let client = self.shared.reads.clone();
         let probe = key.clone();
         match self.run(async move { client.list_with_delimiter(Some(&probe)).await }) {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.shared.bucket_seen.store(true, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) => Err(StoreError::Io {
                 op,
                 location: self.location_of(name),
@@ -144,6 +151,17 @@ impl S3Store {
 
     /// HEAD `key`: `None` only when it really does not exist.
     fn head(&self, op: &'static str, name: &str, key: &Path) -> Result<Option<Head>, StoreError> {
+        match self.head_unconfirmed(op, name, key)? {
+            Some(head) => Ok(Some(head)),
+            None => {
+                self.confirm_absent(op, name, key)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// HEAD `key`: `None` on a 404, which may also mean a missing bucket.
+    fn head_unconfirmed(&self, op: &'static str, name: &str, key: &Path) -> Result<Option<Head>, StoreError> {
         let client = self.shared.reads.clone();
         let path = key.clone();
         let options = GetOptions { head: true, ..GetOptions::default() };
@@ -160,10 +178,7 @@ impl S3Store {
                     sha256,
                 }))
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.confirm_absent(op, name, key)?;
-                Ok(None)
-            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.io(op, name, &e)),
         }
     }
@@ -291,6 +306,7 @@ impl Store for S3Store {
             location: self.location(),
             source: self.shared.describe(&e).into(),
         })?;
+        self.shared.bucket_seen.store(true, Ordering::Relaxed);
         Ok(listing
             .objects
             .into_iter()
@@ -355,7 +371,15 @@ impl Store for S3Store {
     fn put_new(&self, name: &str, data: &[u8]) -> Result<Put, StoreError> {
         let key = self.key(name)?;
         let digest = sha256_hex(data);
-        if let Some(existing) = self.head("create", name, &key)? {
+        // Once the bucket has answered a LIST, a 404 here is taken as "absent" without another LIST (one
+        // request fewer per upload: the uploader lists the bucket before its first upload). Before that, it
+        // is confirmed: a store may accept a PUT into a bucket that does not exist (SeaweedFS 4.48 does), which
+        // would hide a mistyped bucket name.
+        let existing = match self.shared.bucket_seen.load(Ordering::Relaxed) {
+            true => self.head_unconfirmed("create", name, &key)?,
+            false => self.head("create", name, &key)?,
+        };
+        if let Some(existing) = existing {
             return self.settle(name, &key, &existing, data, &digest);
         }
         match self.put(key.clone(), data, PutMode::Create, &digest) {
