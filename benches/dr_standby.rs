@@ -15,22 +15,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+use common::{env_u64, median};
+
 use std::time::{Duration, Instant};
 use support::walsender::{Receiver, ReceiverOptions, Walsender};
 use support::{format_lsn, Cluster};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 /// User and system CPU seconds of this process so far (walkeeper's receive loop and walsender).
 fn own_cpu() -> f64 {

@@ -13,23 +13,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{env_u64, median, walkeeper_bin};
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{pg_tool, Cluster};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn walkeeper_bin() -> PathBuf {
-    // Benches build in release; the binary sits next to the bench executable's parent directory.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("walkeeper");
-    assert!(bin.exists(), "{} not built: run `cargo build --release` first", bin.display());
-    bin
-}
 
 /// What one receiver run cost.
 #[derive(Clone, Copy, Debug, Default)]
@@ -56,19 +46,6 @@ fn measure(cmd: &mut Command) -> Cost {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "receiver failed: {stderr}");
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,29 +12,13 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{median, walkeeper_bin};
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{run_as_server_user, wait_until, Cluster};
-
-fn walkeeper_bin() -> PathBuf {
-    // Benches build in release; the binary sits next to the bench executable's parent directory.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("walkeeper");
-    assert!(bin.exists(), "{} not built: run `cargo build --release` first", bin.display());
-    bin
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 fn streaming_from(c: &Cluster) -> bool {
     c.try_psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walkeeper' AND state = 'streaming'")

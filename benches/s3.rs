@@ -21,32 +21,14 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{env_u64, median, walkeeper_bin};
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 use support::s3::S3Cluster;
 use support::Cluster;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn walkeeper_bin() -> PathBuf {
-    // Benches build in release; the binary sits next to the bench executable's parent directory.
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("walkeeper");
-    assert!(bin.exists(), "{} not built: run `cargo build --release` first", bin.display());
-    bin
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 /// `walkeeper receive` against `cluster`, with the S3 cluster's environment.
 fn receive(cluster: &Cluster, s3: &S3Cluster) -> Command {

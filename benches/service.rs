@@ -18,25 +18,15 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+use common::{env_u64, median};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{pg_tool, Cluster, WALKEEPER};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 /// Wait for a child and return its CPU seconds (user + sys); panics if it failed.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also yields its rusage
