@@ -73,6 +73,16 @@ fn lists_stats_and_reads_direct_children_only() {
     assert!(store(&s3, "nothing-here").list().unwrap().is_empty());
     let root: Vec<String> = store(&s3, "").list().unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(root, ["000000010000000000000007"]);
+    // What follows a name: the store skips what sorts before it (start-after), still direct children only.
+    let after = |store: &S3Store, name: &str| {
+        let mut names: Vec<String> = store.list_after(name).unwrap().into_iter().map(|e| e.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(after(&wal, "000000010000000000000000"), ["000000010000000000000001", "00000002.history"]);
+    assert_eq!(after(&wal, "000000010000000000000001"), ["00000002.history"]);
+    assert!(after(&wal, "00000002.history").is_empty(), "neither itself nor the deeper key");
+    assert_eq!(after(&store(&s3, ""), "000000010000000000000006"), ["000000010000000000000007"]);
 
     let stat = wal.stat("000000010000000000000001").unwrap().unwrap();
     assert_eq!((stat.name.as_str(), stat.len), ("000000010000000000000001", 13));

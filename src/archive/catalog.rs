@@ -130,6 +130,13 @@ impl Catalog {
         Ok(Catalog::new(entries, size, known))
     }
 
+    /// List only what sorts after `after` in `store` ([`Store::list_after`]) and classify it: the segments
+    /// and history files that can follow segment `after` (prefetch's plan), one request on a bucket however
+    /// long the archive is.
+    pub fn read_after(store: &dyn Store, after: &str, segment_size: u32) -> Result<Catalog, StoreError> {
+        Ok(Catalog::new(store.list_after(after)?, segment_size, true))
+    }
+
     /// Classify `entries` (pure). `segment_size` must be a valid segment size.
     fn new(entries: Vec<Entry>, segment_size: u32, segment_size_known: bool) -> Catalog {
         let mut c = Catalog {

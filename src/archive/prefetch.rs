@@ -57,7 +57,7 @@
 //! segment has been requested for [`IDLE_EXIT`] (recovery finished or paused), removing its entries, or
 //! when the spool directory disappears.
 
-use super::catalog::{self, Catalog, SegmentSize};
+use super::catalog::{self, Catalog};
 use super::error::WalDirError;
 use super::fsutil;
 use super::restore::{self, RestoreError, Restored, Source};
@@ -316,9 +316,11 @@ fn try_lock(file: &File) -> bool {
 
 /// The segments to keep after `requested`, in replay order: up to `depth` of them, stopping at the first
 /// that is not in the archive. Follows timeline switches as PostgreSQL does with `latest` (module docs).
-/// Lists the archive once; an archive that cannot be listed plans nothing.
+/// Lists once only what sorts after the requested segment (its timeline's later segments, later timelines and
+/// their history files); an archive that cannot be listed plans nothing.
 pub fn plan(store: &dyn Store, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
-    let Ok(catalog) = Catalog::read(store, SegmentSize::Known(segment_size)) else { return Vec::new() };
+    let after = requested.file_name(segment_size);
+    let Ok(catalog) = Catalog::read_after(store, &after, segment_size) else { return Vec::new() };
     let chain = timeline_chain(store, &catalog, requested, segment_size);
     let mut out = Vec::with_capacity(depth);
     // Never back to an older timeline than the last file's (XLogFileReadAnyTLI's `tli < curFileTLI`).

@@ -113,6 +113,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every entry, in no particular order. A store that cannot be listed is an error, never an empty list.
     fn list(&self) -> Result<Vec<Entry>, StoreError>;
 
+    /// The entries whose names sort after `after` (byte order), in no particular order: what follows a
+    /// segment in an archive (later segments of its timeline, every later timeline and its history file)
+    /// without listing everything before it where the store can skip (S3's `start-after`). An error as
+    /// [`Store::list`].
+    fn list_after(&self, after: &str) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.list()?.into_iter().filter(|e| e.name.as_str() > after).collect())
+    }
+
     /// One entry; `None` when it does not exist.
     fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError>;
 

@@ -149,6 +149,22 @@ impl S3Store {
         }
     }
 
+    fn list_error(&self, e: &object_store::Error) -> StoreError {
+        StoreError::Io { op: "list", location: self.location(), source: self.shared.describe(e).into() }
+    }
+
+    /// The entry of a listed object exactly one part below `prefix`. A folder marker ("PREFIX/", which
+    /// SeaweedFS lists once the last object under it is deleted) reads back as the prefix itself and is no
+    /// entry; neither is anything deeper.
+    fn direct_child(&self, prefix: &Path, meta: object_store::ObjectMeta) -> Option<Entry> {
+        let mut below = meta.location.prefix_match(prefix)?;
+        let name = below.next()?.as_ref().to_string();
+        if below.next().is_some() {
+            return None;
+        }
+        Some(Entry { name, len: meta.size, modified: Some(meta.last_modified.into()), regular: true })
+    }
+
     /// HEAD `key`: `None` only when it really does not exist.
     fn head(&self, op: &'static str, name: &str, key: &Path) -> Result<Option<Head>, StoreError> {
         match self.head_unconfirmed(op, name, key)? {
@@ -301,26 +317,26 @@ impl Store for S3Store {
             let asked = (!asked.as_ref().is_empty()).then_some(asked);
             client.list_with_delimiter(asked.as_ref()).await
         });
-        let listing = listing.map_err(|e| StoreError::Io {
-            op: "list",
-            location: self.location(),
-            source: self.shared.describe(&e).into(),
-        })?;
+        let listing = listing.map_err(|e| self.list_error(&e))?;
         self.shared.bucket_seen.store(true, Ordering::Relaxed);
-        Ok(listing
-            .objects
-            .into_iter()
-            .filter_map(|meta| {
-                // Exactly one part below the prefix. A folder marker ("PREFIX/", which SeaweedFS lists once the
-                // last object under it is deleted) reads back as the prefix itself and is no entry.
-                let mut below = meta.location.prefix_match(&prefix)?;
-                let name = below.next()?.as_ref().to_string();
-                if below.next().is_some() {
-                    return None;
-                }
-                Some(Entry { name, len: meta.size, modified: Some(meta.last_modified.into()), regular: true })
-            })
-            .collect())
+        Ok(listing.objects.into_iter().filter_map(|meta| self.direct_child(&prefix, meta)).collect())
+    }
+
+    fn list_after(&self, after: &str) -> Result<Vec<Entry>, StoreError> {
+        let client = self.shared.reads.clone();
+        let prefix = self.shared.location.prefix_path();
+        let asked = prefix.clone();
+        let offset = self.key(after)?;
+        // `start-after`: the store skips what sorts before (an archive's older segments), every page followed.
+        // Not delimited: deeper objects come too, and are no entries (as in `list`).
+        let listing = self.run(async move {
+            use futures_util::TryStreamExt;
+            let asked = (!asked.as_ref().is_empty()).then_some(asked);
+            client.list_with_offset(asked.as_ref(), &offset).try_collect::<Vec<_>>().await
+        });
+        let listing = listing.map_err(|e| self.list_error(&e))?;
+        self.shared.bucket_seen.store(true, Ordering::Relaxed);
+        Ok(listing.into_iter().filter_map(|meta| self.direct_child(&prefix, meta)).collect())
     }
 
     fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError> {
