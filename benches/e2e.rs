@@ -14,39 +14,12 @@
 mod support;
 
 mod common;
-use common::{env_u64, median, walkeeper_bin};
+use common::{env_u64, measure, median, walkeeper_bin, Cost};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{pg_tool, Cluster};
-
-/// What one receiver run cost.
-#[derive(Clone, Copy, Debug, Default)]
-struct Cost {
-    wall: f64,
-    cpu: f64,
-    max_rss_kb: i64,
-}
-
-/// Run a command to completion, measuring wall time, user+sys CPU and peak RSS of that process.
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
-fn measure(cmd: &mut Command) -> Cost {
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("spawn receiver");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = start.elapsed().as_secs_f64();
-    assert_eq!(rc, pid, "wait4 failed");
-    let stderr = std::fs::read_to_string(log.path()).unwrap_or_default();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "receiver failed: {stderr}");
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tool {
@@ -120,7 +93,7 @@ fn catchup(report: &mut String) {
                 let slot = format!("e2e_{}_{}_{}", m, r, t.name());
                 let mut cmd = t.command(&cluster);
                 cmd.args(["-D", &dir.path().to_string_lossy(), "-S", &slot, "-n", "-E", &end]).args(*extra);
-                let cost = measure(&mut cmd);
+                let cost = measure(&mut cmd, &[0]);
                 eprintln!("e2e: {mode} {} round {r}: {:.2}s wall, {:.2}s cpu", t.name(), cost.wall, cost.cpu);
                 costs[i].push(cost);
                 cluster.psql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
@@ -383,7 +356,7 @@ fn restore(report: &mut String) {
         std::fs::create_dir(&dir).expect("archive dir");
         let mut cmd = Tool::Walkeeper.command(&cluster);
         cmd.args(["-D", &dir.to_string_lossy(), "-S", slot, "-n", "-E", &end]).args(extra);
-        measure(&mut cmd);
+        measure(&mut cmd, &[0]);
     }
     open_to_all(archives.path());
     // Let the writeback of the WAL just written finish, so that it does not slow down the first run only.

@@ -22,10 +22,10 @@
 mod support;
 
 mod common;
-use common::{env_u64, median, walkeeper_bin};
+use common::{env_u64, measure, median, walkeeper_bin, Cost};
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use support::s3::S3Cluster;
 use support::Cluster;
@@ -36,32 +36,6 @@ fn receive(cluster: &Cluster, s3: &S3Cluster) -> Command {
     c.arg("receive").args(["-h", cluster.host(), "-p", &cluster.port().to_string(), "-U", "postgres", "-w"]);
     c.envs(s3.env());
     c
-}
-
-/// What one run cost: wall time and the process's user+sys CPU time, in seconds.
-#[derive(Clone, Copy, Debug, Default)]
-struct Cost {
-    wall: f64,
-    cpu: f64,
-}
-
-/// Runs `cmd` to completion and measures it; panics with its stderr unless it exits with one of `codes`.
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
-fn measure(cmd: &mut Command, codes: &[i32]) -> Cost {
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let started = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed().as_secs_f64();
-    assert_eq!(rc, pid, "wait4 failed");
-    let ok = libc::WIFEXITED(status) && codes.contains(&libc::WEXITSTATUS(status));
-    assert!(ok, "{cmd:?} failed ({status}): {}", std::fs::read_to_string(log.path()).unwrap_or_default());
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime) }
 }
 
 fn compress_args() -> Vec<String> {

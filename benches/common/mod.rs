@@ -1,8 +1,10 @@
-//! What every end-to-end bench needs: its knobs from the environment, the release binary next to it, and
-//! medians. (Each bench uses some of these.)
+//! What every end-to-end bench needs: its knobs from the environment, the release binary next to it, the cost
+//! of a process run, and medians. (Each bench uses some of these.)
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 /// A knob: the environment variable `name` as a number, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
@@ -26,4 +28,32 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// What one process run cost: wall time and its user+sys CPU time in seconds, and its peak RSS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cost {
+    pub wall: f64,
+    pub cpu: f64,
+    pub max_rss_kb: i64,
+}
+
+/// Runs `cmd` to completion and measures it (rusage from `wait4`); panics with its stderr unless it exits
+/// with one of `codes`.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also yields its rusage
+pub fn measure(cmd: &mut Command, codes: &[i32]) -> Cost {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(log.reopen().expect("log")).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(rc, pid, "wait4 failed");
+    let ok = libc::WIFEXITED(status) && codes.contains(&libc::WEXITSTATUS(status));
+    assert!(ok, "{cmd:?} failed ({status}): {}", std::fs::read_to_string(log.path()).unwrap_or_default());
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
 }
