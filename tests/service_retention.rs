@@ -62,6 +62,16 @@ fn keep_backups_removes_exactly_the_wal_before_the_second_newest_backup() {
         "{}",
         service.log()
     );
+    // The metrics and /status tell what retention did (published once its run has returned).
+    let removed = || service.metric("walkeeper_retention_removed_segments_total", "r");
+    let counted = wait_until(TIMEOUT, || removed() >= keep_from - starts[0]);
+    assert!(counted, "at least the segments between the backups are counted: {}", removed());
+    let removed = removed();
+    assert!(service.metric("walkeeper_retention_last_success_timestamp_seconds", "r") > 0);
+    assert_eq!(service.metric("walkeeper_retention_failures_total", "r"), 0);
+    let status = service.status("r");
+    assert_eq!(status["retention_removed_segments"].as_u64(), Some(removed), "{status}");
+    assert_eq!(status["retention_last_error"], serde_json::Value::Null, "{status}");
     // The source kept streaming throughout.
     assert_eq!(service.health().0, 200, "{:?}", service.health());
 }

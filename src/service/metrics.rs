@@ -65,6 +65,11 @@ fn lsn(l: Option<crate::wal::Lsn>) -> Value {
     Value::Int(l.map_or(0, |l| l.0))
 }
 
+/// Seconds since the Unix epoch; 0 for never.
+fn unix_seconds(t: Option<SystemTime>) -> f64 {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The server's end of WAL minus the flushed position: WAL the server has that is not safe here yet.
 pub fn lag_bytes(s: &SourceState) -> u64 {
     match (s.server_end, s.flushed) {
@@ -149,13 +154,28 @@ const DEFS: &[Def] = &[
         help: "When the last message from the server arrived, seconds since the Unix epoch (0: never)",
         unit: Some(Unit::Seconds),
         kind: Kind::Gauge,
-        value: |s| {
-            Value::Float(
-                s.last_message
-                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                    .map_or(0.0, |d| d.as_secs_f64()),
-            )
-        },
+        value: |s| Value::Float(unix_seconds(s.last_message)),
+    },
+    Def {
+        name: "walkeeper_retention_removed_segments",
+        help: "Segment files removed by the source's retention (keep_backups); 0 without it",
+        unit: None,
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.retention.removed),
+    },
+    Def {
+        name: "walkeeper_retention_failures",
+        help: "Retention runs that failed (the error is in /status and the log)",
+        unit: None,
+        kind: Kind::Counter,
+        value: |s| Value::Int(s.retention.failures),
+    },
+    Def {
+        name: "walkeeper_retention_last_success_timestamp",
+        help: "When the source's retention last ran without error, seconds since the Unix epoch (0: never)",
+        unit: Some(Unit::Seconds),
+        kind: Kind::Gauge,
+        value: |s| Value::Float(unix_seconds(s.retention.last_success)),
     },
 ];
 
@@ -323,6 +343,9 @@ mod tests {
             "walkeeper_reconnects_total",
             "walkeeper_invalid_wal_total",
             "walkeeper_last_message_timestamp_seconds",
+            "walkeeper_retention_removed_segments_total",
+            "walkeeper_retention_failures_total",
+            "walkeeper_retention_last_success_timestamp_seconds",
         ] {
             for source in ["a", "b"] {
                 let v: f64 = value(&text, &format!("{name}{{source=\"{source}\"}}")).parse().unwrap();
@@ -351,6 +374,12 @@ mod tests {
             reconnects: 2,
             invalid_wal: 1,
             last_message: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500)),
+            retention: crate::stream::state::RetentionState {
+                removed: 12,
+                failures: 1,
+                last_success: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100)),
+                last_error: None,
+            },
             ..SourceState::default()
         };
         let text = render(vec![Sample { source: "db".into(), state, serve: None, upload: None }]);
@@ -366,6 +395,9 @@ mod tests {
         assert_eq!(v("walkeeper_reconnects_total"), "2");
         assert_eq!(v("walkeeper_invalid_wal_total"), "1");
         assert_eq!(v("walkeeper_last_message_timestamp_seconds"), "1700000000.5");
+        assert_eq!(v("walkeeper_retention_removed_segments_total"), "12");
+        assert_eq!(v("walkeeper_retention_failures_total"), "1");
+        assert_eq!(v("walkeeper_retention_last_success_timestamp_seconds"), "1700000100.0");
     }
 
     #[test]

@@ -356,7 +356,7 @@ async fn run(
             );
             false
         }
-        () = retain(&cfg.directory, retention, downstreams) => false,
+        () = retain(&cfg.directory, retention, downstreams, state) => false,
     }
 }
 
@@ -365,7 +365,12 @@ async fn run(
 /// (`archive::retention::run`), on the runtime's blocking pool: this source's own loop keeps streaming
 /// meanwhile, and the runner holds the directory's lock throughout. With a walsender, nothing a connected
 /// standby still needs is removed (the policy's floor).
-async fn retain(directory: &Path, retention: Option<Retention>, downstreams: Option<Downstreams>) {
+async fn retain(
+    directory: &Path,
+    retention: Option<Retention>,
+    downstreams: Option<Downstreams>,
+    state: &StateSender,
+) {
     let Some(Retention { policy, interval }) = retention else {
         return std::future::pending().await;
     };
@@ -379,11 +384,25 @@ async fn retain(directory: &Path, retention: Option<Retention>, downstreams: Opt
         let run = tokio::task::spawn_blocking(move || {
             retention::run(&LocalStore::new(&dir), &policy, false, SystemTime::now())
         });
-        match run.await {
-            Ok(Ok(outcome)) => tracing::info!("retention: {}", outcome.plan.summary()),
-            Ok(Err(e)) => tracing::error!("retention: {e}"),
-            Err(e) => tracing::error!("retention: internal error: {e}"),
-        }
+        let failed = match run.await {
+            Ok(Ok(outcome)) => {
+                tracing::info!("retention: {}", outcome.plan.summary());
+                let removed = if outcome.removed { outcome.plan.remove.len() as u64 } else { 0 };
+                state.send_modify(|s| {
+                    s.retention.removed += removed;
+                    s.retention.last_success = Some(SystemTime::now());
+                    s.retention.last_error = None;
+                });
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("internal error: {e}"),
+        };
+        tracing::error!("retention: {failed}");
+        state.send_modify(|s| {
+            s.retention.failures += 1;
+            s.retention.last_error = Some(failed);
+        });
     }
 }
 

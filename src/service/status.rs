@@ -39,6 +39,11 @@ pub struct SourceStatus<'a> {
     pub received_bytes: u64,
     pub reconnects: u64,
     pub invalid_wal: u64,
+    /// Retention (`keep_backups`): segment files removed, failed runs, the last success, the last error.
+    pub retention_removed_segments: u64,
+    pub retention_failures: u64,
+    pub retention_last_success_unix: Option<f64>,
+    pub retention_last_error: Option<&'a str>,
     /// None until the archive was first listed.
     pub archive: Option<&'a ArchiveSummary>,
     /// With `[source.serve]`: the walsender and the standbys streaming from it.
@@ -174,6 +179,10 @@ pub fn source_status<'a>(
         received_bytes: s.received_bytes,
         reconnects: s.reconnects,
         invalid_wal: s.invalid_wal,
+        retention_removed_segments: s.retention.removed,
+        retention_failures: s.retention.failures,
+        retention_last_success_unix: unix(s.retention.last_success),
+        retention_last_error: s.retention.last_error.as_deref(),
         archive,
         serve: sample.serve.as_ref().map(serve_status),
         upload: sample.upload.as_ref().map(upload_status),
@@ -206,6 +215,34 @@ mod tests {
         assert_eq!(json["archive"], serde_json::Value::Null);
         assert!(json.get("serve").is_none(), "no walsender, no serve object");
         assert_eq!(json["upload"], serde_json::Value::Null);
+        assert_eq!(
+            (json["retention_removed_segments"].as_u64(), json["retention_failures"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(json["retention_last_success_unix"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_failing_retention_shows_its_error() {
+        let state = SourceState {
+            retention: crate::stream::state::RetentionState {
+                removed: 5,
+                failures: 2,
+                last_success: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
+                last_error: Some(
+                    "could not remove \"/a/000000010000000000000003\": Permission denied".into(),
+                ),
+            },
+            ..SourceState::default()
+        };
+        let sample = Sample { source: "db".into(), state, serve: None, upload: None };
+        let json = serde_json::to_value(source_status(&sample, Path::new("/a"), None)).unwrap();
+        assert_eq!(
+            (json["retention_removed_segments"].as_u64(), json["retention_failures"].as_u64()),
+            (Some(5), Some(2))
+        );
+        assert_eq!(json["retention_last_success_unix"], 1_700_000_000.0);
+        assert!(json["retention_last_error"].as_str().unwrap().contains("Permission denied"));
     }
 
     #[test]

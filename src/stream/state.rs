@@ -79,6 +79,21 @@ pub struct SourceState {
     /// Old-timeline WAL the archive holds past the fork point of the timeline now streamed, if the last
     /// failover left any (what the old primary wrote that the new one never had).
     pub diverged_tail: Option<TailReport>,
+    /// The service's retention runs for this source (`keep_backups`); untouched by the receive loop.
+    pub retention: RetentionState,
+}
+
+/// What the service's retention runs for one source have done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionState {
+    /// Segment files removed so far.
+    pub removed: u64,
+    /// Runs that failed.
+    pub failures: u64,
+    /// When the last run succeeded (removing something or not).
+    pub last_success: Option<SystemTime>,
+    /// Why the last run failed; cleared by the next success.
+    pub last_error: Option<String>,
 }
 
 /// The sending side, owned by the receive loop.
