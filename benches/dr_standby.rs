@@ -16,7 +16,7 @@
 mod support;
 
 mod common;
-use common::{env_u64, median};
+use common::{benchmarking, env_u64, median};
 
 use std::time::{Duration, Instant};
 use support::walsender::{Receiver, ReceiverOptions, Walsender};
@@ -38,6 +38,9 @@ enum Upstream {
 }
 
 fn main() {
+    if !benchmarking("dr_standby") {
+        return;
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         // walkeeper's progress lines would drown the report.
         std::env::set_var("RUST_LOG", "walkeeper=warn");

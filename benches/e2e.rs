@@ -14,7 +14,7 @@
 mod support;
 
 mod common;
-use common::{env_u64, measure, median, walkeeper_bin, Cost};
+use common::{benchmarking, env_u64, measure, median, walkeeper_bin, Cost};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -425,9 +425,7 @@ fn restore(report: &mut String) {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches in test mode with `--bench` absent: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("e2e: skipped (run with `cargo bench --bench e2e`)");
+    if !benchmarking("e2e") {
         return;
     }
     let phases = std::env::var("E2E_PHASES").unwrap_or_else(|_| "catchup,sync,restore".into());

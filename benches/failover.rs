@@ -13,7 +13,7 @@
 mod support;
 
 mod common;
-use common::{median, walkeeper_bin};
+use common::{benchmarking, median, walkeeper_bin};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -92,7 +92,7 @@ fn round(bin: &Path) -> Round {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    if !benchmarking("failover") {
         return;
     }
     let rounds: usize = std::env::var("FAILOVER_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);

@@ -22,7 +22,7 @@
 mod support;
 
 mod common;
-use common::{env_u64, measure, median, walkeeper_bin, Cost};
+use common::{benchmarking, env_u64, measure, median, walkeeper_bin, Cost};
 
 use std::path::Path;
 use std::process::Command;
@@ -192,9 +192,7 @@ fn restore(s3: &S3Cluster, report: &mut String) {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches in test mode with `--bench` absent: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("s3: skipped (run with `cargo bench --bench s3`)");
+    if !benchmarking("s3") {
         return;
     }
     let Some(s3) = S3Cluster::start() else { return };

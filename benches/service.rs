@@ -19,7 +19,7 @@
 mod support;
 
 mod common;
-use common::{env_u64, median};
+use common::{benchmarking, env_u64, median};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -303,9 +303,7 @@ fn idle_and_scrape(report: &mut String) {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches in test mode with `--bench` absent: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("service bench: skipped (run with `cargo bench --bench service`)");
+    if !benchmarking("service") {
         return;
     }
     let phases = std::env::var("SERVICE_PHASES").unwrap_or_else(|_| "catchup,idle".into());

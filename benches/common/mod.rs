@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// Whether `cargo bench` runs this bench. `cargo test --all-targets` runs benches too, in test mode and
+/// without `--bench`: a bench that starts servers and measures for minutes then says it skipped, and does
+/// nothing.
+pub fn benchmarking(name: &str) -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        println!("{name}: skipped (run with `cargo bench --bench {name}`)");
+    }
+    bench
+}
+
 /// A knob: the environment variable `name` as a number, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
