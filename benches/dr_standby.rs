@@ -16,7 +16,7 @@
 mod support;
 
 mod common;
-use common::{benchmarking, env_u64, median};
+use common::{benchmarking, env_u64, median, publish_report};
 
 use std::time::{Duration, Instant};
 use support::walsender::{Receiver, ReceiverOptions, Walsender};
@@ -116,8 +116,5 @@ fn main() {
         median(cpu.clone()),
         median(cpu) * 1024.0 / wal_mb as f64,
     );
-    println!("{report}");
-    if let Ok(path) = std::env::var("DR_OUT") {
-        std::fs::write(&path, &report).expect("write DR_OUT");
-    }
+    publish_report(&report, "DR_OUT");
 }

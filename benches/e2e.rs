@@ -14,7 +14,7 @@
 mod support;
 
 mod common;
-use common::{benchmarking, env_u64, measure, median, walkeeper_bin, Cost};
+use common::{benchmarking, env_u64, measure, median, publish_report, report_header, walkeeper_bin, Cost};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -429,12 +429,7 @@ fn main() {
         return;
     }
     let phases = std::env::var("E2E_PHASES").unwrap_or_else(|_| "catchup,sync,restore".into());
-    let mut report = String::from("## walkeeper vs pg_receivewal, end to end\n");
-    report.push_str(&format!(
-        "\nMachine: {} cores, PostgreSQL 15 (Debian), walkeeper {} release build.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        env!("CARGO_PKG_VERSION")
-    ));
+    let mut report = report_header("walkeeper vs pg_receivewal, end to end");
     if phases.contains("catchup") {
         catchup(&mut report);
     }
@@ -444,8 +439,5 @@ fn main() {
     if phases.contains("restore") {
         restore(&mut report);
     }
-    println!("{report}");
-    if let Ok(path) = std::env::var("E2E_OUT") {
-        std::fs::write(&path, &report).expect("write report");
-    }
+    publish_report(&report, "E2E_OUT");
 }

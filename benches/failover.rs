@@ -13,7 +13,7 @@
 mod support;
 
 mod common;
-use common::{benchmarking, median, walkeeper_bin};
+use common::{benchmarking, median, publish_report, walkeeper_bin};
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -116,8 +116,5 @@ fn main() {
         median(writable.clone()),
         list(&writable)
     );
-    print!("{report}");
-    if let Ok(out) = std::env::var("FAILOVER_OUT") {
-        std::fs::write(out, &report).expect("write FAILOVER_OUT");
-    }
+    publish_report(&report, "FAILOVER_OUT");
 }

@@ -22,7 +22,7 @@
 mod support;
 
 mod common;
-use common::{benchmarking, env_u64, measure, median, walkeeper_bin, Cost};
+use common::{benchmarking, env_u64, measure, median, publish_report, walkeeper_bin, Cost};
 
 use std::path::Path;
 use std::process::Command;
@@ -209,8 +209,5 @@ fn main() {
     if phases.contains("restore") {
         restore(&s3, &mut report);
     }
-    println!("{report}");
-    if let Ok(path) = std::env::var("S3_OUT") {
-        std::fs::write(&path, &report).expect("write report");
-    }
+    publish_report(&report, "S3_OUT");
 }

@@ -19,7 +19,7 @@
 mod support;
 
 mod common;
-use common::{benchmarking, env_u64, median};
+use common::{benchmarking, env_u64, median, publish_report, report_header};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -307,20 +307,12 @@ fn main() {
         return;
     }
     let phases = std::env::var("SERVICE_PHASES").unwrap_or_else(|_| "catchup,idle".into());
-    let mut report = String::from("## walkeeper service\n");
-    report.push_str(&format!(
-        "\nMachine: {} cores, PostgreSQL 15 (Debian), walkeeper {} release build.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        env!("CARGO_PKG_VERSION")
-    ));
+    let mut report = report_header("walkeeper service");
     if phases.contains("catchup") {
         catchup(&mut report);
     }
     if phases.contains("idle") {
         idle_and_scrape(&mut report);
     }
-    println!("{report}");
-    if let Ok(path) = std::env::var("SERVICE_OUT") {
-        std::fs::write(&path, &report).expect("write report");
-    }
+    publish_report(&report, "SERVICE_OUT");
 }

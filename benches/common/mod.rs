@@ -68,3 +68,20 @@ pub fn measure(cmd: &mut Command, codes: &[i32]) -> Cost {
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Cost { wall, cpu: secs(usage.ru_utime) + secs(usage.ru_stime), max_rss_kb: usage.ru_maxrss }
 }
+
+/// A bench report's title and the machine it ran on.
+pub fn report_header(title: &str) -> String {
+    format!(
+        "## {title}\n\nMachine: {} cores, PostgreSQL 15 (Debian), walkeeper {} release build.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Print the report, and write it to the file the environment variable `out` names, if it is set.
+pub fn publish_report(report: &str, out: &str) {
+    println!("{report}");
+    if let Ok(path) = std::env::var(out) {
+        std::fs::write(&path, report).expect("write report");
+    }
+}

@@ -65,9 +65,9 @@ fn lsn(l: Option<crate::wal::Lsn>) -> Value {
     Value::Int(l.map_or(0, |l| l.0))
 }
 
-/// Seconds since the Unix epoch; 0 for never.
+/// Seconds since the Unix epoch (`/status`'s reading); 0 for never.
 fn unix_seconds(t: Option<SystemTime>) -> f64 {
-    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64())
+    crate::service::status::unix(t).unwrap_or(0.0)
 }
 
 /// The server's end of WAL minus the flushed position: WAL the server has that is not safe here yet.

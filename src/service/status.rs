@@ -149,7 +149,8 @@ fn upload_status(u: &UploadState) -> UploadStatus<'_> {
     }
 }
 
-fn unix(t: Option<SystemTime>) -> Option<f64> {
+/// Seconds since the Unix epoch; `None` for never (or a time before 1970).
+pub(crate) fn unix(t: Option<SystemTime>) -> Option<f64> {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())
 }
 
