@@ -100,6 +100,19 @@ fn lists_stats_and_reads_direct_children_only() {
     assert_eq!(wal.read_range("000000010000000000000001", 50, 5).unwrap(), b"", "past the end");
     assert_eq!(wal.read_range("000000010000000000000001", 2, 0).unwrap(), b"");
 
+    // An empty object reads as empty (a ranged GET of it is refused; the HEAD then tells its size).
+    wal.put_replace("empty", b"").unwrap();
+    assert_eq!(wal.read_all("empty").unwrap(), b"");
+    // The first of several names that exists, all asked at once (restore's lookup of a segment's forms).
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let forms = names(&["000000010000000000000002", "000000010000000000000001", "00000002.history"]);
+    let (i, found) = wal.stat_first(&forms).unwrap().unwrap();
+    assert_eq!((i, found.name.as_str(), found.len), (1, "000000010000000000000001", 13));
+    assert!(wal
+        .stat_first(&names(&["000000010000000000000002", "000000010000000000000003"]))
+        .unwrap()
+        .is_none());
+
     // Names that are not one plain object name are refused, never looked up elsewhere.
     for bad in ["sub/000000010000000000000008", "..", ""] {
         let err = wal.stat(bad).unwrap_err();
@@ -218,6 +231,11 @@ fn streams_large_objects_in_chunks() {
     let wal = store(&s3, "wal");
     // One chunk, and several (reads are 4 MiB ranged GETs; 16 MiB is the default segment size).
     let small = pattern(1 << 20, 1);
+    for len in [(4 << 20) - 1, 4 << 20, (4 << 20) + 1] {
+        let data = pattern(len, 3);
+        wal.put_replace("edge", &data).unwrap();
+        assert_eq!(read_all_small_buffers(wal.open("edge").unwrap()).unwrap(), data, "{len} bytes");
+    }
     let segment = pattern(16 << 20, 2);
     wal.put_new("small", &small).unwrap();
     assert_eq!(wal.put_new("000000010000000000000010", &segment).unwrap(), Put::Created);
@@ -261,6 +279,7 @@ fn a_store_that_cannot_answer_is_an_error_never_not_found() {
         &endpoint,
     );
     assert_io_naming(nobucket.open(missing).err().unwrap(), missing, &endpoint);
+    assert_io_naming(nobucket.stat_first(&[missing.to_string()]).unwrap_err(), missing, &endpoint);
     assert_io_naming(nobucket.read_range(missing, 0, 1).unwrap_err(), missing, &endpoint);
     assert_io_naming(nobucket.list().unwrap_err(), "s3://no-such-bucket/wal", &endpoint);
     // A create-only upload into a bucket that never answered confirms its HEAD's 404 (SeaweedFS would accept
@@ -285,6 +304,8 @@ fn a_store_that_cannot_answer_is_an_error_never_not_found() {
     s3.kill_gateway();
     assert_io_naming(wal.stat(missing).unwrap_err(), missing, &endpoint);
     assert_io_naming(wal.open(missing).err().unwrap(), missing, &endpoint);
+    let forms = [missing.to_string(), "000000010000000000000001".to_string()];
+    assert_io_naming(wal.stat_first(&forms).unwrap_err(), missing, &endpoint);
     assert_io_naming(wal.read_range(missing, 0, 8).unwrap_err(), missing, &endpoint);
     assert_io_naming(
         wal.read_all("000000010000000000000001").unwrap_err(),

@@ -337,22 +337,19 @@ impl Catalog {
 }
 
 /// The complete file of segment `name` (a 24-character segment name), found by name in [`COMPLETE_FORMS`]
-/// order (one stat per form, no listing): restore's lookup for every segment PostgreSQL asks for. A form
-/// that exists but is not a regular file is [`NotRegular`].
+/// order (no listing; one round trip where the store asks for every form at once, see
+/// [`Store::stat_first`]): restore's lookup for every segment PostgreSQL asks for. A form that exists but is
+/// not a regular file is [`NotRegular`].
 pub fn lookup_complete(
     store: &dyn Store,
     name: &str,
 ) -> Result<Result<Option<(Entry, Compression)>, NotRegular>, StoreError> {
-    for compression in COMPLETE_FORMS {
-        let file = format!("{name}{}", compression.suffix());
-        if let Some(entry) = store.stat(&file)? {
-            if !entry.regular {
-                return Ok(Err(NotRegular(store.location_of(&file))));
-            }
-            return Ok(Ok(Some((entry, compression))));
-        }
+    let files: Vec<String> = COMPLETE_FORMS.iter().map(|c| format!("{name}{}", c.suffix())).collect();
+    let Some((form, entry)) = store.stat_first(&files)? else { return Ok(Ok(None)) };
+    if !entry.regular {
+        return Ok(Err(NotRegular(store.location_of(&entry.name))));
     }
-    Ok(Ok(None))
+    Ok(Ok(Some((entry, COMPLETE_FORMS[form]))))
 }
 
 /// The segment size from the long page header of the first segment files that have one (complete files

@@ -124,6 +124,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// One entry; `None` when it does not exist.
     fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError>;
 
+    /// The first of `names` that exists, with its index in `names`; `None` when none does. Where the store
+    /// can ask for all of them at once (S3: concurrent HEADs), one round trip instead of one per name. An
+    /// error as [`Store::stat`] when any name before the first one found could not be told.
+    fn stat_first(&self, names: &[String]) -> Result<Option<(usize, Entry)>, StoreError> {
+        for (i, name) in names.iter().enumerate() {
+            if let Some(entry) = self.stat(name)? {
+                return Ok(Some((i, entry)));
+            }
+        }
+        Ok(None)
+    }
+
     /// A reader over the whole contents (streaming: segments are read in chunks, never whole in memory).
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, StoreError>;
 

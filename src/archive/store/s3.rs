@@ -178,10 +178,25 @@ impl S3Store {
 
     /// HEAD `key`: `None` on a 404, which may also mean a missing bucket.
     fn head_unconfirmed(&self, op: &'static str, name: &str, key: &Path) -> Result<Option<Head>, StoreError> {
+        self.head_answer(op, name, self.head_request(key).wait())
+    }
+
+    /// Starts a HEAD of `key` on the store's runtime.
+    fn head_request(&self, key: &Path) -> Pending<object_store::GetResult> {
         let client = self.shared.reads.clone();
         let path = key.clone();
         let options = GetOptions { head: true, ..GetOptions::default() };
-        match self.run(async move { client.get_opts(&path, options).await }) {
+        self.shared.spawn(async move { client.get_opts(&path, options).await })
+    }
+
+    /// What a HEAD of `name` answered: `None` on a 404.
+    fn head_answer(
+        &self,
+        op: &'static str,
+        name: &str,
+        answer: object_store::Result<object_store::GetResult>,
+    ) -> Result<Option<Head>, StoreError> {
+        match answer {
             Ok(answer) => {
                 let sha256 = answer
                     .attributes
@@ -349,9 +364,50 @@ impl Store for S3Store {
         }))
     }
 
+    fn stat_first(&self, names: &[String]) -> Result<Option<(usize, Entry)>, StoreError> {
+        let keys = names.iter().map(|name| self.key(name)).collect::<Result<Vec<_>, _>>()?;
+        // Every HEAD in flight at once; the answers are taken in order, so the first name that exists wins
+        // and an error before it is an error (it might have been there).
+        let requests: Vec<_> = keys.iter().map(|key| self.head_request(key)).collect();
+        for (i, (name, request)) in names.iter().zip(requests).enumerate() {
+            if let Some(head) = self.head_answer("stat", name, request.wait())? {
+                let entry =
+                    Entry { name: name.clone(), len: head.len, modified: Some(head.modified), regular: true };
+                return Ok(Some((i, entry)));
+            }
+        }
+        if let (Some(name), Some(key)) = (names.first(), keys.first()) {
+            self.confirm_absent("stat", name, key)?;
+        }
+        Ok(None)
+    }
+
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, StoreError> {
         let key = self.key(name)?;
-        match self.head("open", name, &key)? {
+        // The first chunk's GET tells the size and ETag too: no HEAD before it.
+        let client = self.shared.reads.clone();
+        let path = key.clone();
+        let options =
+            GetOptions { range: Some(GetRange::Bounded(0..reader::CHUNK)), ..GetOptions::default() };
+        let first = self.run(async move {
+            let answer = client.get_opts(&path, options).await?;
+            let (len, e_tag) = (answer.meta.size, answer.meta.e_tag.clone());
+            Ok((len, e_tag, answer.bytes().await?))
+        });
+        let head = match first {
+            Ok((len, e_tag, bytes)) if bytes.len() as u64 == len.min(reader::CHUNK) => {
+                return Ok(Box::new(ChunkReader::after_first(self.shared.clone(), key, len, e_tag, bytes)));
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.confirm_absent("open", name, &key)?;
+                return Err(StoreError::NotFound { location: self.location_of(name) });
+            }
+            // An empty object answers a range with 416 (and a store may answer a range oddly): the HEAD decides.
+            Ok(_) => self.head("open", name, &key)?,
+            Err(e) if self.shared.describe(&e).contains("416") => self.head("open", name, &key)?,
+            Err(e) => return Err(self.io("open", name, &e)),
+        };
+        match head {
             Some(head) => Ok(Box::new(ChunkReader::new(self.shared.clone(), key, head.len, head.e_tag))),
             None => Err(StoreError::NotFound { location: self.location_of(name) }),
         }

@@ -39,6 +39,22 @@ impl ChunkReader {
         reader
     }
 
+    /// Goes on reading `key` after its first chunk `first`, which a GET of bytes `0..CHUNK` returned
+    /// together with the object's size and ETag.
+    pub(super) fn after_first(
+        shared: Arc<Shared>,
+        key: Path,
+        len: u64,
+        e_tag: Option<String>,
+        first: Bytes,
+    ) -> ChunkReader {
+        let next = first.len() as u64;
+        let mut reader =
+            ChunkReader { shared, key, len, e_tag, next, pending: VecDeque::new(), current: first };
+        reader.request_ahead();
+        reader
+    }
+
     fn request_ahead(&mut self) {
         while self.pending.len() < IN_FLIGHT && self.next < self.len {
             let end = self.len.min(self.next.saturating_add(CHUNK));
