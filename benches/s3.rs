@@ -10,6 +10,11 @@
 //!    end of the archive, with `walkeeper restore -D DIR` against `walkeeper restore -D s3://…` holding the
 //!    same segments (prefetch on, the default, in both).
 //!
+//! SeaweedFS runs on the same cores as PostgreSQL and walkeeper and does several times walkeeper's work per
+//! byte (gateway, filer, two volume servers). One more variant of each phase runs every SeaweedFS thread at
+//! nice 19, so the store takes mostly CPU nothing else wants — roughly what a store on another machine costs
+//! this one. Both are reported; neither is the other.
+//!
 //! `cargo bench --bench s3` (release build; needs `weed`, see docs/s3.md) — knobs (environment):
 //!   S3_WAL_MB       catch-up backlog (default 512)
 //!   S3_RESTORE_MB   WAL replayed in the restore phase (default 512)
@@ -54,7 +59,14 @@ fn catchup(s3: &S3Cluster, report: &mut String) {
         .conf("max_wal_size = '8GB'")
         .conf("checkpoint_timeout = '1h'")
         .start();
-    let variants = ["without upload", "`--upload`, exit at END", "`--upload`, exit once all is uploaded"];
+    let variants = [
+        "without upload",
+        "`--upload`, exit at END",
+        "`--upload`, exit at END, store at nice 19",
+        "`--upload`, exit once all is uploaded",
+    ];
+    // The variant whose store runs at the lowest CPU priority (module docs).
+    let niced = 2;
     // One slot per run, all reserved before the backlog is written, so every run starts at the same LSN.
     let slot = |r: u64, v: usize| format!("s3_{r}_{v}");
     for r in 0..rounds {
@@ -70,23 +82,29 @@ fn catchup(s3: &S3Cluster, report: &mut String) {
     cluster.switch_wal();
     Command::new("sync").status().expect("sync");
     let mut times: Vec<Vec<Cost>> = vec![Vec::new(); variants.len()];
+    let mut store_cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
         for k in 0..variants.len() {
             let v = (k + r as usize) % variants.len();
             let dir = tempfile::tempdir().expect("tempdir");
             let mut cmd = receive(&cluster, s3);
             cmd.arg("-D").arg(dir.path()).args(["-S", &slot(r, v), "-n", "-E", &end]).args(compress_args());
-            let wait = if v == 2 { "600" } else { "0" };
+            let wait = if v == 3 { "600" } else { "0" };
             if v > 0 {
                 cmd.args(["--upload", &s3.url(&format!("catchup-{r}-{v}")), "--upload-wait", wait]);
             }
+            s3.set_nice(if v == niced { 19 } else { 0 });
+            let store_before = s3.cpu_seconds();
             // Exiting at END with uploads pending is exit 4: that run measures receiving alone.
-            let cost = measure(&mut cmd, if v == 1 { &[0, 4] } else { &[0] });
+            let cost = measure(&mut cmd, if v == 1 || v == niced { &[0, 4] } else { &[0] });
+            let store = s3.cpu_seconds() - store_before;
+            s3.set_nice(0);
             eprintln!(
-                "s3 bench: catch-up {} round {r}: {:.2}s wall, {:.2}s cpu",
+                "s3 bench: catch-up {} round {r}: {:.2}s wall, {:.2}s cpu, store {store:.2}s cpu",
                 variants[v], cost.wall, cost.cpu
             );
             times[v].push(cost);
+            store_cpu[v].push(store);
             cluster.psql(&format!("SELECT pg_drop_replication_slot('{}')", slot(r, v)));
         }
     }
@@ -94,15 +112,19 @@ fn catchup(s3: &S3Cluster, report: &mut String) {
     let cpus: Vec<f64> = times.iter().map(|t| median(t.iter().map(|c| c.cpu).collect())).collect();
     report.push_str(&format!(
         "\n### Catch-up of {wal_mb} MB of WAL, `-n -E END`{}, {rounds} rounds\n\n\
-         | receive | wall s (median) | MB/s | wall ratio to without upload | walkeeper CPU s (median) |\n\
-         |---|---|---|---|---|\n",
+         | receive | wall s (median) | MB/s | wall ratio to without upload | walkeeper CPU s (median) | \
+         SeaweedFS CPU s (median, while receive ran) |\n\
+         |---|---|---|---|---|---|\n",
         compress_label()
     ));
-    for ((label, wall), cpu) in variants.iter().zip(&walls).zip(&cpus) {
+    for (v, label) in variants.iter().enumerate() {
         report.push_str(&format!(
-            "| {label} | {wall:.2} | {:.0} | {:.2} | {cpu:.2} |\n",
-            wal_mb as f64 / wall,
-            wall / walls[0]
+            "| {label} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} |\n",
+            walls[v],
+            wal_mb as f64 / walls[v],
+            walls[v] / walls[0],
+            cpus[v],
+            median(store_cpu[v].clone())
         ));
     }
 }
@@ -131,7 +153,12 @@ fn restore(s3: &S3Cluster, report: &mut String) {
         .conf("checkpoint_timeout = '1h'")
         .start();
     cluster.psql("SELECT pg_create_physical_replication_slot('s3_restore', true)");
-    let variants = ["walkeeper restore -D DIR", "walkeeper restore -D s3://…"];
+    let variants = [
+        "walkeeper restore -D DIR",
+        "walkeeper restore -D s3://…",
+        "walkeeper restore -D s3://…, store at nice 19",
+    ];
+    let niced = 2;
     let mut backups: Vec<Cluster> =
         (0..rounds as usize * variants.len()).map(|_| cluster.base_backup()).collect();
     eprintln!("s3 bench: writing {wal_mb} MB of WAL to replay");
@@ -150,6 +177,7 @@ fn restore(s3: &S3Cluster, report: &mut String) {
     let walkeeper = walkeeper_bin();
     let env: Vec<String> = s3.env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut times = vec![Vec::new(); variants.len()];
+    let mut store_cpu: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for r in 0..rounds {
         for k in 0..variants.len() {
             let v = (k + r as usize) % variants.len();
@@ -166,10 +194,14 @@ fn restore(s3: &S3Cluster, report: &mut String) {
                 ),
             };
             let mut backup = backups.pop().expect("one backup per run");
+            s3.set_nice(if v == niced { 19 } else { 0 });
+            let store_before = s3.cpu_seconds();
             let started = Instant::now();
             backup.start_recovery(&[&command]);
             backup.wait_promoted();
             let secs = started.elapsed().as_secs_f64();
+            store_cpu[v].push(s3.cpu_seconds() - store_before);
+            s3.set_nice(0);
             if std::env::var("S3_DEBUG").is_ok() {
                 eprintln!("{}", backup.server_log());
             }
@@ -177,18 +209,22 @@ fn restore(s3: &S3Cluster, report: &mut String) {
             times[v].push(secs);
         }
     }
-    let (local, bucket) = (median(times[0].clone()), median(times[1].clone()));
+    let medians: Vec<f64> = times.iter().map(|t| median(t.clone())).collect();
     report.push_str(&format!(
         "\n### Point-in-time recovery replaying {wal_mb} MB of WAL{}, {rounds} rounds\n\n\
          Time from starting the recovering server (a base backup without WAL) to the end of recovery.\n\n\
-         | restore_command | replay s (median) |\n|---|---|\n\
-         | `{}` | {local:.2} |\n| `{}` | {bucket:.2} |\n\n\
-         replay ratio bucket / local: **{:.2}**\n",
+         | restore_command | replay s (median) | ratio to the local archive | SeaweedFS CPU s (median) |\n\
+         |---|---|---|---|\n",
         compress_label(),
-        variants[0],
-        variants[1],
-        bucket / local
     ));
+    for (v, label) in variants.iter().enumerate() {
+        let store = median(store_cpu[v].clone());
+        report.push_str(&format!(
+            "| `{label}` | {:.2} | {:.2} | {store:.2} |\n",
+            medians[v],
+            medians[v] / medians[0]
+        ));
+    }
 }
 
 fn main() {

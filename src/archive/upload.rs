@@ -9,11 +9,15 @@
 //!   in place, and is deleted once its complete segment is in the store.
 //! - A conflict is permanent: logged naming the object, counted, never retried; the spool keeps the file,
 //!   receiving goes on, and the run's exit says so ([`Finished`]).
+//! - Receiving comes first: while the server is more than a few segments ahead of what was received (a
+//!   catch-up after an outage, a new slot), uploads wait, for at most a minute per catch-up, then go on
+//!   beside it; a clean exit's drain and `--slot-follows-upload` (the server's slot, and with
+//!   `--synchronous` its commits, wait on the uploads) never wait.
 //! - An outage never stops receiving: the round fails, is retried with a backoff (1 s doubling to 30 s),
 //!   and the spool grows meanwhile; [`UploadState`] shows the backlog.
 //!
 //! It runs on a thread of its own (the store's calls block), at a lower CPU priority than the receive loop
-//! (nice 10, its store client's threads too), off the receive loop: it learns what to do by
+//! (nice 19, its store client's threads too: receiving comes first on a busy host), off the receive loop: it learns what to do by
 //! listing the spool, on start (the spool against the store's listing: after a crash it uploads what is
 //! missing and never changes an object) and whenever the loop's published [`SourceState`] says a segment
 //! was completed or a timeline began, and every few seconds besides. What it knows is published on a watch
@@ -43,6 +47,12 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 /// A round runs at least this often, whatever the loop says (files it did not announce).
 const RESCAN: Duration = Duration::from_secs(10);
+/// Uploads wait while receiving catches up: while the server's end of WAL is more than this many segments
+/// ahead of what the loop has received (a backlog after an outage, a new slot), receiving gets the machine.
+const CATCH_UP_SEGMENTS: u64 = 4;
+/// ... for at most this long per catch-up: one that does not end (a receiver slower than the server's WAL)
+/// delays the off-site copy by this much, no more.
+const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// What `--upload` and its options (or the service's `upload` keys) ask for.
 #[derive(Clone, Debug)]
@@ -201,7 +211,7 @@ impl Uploader {
             let worker =
                 Worker::new(store, spool, thread_settings.remove_uploaded, source.clone(), state_tx.clone());
             if opened_tx.send(Ok(state)).is_ok() {
-                run(worker, commands, source, state_tx, thread_settings.partial_interval);
+                run(worker, commands, source, state_tx, &thread_settings);
             }
         });
         let failed = |detail: String| StoreError::Io {
@@ -240,7 +250,7 @@ impl Uploader {
 }
 
 /// The nice value of the uploader's threads (the receive loop's is unchanged).
-const UPLOAD_NICE: i32 = 10;
+const UPLOAD_NICE: i32 = 19;
 
 /// Give the calling thread (and the threads it starts) [`UPLOAD_NICE`]. Best effort: a failure only means
 /// the uploads compete with receiving on equal terms.
@@ -263,9 +273,60 @@ fn finished_from(s: &UploadState, partial_pending: bool) -> Finished {
     }
 }
 
-/// What makes the thread look at the spool again: a segment completed, a timeline begun, the loop stopped.
-fn trigger(s: &SourceState) -> (u64, Option<u32>, bool) {
-    (s.segments_completed, s.timeline, s.phase == Phase::Stopped)
+/// What makes the thread look at the spool again: a segment completed, a timeline begun, the loop stopped, a
+/// catch-up ended.
+fn trigger(s: &SourceState) -> (u64, Option<u32>, bool, bool) {
+    (s.segments_completed, s.timeline, s.phase == Phase::Stopped, catching_up(s))
+}
+
+/// True while the loop streams and the server has more than [`CATCH_UP_SEGMENTS`] segments of WAL it has not
+/// received yet.
+fn catching_up(s: &SourceState) -> bool {
+    match (s.phase, s.server_end, s.received, s.segment_size) {
+        (Phase::Streaming, Some(end), Some(received), Some(size)) => {
+            end.0.saturating_sub(received.0) > CATCH_UP_SEGMENTS.saturating_mul(u64::from(size))
+        }
+        _ => false,
+    }
+}
+
+/// When uploads wait for a catch-up (module docs): the uploader is told to wait by [`Yield::wait_now`].
+#[derive(Debug, Default)]
+struct Yield {
+    /// When the current catch-up began, as this thread first saw it.
+    since: Option<Instant>,
+    /// Whether the wait for it was logged.
+    logged: bool,
+}
+
+impl Yield {
+    /// Whether uploads wait now: receiving catches up, for less than [`MAX_CATCH_UP_WAIT`] so far, nothing
+    /// waits on the uploads (a draining exit, `--slot-follows-upload`: the server's slot, and with
+    /// `--synchronous` its commits, follow them).
+    fn wait_now(&mut self, s: &SourceState, draining: bool, slot_follows: bool, now: Instant) -> bool {
+        if !catching_up(s) {
+            if self.logged {
+                tracing::info!("receiving has caught up: uploads go on");
+            }
+            *self = Yield::default();
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if draining || slot_follows || now.saturating_duration_since(since) >= MAX_CATCH_UP_WAIT {
+            return false;
+        }
+        if !self.logged {
+            self.logged = true;
+            let ahead =
+                s.server_end.zip(s.received).map_or(0, |(end, received)| end.0.saturating_sub(received.0));
+            tracing::info!(
+                "receiving is catching up ({} MB behind the server): uploads wait until it has, at most {} s",
+                ahead >> 20,
+                MAX_CATCH_UP_WAIT.as_secs()
+            );
+        }
+        true
+    }
 }
 
 /// How long to wait after `failures` failed rounds in a row: 1 s doubling to 30 s.
@@ -279,8 +340,9 @@ fn run(
     commands: mpsc::Receiver<Control>,
     source: watch::Receiver<SourceState>,
     state: watch::Sender<UploadState>,
-    partial_interval: Option<Duration>,
+    settings: &UploadSettings,
 ) {
+    let (partial_interval, slot_follows) = (settings.partial_interval, settings.slot_follows);
     let location = worker.location();
     let mut seen = None;
     let mut next_round = Instant::now();
@@ -292,6 +354,7 @@ fn run(
     // The `.partial` files went up after the receive loop stopped (so they hold its last state), or none are
     // to go up at all.
     let mut partials_final = partial_interval.is_none();
+    let mut catch_up = Yield::default();
     loop {
         let now = Instant::now();
         let wake = [Some(next_round), retry_at, drain.as_ref().map(|d| d.0)].into_iter().flatten().min();
@@ -315,6 +378,9 @@ fn run(
         let partials_due = next_partials.is_some_and(|t| drain.is_some() || now >= t);
         let due = drain.is_some() || partials_due || now >= next_round || seen != Some(current);
         if !due || retry_at.is_some_and(|t| now < t) {
+            continue;
+        }
+        if catch_up.wait_now(&source.borrow(), drain.is_some(), slot_follows, now) {
             continue;
         }
         seen = Some(current);

@@ -57,7 +57,7 @@ struct Shared {
     /// The endpoint, for messages.
     endpoint: String,
     reads: Arc<AmazonS3>,
-    writes: Arc<AmazonS3>,
+    writes: config::LazyClient,
     /// Where requests run.
     handle: tokio::runtime::Handle,
     /// Owns `handle`'s threads; `Some` until dropped (taken out to shut it down without blocking).
@@ -100,7 +100,7 @@ impl S3Store {
             location,
             endpoint: clients.endpoint,
             reads: Arc::new(clients.reads),
-            writes: Arc::new(clients.writes),
+            writes: clients.writes,
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
             bucket_seen: AtomicBool::new(false),
@@ -256,12 +256,19 @@ impl S3Store {
         // One copy of the data: object_store needs owned bytes, the trait lends a slice. Up to a 1 GiB segment
         // is sent as one PUT (S3 takes up to 5 GiB); the signed payload hash lets the store check the body.
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
-        let client = self.shared.writes.clone();
+        let client = self.shared.writes()?;
         self.run(async move { client.put_opts(&key, payload, options).await.map(|_| ()) })
     }
 }
 
 impl Shared {
+    /// The write client, built at the first write (see `config::Clients`).
+    fn writes(&self) -> object_store::Result<Arc<AmazonS3>> {
+        self.writes
+            .get()
+            .map_err(|detail| object_store::Error::Generic { store: "S3", source: detail.into() })
+    }
+
     fn spawn<T: Send + 'static>(
         &self,
         request: impl Future<Output = object_store::Result<T>> + Send + 'static,
@@ -484,7 +491,7 @@ impl Store for S3Store {
 
     fn delete(&self, name: &str) -> Result<(), StoreError> {
         let key = self.key(name)?;
-        let client = self.shared.writes.clone();
+        let client = self.shared.writes().map_err(|e| self.io("delete", name, &e))?;
         match self.run(async move { client.delete(&key).await }) {
             // S3 answers 204 for a missing key too; a store that says 404 means the same: it is gone.
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

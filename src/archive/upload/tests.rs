@@ -219,3 +219,78 @@ fn the_upload_threads_run_below_the_receive_loop() {
     assert!(!nice.is_empty() && nice.iter().all(|&n| n == i64::from(UPLOAD_NICE)), "{nice:?}");
     up.finish(WAIT);
 }
+
+/// A source state streaming with the server `behind` bytes ahead of what was received.
+fn streaming(behind: u64) -> SourceState {
+    SourceState {
+        phase: Phase::Streaming,
+        segment_size: Some(SEG),
+        received: Some(lsn(10)),
+        flushed: Some(lsn(10)),
+        server_end: Some(Lsn(lsn(10).0 + behind)),
+        ..SourceState::default()
+    }
+}
+
+#[test]
+fn catching_up_means_streaming_with_more_than_four_segments_to_go() {
+    let four = 4 * u64::from(SEG);
+    assert!(!catching_up(&streaming(0)));
+    assert!(!catching_up(&streaming(four)));
+    assert!(catching_up(&streaming(four + 1)));
+    // Only while streaming, and only with every position known.
+    assert!(!catching_up(&SourceState { phase: Phase::Retrying, ..streaming(four + 1) }));
+    assert!(!catching_up(&SourceState { phase: Phase::Stopped, ..streaming(four + 1) }));
+    assert!(!catching_up(&SourceState { server_end: None, ..streaming(four + 1) }));
+    assert!(!catching_up(&SourceState { segment_size: None, ..streaming(four + 1) }));
+    // The server behind what was received (a stale report): no catch-up, no underflow.
+    assert!(!catching_up(&SourceState { server_end: Some(Lsn(0)), ..streaming(0) }));
+}
+
+#[test]
+fn uploads_wait_for_a_catch_up_at_most_a_minute_and_never_when_something_waits_on_them() {
+    let t0 = Instant::now();
+    let behind = streaming(100 * u64::from(SEG));
+    let mut y = Yield::default();
+    assert!(y.wait_now(&behind, false, false, t0));
+    assert!(y.wait_now(&behind, false, false, t0 + MAX_CATCH_UP_WAIT - Duration::from_millis(1)));
+    assert!(!y.wait_now(&behind, false, false, t0 + MAX_CATCH_UP_WAIT), "a catch-up that does not end");
+    // Caught up: the next catch-up waits again, its own minute.
+    assert!(!y.wait_now(&streaming(0), false, false, t0 + MAX_CATCH_UP_WAIT));
+    let t1 = t0 + MAX_CATCH_UP_WAIT * 2;
+    assert!(y.wait_now(&behind, false, false, t1));
+    // A draining exit and --slot-follows-upload never wait.
+    assert!(!y.wait_now(&behind, true, false, t1));
+    assert!(!Yield::default().wait_now(&behind, false, true, t1));
+}
+
+#[test]
+fn nothing_goes_up_while_receiving_catches_up_and_everything_after() {
+    let s = Setup::new();
+    s.source.send_replace(streaming(100 * u64::from(SEG)));
+    let up = s.start(&s.settings());
+    s.put(&seg(1), b"one");
+    s.put(&seg(2), b"two");
+    // The thread looks every 200 ms and at each completed segment; give it several looks.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.target_names(), Vec::<String>::new(), "{:?}", up.state().borrow());
+    s.source.send_modify(|st| st.server_end = st.received);
+    s.wait_for(&up, "the uploads after the catch-up", |st, names| names.len() == 2 && st.backlog_files == 0);
+    assert_eq!(up.finish(WAIT).pending_files, 0);
+
+    // A clean exit in the middle of a catch-up does not wait for it: it uploads what is pending.
+    let s = Setup::new();
+    s.source.send_replace(streaming(100 * u64::from(SEG)));
+    let up = s.start(&s.settings());
+    s.put(&seg(1), b"one");
+    assert_eq!(up.finish(WAIT).pending_files, 0);
+    assert_eq!(s.target_names(), [seg(1)]);
+
+    // With --slot-follows-upload the server waits on the uploads: they never wait.
+    let s = Setup::new();
+    s.source.send_replace(streaming(100 * u64::from(SEG)));
+    let up = s.start(&UploadSettings { slot_follows: true, ..s.settings() });
+    s.put(&seg(1), b"one");
+    s.wait_for(&up, "the upload during the catch-up", |_, names| names.len() == 1);
+    assert_eq!(up.finish(WAIT).pending_files, 0);
+}

@@ -5,6 +5,7 @@
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The longest object name (the part after the prefix) this store accepts.
@@ -145,12 +146,28 @@ impl std::fmt::Debug for S3Options {
     }
 }
 
-/// The two clients of a store (reads and writes differ only in their request timeout) and the endpoint they
-/// talk to, for messages.
+/// The clients of a store (reads and writes differ only in their request timeout) and the endpoint they talk
+/// to, for messages. The write client is built at the first write: building a client costs milliseconds (it
+/// loads the system's certificates for TLS), and restore — one process per segment — verify and status
+/// never write.
 pub(super) struct Clients {
     pub reads: AmazonS3,
-    pub writes: AmazonS3,
+    pub writes: LazyClient,
     pub endpoint: String,
+}
+
+/// A client built on first use.
+pub(super) struct LazyClient {
+    builder: AmazonS3Builder,
+    client: OnceLock<Result<Arc<AmazonS3>, String>>,
+}
+
+impl LazyClient {
+    pub fn get(&self) -> Result<Arc<AmazonS3>, String> {
+        self.client
+            .get_or_init(|| self.builder.clone().build().map(Arc::new).map_err(|e| super::one_line(&e)))
+            .clone()
+    }
 }
 
 /// Builds the clients for `location` from `env` (the process environment, as `(name, value)` pairs) and
@@ -164,20 +181,19 @@ pub(super) fn clients(
     // aws-lc-rs, a C build, beside the ring that the rest of walkeeper uses): install ring as the process
     // default. Failing means one is installed already, which is just as good.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = builder(location, env, options);
+    let mut builder = builder(location, env, options);
     let endpoint = endpoint_of(&builder);
+    if endpoint.starts_with("http://") {
+        // No TLS to this endpoint: skip loading the system's certificates.
+        builder =
+            builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::NoSystemCertificates), "true");
+    }
     let with_timeout = |timeout: Duration| {
-        builder
-            .clone()
-            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), millis(timeout))
-            .build()
-            .map_err(|e| super::one_line(&e))
+        builder.clone().with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), millis(timeout))
     };
-    Ok(Clients {
-        reads: with_timeout(options.timeouts.read)?,
-        writes: with_timeout(options.timeouts.write)?,
-        endpoint,
-    })
+    let reads = with_timeout(options.timeouts.read).build().map_err(|e| super::one_line(&e))?;
+    let writes = LazyClient { builder: with_timeout(options.timeouts.write), client: OnceLock::new() };
+    Ok(Clients { reads, writes, endpoint })
 }
 
 fn builder(
