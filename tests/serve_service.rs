@@ -259,7 +259,7 @@ fn bad_serve_sections_are_one_line_naming_file_source_and_key() {
         ),
         (
             format!("listen = \"127.0.0.1:5499\"\n{users}\nport = 1"),
-            "line 11: source \"a\": unknown key `port`",
+            "line 11: source \"a\": key \"serve\": unknown key `port`",
         ),
     ];
     let file = root.path().join("walkeeper.toml");

@@ -140,6 +140,43 @@ fn check_validates_without_starting() {
 }
 
 #[test]
+fn check_warns_about_a_secret_in_a_file_others_may_read_and_never_shows_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let extra =
+        "upload = \"s3://wal/b\"\n[s3]\naccess_key_id = \"k\"\nsecret_access_key = \"hunter2-a8d3\"\n";
+    let file = config(root.path(), "127.0.0.1:9187", extra);
+    let check = |mode: u32| {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let r = Run::of(walkeeper().args(["service", "--check", "--config"]).arg(&file));
+        assert_eq!(r.code, Some(0), "{r}");
+        assert!(!r.stdout.contains("hunter2") && !r.stderr.contains("hunter2"), "{r}");
+        r
+    };
+    let r = check(0o644);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "walkeeper: warning: configuration file \"{}\" holds an S3 secret and has group or world access; \
+             permissions should be u=rw (0600) or less (u=rw,g=r (0640) if owned by root), or keep the secret \
+             in secret_access_key_file\n",
+            file.display()
+        )
+    );
+    assert_eq!(check(0o600).stderr, "");
+    // The secret wrong in type: refused, and not shown either.
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("\"hunter2-a8d3\"", "12345678"))
+        .unwrap();
+    let r = Run::of(walkeeper().args(["service", "--check", "--config"]).arg(&file));
+    assert_eq!(r.code, Some(1), "{r}");
+    assert!(
+        r.error_line().contains("[s3]: key \"secret_access_key\": ") && !r.stderr.contains("12345678"),
+        "{r}"
+    );
+    untouched(root.path());
+}
+
+#[test]
 fn health_check_exits_zero_only_on_200() {
     // Nothing listens there.
     let addr = free_addr();

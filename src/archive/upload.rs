@@ -98,7 +98,8 @@ pub struct UploadState {
     pub backlog_bytes: u64,
     /// Files uploaded (or found already there, identical).
     pub uploads_ok: u64,
-    /// Upload attempts that failed (retried).
+    /// Upload attempts that failed (retried): a file's, or a round's that failed before it got to upload a
+    /// file (listing the store, a `.partial`), so that a store refusing every request shows here too.
     pub uploads_failed: u64,
     /// Files whose name the store holds with other contents (never retried).
     pub conflicts: u64,
@@ -385,6 +386,7 @@ fn run(
         }
         seen = Some(current);
         next_round = now + RESCAN;
+        let failed_before = state.borrow().uploads_failed;
         match worker.round(partials_due) {
             Ok(report) => {
                 if let Some(since) = failing_since.take() {
@@ -421,6 +423,9 @@ fn run(
                 failing_since.get_or_insert_with(Instant::now);
                 let message = e.to_string();
                 state.send_modify(|s| {
+                    if s.uploads_failed == failed_before {
+                        s.uploads_failed += 1; // no file's upload failed: the round did
+                    }
                     s.last_error = Some(message.clone());
                     s.failing_since.get_or_insert_with(SystemTime::now);
                 });

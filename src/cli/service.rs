@@ -33,6 +33,7 @@ pub fn run(args: ServiceArgs, prog: &Prog) -> Result<(), Exit> {
     if args.check {
         let config = crate::service::config::load(file, &process_env)
             .map_err(|e| Exit::error(prog, &e.to_string()))?;
+        config.log_warnings();
         crate::outln!(
             "{}: valid; {} source(s), listening on {}",
             file.display(),

@@ -369,7 +369,7 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
 }
 
 /// libpq: root-owned key files may be u=rw,g=r (0640) or less, others u=rw (0600) or less.
-fn key_mode_too_open(uid: u32, mode: u32) -> bool {
+pub(crate) fn key_mode_too_open(uid: u32, mode: u32) -> bool {
     let (s_irwxg, s_iwgrp, s_ixgrp, s_irwxo) = (0o070, 0o020, 0o010, 0o007);
     if uid == 0 {
         mode & (s_iwgrp | s_ixgrp | s_irwxo) != 0

@@ -3,14 +3,20 @@
 //! receive` resolves `-d` (libpq's rules and environment; passwords from a passfile or `PGPASSFILE`, never
 //! a prompt), directories must exist and no two sources may share one (compared as canonical paths).
 //! Unknown keys are refused. An error is one line naming the file, the line when the parser knows it, the
-//! source, the key and what is wrong ([`ConfigError`]).
+//! source, the key and what is wrong ([`ConfigError`]); it never shows a secret. The S3 store settings
+//! (`[s3]`, `[source.s3]`) are resolved here per source, secret files read (`s3`), so that a reload can
+//! tell which sources they changed.
 //!
 //! Defaults are those of `walkeeper receive` without options. docs/service.md is the reference.
 
+mod s3;
+
 use crate::archive::retention::{parse_age, Policy};
+use crate::archive::store::S3Options;
 use crate::archive::upload::{self, UploadSettings};
 use crate::cli::compress::parse_compress;
 use crate::conn::conninfo::{self, Sources};
+use crate::conn::tls::key_mode_too_open;
 use crate::conn::{ConnectOptions, PasswordPrompt};
 use crate::protocol::codec::os_error;
 use crate::protocol::replication::validate_slot_name;
@@ -18,6 +24,7 @@ use crate::serve::{ServeConfig, ServeSection};
 use crate::stream::feedback::ApplyReport;
 use crate::stream::liveness::DEFAULT_RECEIVE_TIMEOUT;
 use crate::stream::ReceiveConfig;
+use s3::S3Table;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -50,6 +57,18 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// In the file's order; names and directories are unique.
     pub sources: Vec<Source>,
+    /// What is accepted but should be fixed (a file holding a secret that others may read): one line each,
+    /// for the caller to log.
+    pub warnings: Vec<String>,
+}
+
+impl ServiceConfig {
+    /// Log the [`warnings`](ServiceConfig::warnings) (at start, at a reload, on `--check`).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
 }
 
 /// One source: a server streamed into one archive directory.
@@ -74,9 +93,13 @@ impl Source {
         &self.receive.directory
     }
 
-    /// Same settings and same directory: a reload keeps it running untouched.
+    /// Same settings, same directory and the same store settings (`[s3]` and a secret file's contents
+    /// included): a reload keeps it running untouched.
     pub fn unchanged(&self, other: &Source) -> bool {
-        self.settings == other.settings && self.receive.directory == other.receive.directory
+        let s3 = |s: &Source| s.upload.as_ref().map(|u| u.s3.clone());
+        self.settings == other.settings
+            && self.receive.directory == other.receive.directory
+            && s3(self) == s3(other)
     }
 }
 
@@ -97,6 +120,8 @@ const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 struct FileSettings {
     #[serde(default)]
     service: ServiceSettings,
+    /// `[s3]`: for every source's `upload = "s3://…"`.
+    s3: Option<S3Table>,
     #[serde(default)]
     source: Vec<SourceSettings>,
 }
@@ -134,6 +159,8 @@ struct SourceSettings {
     slot_follows_upload: bool,
     #[serde(default)]
     remove_uploaded: bool,
+    /// `[source.s3]`: its set keys win over `[s3]`'s.
+    s3: Option<S3Table>,
 }
 
 /// A configuration error: one line, `FILE: [line N: ][source "NAME": ][key "KEY": ]what is wrong`.
@@ -223,6 +250,18 @@ fn parse(
             settings.source.len()
         )));
     }
+    let s3_error = |key: Option<&str>, message: String| ConfigError {
+        file: file.to_path_buf(),
+        line: None,
+        place: Some("[s3]".into()),
+        key: key.map(str::to_string),
+        message,
+    };
+    let s3 = match &settings.s3 {
+        Some(table) => table.options(base).map_err(|(key, message)| s3_error(Some(key), message))?,
+        None => S3Options::default(),
+    };
+    let warnings = secret_warning(file, &settings).into_iter().collect();
     let mut sources: Vec<Source> = Vec::with_capacity(settings.source.len());
     for (index, s) in settings.source.into_iter().enumerate() {
         let place = if valid_name(&s.name) {
@@ -237,7 +276,13 @@ fn parse(
             key: Some(key.to_string()),
             message,
         };
-        let source = source(s, base, env).map_err(|(key, message)| err(key, message))?;
+        let own_s3 = match &s.s3 {
+            Some(table) => {
+                table.options(base).map_err(|(key, message)| err(&format!("s3.{key}"), message))?
+            }
+            None => S3Options::default(),
+        };
+        let source = source(s, base, env, own_s3.or(&s3)).map_err(|(key, message)| err(key, message))?;
         if let Some(other) = sources.iter().find(|o| o.name == source.name) {
             return Err(err("name", format!("\"{}\" is also the name of an earlier source", other.name)));
         }
@@ -278,7 +323,28 @@ fn parse(
         }
         sources.push(source);
     }
-    Ok(ServiceConfig { file: file.to_path_buf(), listen, sources })
+    let uploads_to_s3 = |s: &Source| s.upload.as_ref().is_some_and(|u| u.location.starts_with("s3://"));
+    if settings.s3.is_some() && !sources.iter().any(uploads_to_s3) {
+        return Err(s3_error(None, "applies to sources with upload = \"s3://…\", and there is none".into()));
+    }
+    Ok(ServiceConfig { file: file.to_path_buf(), listen, sources, warnings })
+}
+
+/// libpq's warning for a password file, for a configuration file that holds a secret itself; the modes
+/// allowed are libpq's for a key file (as `tls_key`'s), so the packaged root-owned `0640` file passes.
+fn secret_warning(file: &Path, settings: &FileSettings) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let tables = settings.s3.iter().chain(settings.source.iter().filter_map(|s| s.s3.as_ref()));
+    let inline = tables.into_iter().any(S3Table::holds_secret);
+    let meta = std::fs::metadata(file).ok()?;
+    (inline && key_mode_too_open(meta.uid(), meta.mode())).then(|| {
+        format!(
+            "configuration file \"{}\" holds an S3 secret and has group or world access; permissions should \
+             be u=rw (0600) or less (u=rw,g=r (0640) if owned by root), or keep the secret in \
+             secret_access_key_file",
+            file.display()
+        )
+    })
 }
 
 /// TOML → settings; syntax and type errors carry the line, the source and the key.
@@ -293,13 +359,25 @@ fn deserialize(text: &str, file: &Path) -> Result<FileSettings, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| located(&e, None, None))?;
     serde_path_to_error::deserialize::<_, FileSettings>(de).map_err(|e| {
         let (place, key) = place_of(text, e.path());
-        let key = key.filter(|_| !e.inner().message().starts_with("unknown field"));
-        located(e.inner(), place, key)
+        // The message names an unknown key itself; the key shown is then the table holding it, if nested.
+        let key = match e.inner().message().starts_with("unknown field") {
+            true => key.and_then(|k| k.rsplit_once('.').map(|(table, _)| table.to_string())),
+            false => key,
+        };
+        let secret = key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("serve.users.") || s3::SECRET_KEYS.iter().any(|s| k.ends_with(s)));
+        let mut error = located(e.inner(), place, key);
+        if secret {
+            // "invalid type: integer `1234`, expected a string" would print the secret (or password).
+            error.message = "invalid type: expected a string (the value is a secret: not shown)".into();
+        }
+        error
     })
 }
 
 /// `source[1].keep_backups` → (`source "b"`, `keep_backups`), naming the source by its `name` when it has a
-/// valid one; `service.listen` → (`[service]`, `listen`).
+/// valid one; `service.listen` → (`[service]`, `listen`); `s3.region` → (`[s3]`, `region`).
 fn place_of(text: &str, path: &serde_path_to_error::Path) -> (Option<String>, Option<String>) {
     use serde_path_to_error::Segment;
     let segments: Vec<&Segment> = path.iter().collect();
@@ -315,16 +393,23 @@ fn place_of(text: &str, path: &serde_path_to_error::Path) -> (Option<String>, Op
             };
             (Some(place), key_of(rest))
         }
-        [Segment::Map { key }, rest @ ..] if key == "service" => (Some("[service]".into()), key_of(rest)),
+        [Segment::Map { key }, rest @ ..] if key == "service" || key == "s3" => {
+            (Some(format!("[{key}]")), key_of(rest))
+        }
         _ => (None, None),
     }
 }
 
+/// The key a path leads to, a table's key prefixed with the table's (`s3.allow_http`).
 fn key_of(rest: &[&serde_path_to_error::Segment]) -> Option<String> {
-    match rest.first() {
-        Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
-        _ => None,
-    }
+    let keys: Vec<&str> = rest
+        .iter()
+        .map_while(|s| match s {
+            serde_path_to_error::Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!keys.is_empty()).then(|| keys.join("."))
 }
 
 /// 1-based line of a byte offset.
@@ -338,11 +423,13 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// One source's settings checked and turned into a receive configuration; Err names the key.
+/// One source's settings checked and turned into a receive configuration, `s3` being its store settings
+/// (`[source.s3]` over `[s3]`); Err names the key.
 fn source(
     s: SourceSettings,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
+    s3: S3Options,
 ) -> Result<Source, (&'static str, String)> {
     if !valid_name(&s.name) {
         return Err((
@@ -410,7 +497,7 @@ fn source(
     };
     let status_interval = optional(&s.status_interval, "status_interval", DEFAULT_STATUS_INTERVAL)?;
     let receive_timeout = optional(&s.receive_timeout, "receive_timeout", DEFAULT_RECEIVE_TIMEOUT)?;
-    let upload = upload_settings(&s, &directory, base)?;
+    let upload = upload_settings(&s, &directory, base, s3)?;
     let receive = ReceiveConfig {
         conn,
         connect: ConnectOptions { prompt: PasswordPrompt::Never, ..ConnectOptions::default() },
@@ -436,12 +523,14 @@ fn source(
     Ok(Source { name: s.name.clone(), receive, retention, serve, upload, settings: s })
 }
 
-/// `upload` and the keys that go with it, with `receive --upload`'s meanings and defaults. The location is
-/// checked without a request: a store that is down at start is an outage like any other.
+/// `upload` and the keys that go with it, with `receive --upload`'s meanings and defaults; `s3` are the
+/// store settings of an `s3://` location. The location is checked without a request: a store that is down
+/// at start is an outage like any other.
 fn upload_settings(
     s: &SourceSettings,
     directory: &Path,
     base: &Path,
+    s3: S3Options,
 ) -> Result<Option<UploadSettings>, (&'static str, String)> {
     let Some(location) = &s.upload else {
         for (key, set) in [
@@ -449,6 +538,7 @@ fn upload_settings(
             ("upload_wait", s.upload_wait.is_some()),
             ("slot_follows_upload", s.slot_follows_upload),
             ("remove_uploaded", s.remove_uploaded),
+            ("s3", s.s3.is_some()),
         ] {
             if set {
                 return Err((key, "applies to upload, which is not set".into()));
@@ -463,6 +553,14 @@ fn upload_settings(
         base.join(location).to_string_lossy().into_owned()
     };
     let mut settings = UploadSettings::new(&location);
+    if location.starts_with("s3://") {
+        settings.s3 = s3;
+    } else if s.s3.is_some() {
+        return Err((
+            "s3",
+            format!("applies to an upload to s3://, and upload is the directory \"{location}\""),
+        ));
+    }
     upload::check_location(&settings, directory).map_err(|m| ("upload", m))?;
     if let Some(v) = &s.upload_partial_interval {
         let every = bounded(duration(v)).map_err(|m| ("upload_partial_interval", m))?;
@@ -641,28 +739,46 @@ receive_timeout = 0
         text.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
     }
 
+    /// `example` with its directories and secret files made real (empty directories, a secret file) in a
+    /// directory of its own, loaded as `--check` loads it.
+    fn load_made_real(example: &str) -> Result<ServiceConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = example.to_string();
+        for (n, line) in example.lines().enumerate() {
+            for key in ["directory", "secret_access_key_file"] {
+                let value = line.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix("= \""));
+                let Some(given) = value.and_then(|v| v.split('"').next()) else { continue };
+                let real = dir.path().join(format!("{key}-{n}"));
+                match key {
+                    "directory" => std::fs::create_dir(&real).unwrap(),
+                    _ => std::fs::write(&real, "secret\n").unwrap(),
+                }
+                text = text.replace(&format!("\"{given}\""), &format!("\"{}\"", real.display()));
+            }
+        }
+        let file = dir.path().join("walkeeper.toml");
+        std::fs::write(&file, text).unwrap();
+        load(&file, &env)
+    }
+
     #[test]
     fn shipped_examples_are_accepted_as_written() {
         let mut checked = 0;
+        let mut with_s3 = 0;
         for (file, text) in SHIPPED {
             for example in examples(file, text) {
                 deserialize(&example, Path::new(file)).unwrap_or_else(|e| panic!("{file}: {e}\n{example}"));
                 checked += 1;
+                // An example with the store's settings passes every check `--check` makes.
+                if example.starts_with("[s3]") || example.contains("\n[s3]") {
+                    load_made_real(&example).unwrap_or_else(|e| panic!("{file}: {e}\n{example}"));
+                    with_s3 += 1;
+                }
             }
         }
-        assert_eq!(checked, 6, "every example was found");
-        // The full example, with its directories made real, passes every check `--check` makes.
-        let example = &examples("docs/service.md", SHIPPED[2].1)[0];
-        let dir = tempfile::tempdir().unwrap();
-        let mut text = example.clone();
-        for name in ["main", "billing"] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-            let real = dir.path().join(name).display().to_string();
-            text = text.replace(&format!("/var/lib/walkeeper/{name}"), &real);
-        }
-        let file = dir.path().join("walkeeper.toml");
-        std::fs::write(&file, text).unwrap();
-        let cfg = load(&file, &env).unwrap();
+        assert_eq!((checked, with_s3), (7, 2), "every example was found");
+        // So does the full example.
+        let cfg = load_made_real(&examples("docs/service.md", SHIPPED[2].1)[0]).unwrap();
         assert_eq!(cfg.sources.len(), 2);
     }
 
@@ -857,6 +973,201 @@ receive_timeout = 0
             e,
             "source \"b\": key \"upload\": \"s3://b/x\" is also the upload location of source \"a\": their objects would conflict"
         );
+    }
+
+    /// Two sources uploading to S3 (`a`, `b`) and one to a directory (`c`), after `top` and with `extra_a`
+    /// in `a`'s table.
+    fn s3_sources(top: &str, extra_a: &str) -> String {
+        format!(
+            "{top}\n[[source]]\nname = \"a\"\nconninfo = \"\"\ndirectory = \"a\"\nupload = \"s3://wal/a\"\n{extra_a}\n\
+             [[source]]\nname = \"b\"\nconninfo = \"\"\ndirectory = \"b\"\nupload = \"s3://wal/b\"\n\
+             [[source]]\nname = \"c\"\nconninfo = \"\"\ndirectory = \"c\"\nupload = \"a\"\n"
+        )
+    }
+
+    fn s3_of(cfg: &ServiceConfig, source: usize) -> S3Options {
+        cfg.sources[source].upload.as_ref().unwrap().s3.clone()
+    }
+
+    #[test]
+    fn a_source_s_s3_keys_win_over_the_top_level_s_which_win_over_the_environment() {
+        let top = "[s3]\nendpoint = \"https://s3.example.net\"\nregion = \"eu-1\"\naccess_key_id = \"top\"\n\
+                   secret_access_key = \"top-secret\"\nallow_http = false\n";
+        let own = "[source.s3]\nendpoint = \"http://minio:9000\"\naccess_key_id = \"mine\"\n\
+                   secret_access_key_file = \"mine.secret\"\nallow_http = true\n";
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("mine.secret"), "my-secret\n").unwrap();
+        let file = dir.path().join("walkeeper.toml");
+        std::fs::write(&file, s3_sources(top, own)).unwrap();
+        let cfg = load(&file, &env).unwrap();
+        let a = s3_of(&cfg, 0);
+        assert_eq!(a.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(a.region.as_deref(), Some("eu-1"), "unset in [source.s3]: [s3]'s");
+        assert_eq!(a.access_key_id.as_deref(), Some("mine"));
+        assert_eq!(a.secret_access_key.as_deref(), Some("my-secret"), "the file (relative to the config's)");
+        assert_eq!(a.allow_http, Some(true));
+        assert_eq!(a.session_token, None, "unset in both: the environment's (archive::store)");
+        let b = s3_of(&cfg, 1);
+        assert_eq!(b.endpoint.as_deref(), Some("https://s3.example.net"));
+        assert_eq!(b.secret_access_key.as_deref(), Some("top-secret"));
+        assert_eq!(b.allow_http, Some(false));
+        assert_eq!(cfg.sources[2].upload.as_ref().unwrap().s3, S3Options::default(), "a directory");
+        // A secret file in [s3] and an inline secret in [source.s3]: the source's wins.
+        std::fs::write(dir.path().join("top.secret"), "from-file").unwrap();
+        std::fs::write(
+            &file,
+            s3_sources(
+                "[s3]\naccess_key_id = \"k\"\nsecret_access_key_file = \"top.secret\"\n",
+                "[source.s3]\nsecret_access_key = \"x\"",
+            ),
+        )
+        .unwrap();
+        let cfg = load(&file, &env).unwrap();
+        assert_eq!(s3_of(&cfg, 0).secret_access_key.as_deref(), Some("x"));
+        assert_eq!(s3_of(&cfg, 1).secret_access_key.as_deref(), Some("from-file"));
+        // Without any table every setting comes from the environment.
+        let (_dir, result) = setup(&s3_sources("", ""));
+        assert_eq!(s3_of(&result.unwrap(), 0), S3Options::default());
+    }
+
+    #[test]
+    fn s3_keys_are_checked_naming_the_table_and_the_key() {
+        let e = error(&s3_sources("[s3]\nregion = \"r\"\nsecret = \"x\"\n", ""));
+        assert!(e.starts_with("line 3: [s3]: unknown key `secret`, expected one of `endpoint`"), "{e}");
+        let e = error(&s3_sources("", "[source.s3]\nendpont = \"x\"\n"));
+        assert!(
+            e.starts_with("line 8: source \"a\": key \"s3\": unknown key `endpont`, expected one of"),
+            "{e}"
+        );
+        let e = error(&s3_sources("", "[source.s3]\nallow_http = \"yes\"\n"));
+        assert_eq!(
+            e,
+            "line 8: source \"a\": key \"s3.allow_http\": invalid type: string \"yes\", expected a boolean"
+        );
+        let e = error(&s3_sources("[s3]\nallow_http = 1\n", ""));
+        assert_eq!(e, "line 2: [s3]: key \"allow_http\": invalid type: integer `1`, expected a boolean");
+        // A secret of the wrong type is not shown.
+        for (top, own, key) in [
+            ("[s3]\nsecret_access_key = 123456789\n", "", "[s3]: key \"secret_access_key\""),
+            ("", "[source.s3]\nsession_token = 987654321\n", "source \"a\": key \"s3.session_token\""),
+        ] {
+            let e = error(&s3_sources(top, own));
+            assert!(e.contains(key) && e.contains("not shown"), "{e}");
+            assert!(!e.contains("123456789") && !e.contains("987654321"), "{e}");
+        }
+        let e = error(
+            "[[source]]\nname = \"s\"\nconninfo = \"\"\ndirectory = \"a\"\n\
+             [source.serve]\nlisten = \"h:1\"\nusers = { u = 24680 }\n",
+        );
+        assert!(
+            e.contains("key \"serve.users.u\"") && e.contains("not shown") && !e.contains("24680"),
+            "{e}"
+        );
+        let e =
+            error(&s3_sources("[s3]\nsecret_access_key = \"hunter2\"\nsecret_access_key_file = \"s\"\n", ""));
+        assert_eq!(
+            e,
+            "[s3]: key \"secret_access_key_file\": set secret_access_key or secret_access_key_file, not both"
+        );
+        let (dir, result) = setup(&s3_sources("", "[source.s3]\nsecret_access_key_file = \"missing\"\n"));
+        assert_eq!(
+            result.unwrap_err().to_string(),
+            format!(
+                "{}: source \"a\": key \"s3.secret_access_key_file\": could not read \"{}\": No such file or directory",
+                dir.path().join("walkeeper.toml").display(),
+                dir.path().join("missing").display()
+            )
+        );
+        let e = error(&s3_sources("[s3]\nendpoint = \"minio:9000\"\n", ""));
+        assert_eq!(
+            e,
+            "[s3]: key \"endpoint\": \"minio:9000\" is not a URL such as \"https://s3.example.net:9000\""
+        );
+        let e = error(&s3_sources("", "[source.s3]\nregion = \"\"\n"));
+        assert_eq!(e, "source \"a\": key \"s3.region\": is empty");
+    }
+
+    #[test]
+    fn s3_tables_that_apply_to_nothing_are_refused() {
+        let base = "[[source]]\nname = \"s\"\nconninfo = \"\"\ndirectory = \"a\"\n";
+        let e = error(&format!("{base}[source.s3]\nregion = \"r\"\n"));
+        assert_eq!(e, "source \"s\": key \"s3\": applies to upload, which is not set");
+        let e = error(&format!("{base}upload = \"b\"\n[source.s3]\nregion = \"r\"\n"));
+        assert!(
+            e.starts_with(
+                "source \"s\": key \"s3\": applies to an upload to s3://, and upload is the directory \""
+            ),
+            "{e}"
+        );
+        let e = error(&format!("[s3]\nregion = \"r\"\n{base}upload = \"b\"\n"));
+        assert_eq!(e, "[s3]: applies to sources with upload = \"s3://…\", and there is none");
+        let e = error(&format!("[s3]\n{base}"));
+        assert_eq!(e, "[s3]: applies to sources with upload = \"s3://…\", and there is none");
+    }
+
+    #[test]
+    fn a_reload_restarts_the_sources_whose_store_settings_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let file = dir.path().join("walkeeper.toml");
+        let secret = dir.path().join("secret");
+        let own = "[source.s3]\nsecret_access_key = \"own\"\n";
+        let key = "[s3]\naccess_key_id = \"k\"\n";
+        let loaded = |top: &str, secret_text: &str| {
+            std::fs::write(&secret, secret_text).unwrap();
+            std::fs::write(&file, s3_sources(top, own)).unwrap();
+            load(&file, &env).unwrap()
+        };
+        let unchanged = |old: &ServiceConfig, new: &ServiceConfig| -> Vec<bool> {
+            old.sources.iter().zip(&new.sources).map(|(o, n)| o.unchanged(n)).collect()
+        };
+        let top = &format!("{key}endpoint = \"https://one\"\nsecret_access_key_file = \"secret\"\n");
+        let first = loaded(top, "s1\n");
+        assert_eq!(unchanged(&first, &loaded(top, "s1")), [true, true, true], "the same secret");
+        // The secret file's contents changed: only b uses it (a has its own secret).
+        assert_eq!(unchanged(&first, &loaded(top, "s2")), [true, false, true]);
+        // The endpoint changed: both S3 sources use it.
+        let moved = &format!("{key}endpoint = \"https://two\"\nsecret_access_key_file = \"secret\"\n");
+        assert_eq!(unchanged(&first, &loaded(moved, "s1")), [false, false, true]);
+    }
+
+    #[test]
+    fn a_secret_in_a_file_others_may_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let inline = s3_sources("[s3]\naccess_key_id = \"k\"\nsecret_access_key = \"hunter2\"\n", "");
+        let (dir, result) = setup(&inline);
+        let file = dir.path().join("walkeeper.toml");
+        let mode = |m: u32| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(0o644);
+        let warnings = load(&file, &env).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "configuration file \"{}\" holds an S3 secret and has group or world access",
+                file.display()
+            )),
+            "{warnings:?}"
+        );
+        assert!(!warnings[0].contains("hunter2"));
+        drop(result);
+        mode(0o600);
+        assert!(load(&file, &env).unwrap().warnings.is_empty());
+        // A secret in a file of its own (or none at all): nothing to warn about.
+        std::fs::write(dir.path().join("s"), "x").unwrap();
+        std::fs::write(
+            &file,
+            s3_sources("[s3]\naccess_key_id = \"k\"\nsecret_access_key_file = \"s\"\n", ""),
+        )
+        .unwrap();
+        mode(0o644);
+        assert!(load(&file, &env).unwrap().warnings.is_empty());
+        let (_dir, result) = setup(TWO);
+        assert!(result.unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -58,6 +58,7 @@ async fn serve(file: &Path) -> Result<(), String> {
         install(SignalKind::interrupt())?,
     );
     let config = config::load(file, &process_env).map_err(|e| e.to_string())?;
+    config.log_warnings();
     let shared = Shared::new(config.file.clone());
     let mut http = HttpServer::bind(&config, shared.clone()).map_err(|e| e.to_string())?;
     let mut supervisor = Supervisor::start(config, shared.clone()).map_err(|e| e.to_string())?;
@@ -128,7 +129,10 @@ async fn reload(supervisor: &mut Supervisor, http: &mut HttpServer, shared: &Arc
         tracing::error!("reload refused; the running configuration stays: {e}");
     };
     let new = match loaded {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => {
+            c.log_warnings();
+            c
+        }
         Ok(Err(e)) => return refused(&e),
         Err(e) => return refused(&e),
     };

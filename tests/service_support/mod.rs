@@ -51,12 +51,29 @@ impl Service {
 
     /// [`Service::start`] with extra environment variables.
     pub fn start_with(sources: &str, env: &[(&str, &str)]) -> Service {
+        Service::launch(sources, env, |_| false)
+    }
+
+    /// [`Service::start`] without any `AWS_*` variable in the service's environment: what it knows of a
+    /// store comes from its configuration file alone.
+    pub fn start_without_aws(sources: &str) -> Service {
+        Service::launch(sources, &[], |name| name.starts_with("AWS_"))
+    }
+
+    /// Start with `env` added to the environment and the variables `removed` says removed.
+    fn launch(sources: &str, env: &[(&str, &str)], removed: impl Fn(&str) -> bool) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("walkeeper.toml");
         let addr = free_addr();
         std::fs::write(&config, format!("[service]\nlisten = \"{addr}\"\n\n{sources}")).unwrap();
         let log = dir.path().join("service.log");
-        let child = walkeeper()
+        let mut cmd = walkeeper();
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(&removed) {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
             .args(["-v", "service", "--config"])
             .arg(&config)
             .envs(env.iter().copied())

@@ -134,7 +134,10 @@ fn an_outage_grows_the_backlog_and_everything_goes_up_after() {
     let up = s.start(&s.settings());
     s.put(&seg(1), b"one");
     s.put(&seg(2), b"two");
-    s.wait_for(&up, "the failures", |st, _| st.last_error.is_some() && st.backlog_files == 2);
+    // The store cannot even be listed: each failed round counts as a failed attempt.
+    s.wait_for(&up, "the failures", |st, _| {
+        st.last_error.is_some() && st.backlog_files == 2 && st.uploads_failed >= 1
+    });
     assert_eq!(up.state().borrow().uploaded_through, None, "nothing is known about the store yet");
     fs::create_dir(&s.target).unwrap();
     s.put(&seg(3), b"three");

@@ -121,7 +121,7 @@ impl Default for Timeouts {
 /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 /// `AWS_ALLOW_HTTP`, and the others object_store reads), then to object_store's defaults (AWS itself,
 /// credentials from the instance or container role).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -131,6 +131,21 @@ pub struct S3Options {
     /// Allow `http://` endpoints (no TLS).
     pub allow_http: Option<bool>,
     pub timeouts: Timeouts,
+}
+
+impl S3Options {
+    /// These settings, with each unset one taken from `fallback` (the timeouts are this one's).
+    pub fn or(self, fallback: &S3Options) -> S3Options {
+        S3Options {
+            endpoint: self.endpoint.or_else(|| fallback.endpoint.clone()),
+            region: self.region.or_else(|| fallback.region.clone()),
+            access_key_id: self.access_key_id.or_else(|| fallback.access_key_id.clone()),
+            secret_access_key: self.secret_access_key.or_else(|| fallback.secret_access_key.clone()),
+            session_token: self.session_token.or_else(|| fallback.session_token.clone()),
+            allow_http: self.allow_http.or(fallback.allow_http),
+            timeouts: self.timeouts,
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Options {
@@ -351,8 +366,38 @@ mod tests {
     }
 
     #[test]
+    fn set_options_win_over_the_fallback_s() {
+        let fallback = S3Options {
+            endpoint: Some("https://a".into()),
+            region: Some("r".into()),
+            secret_access_key: Some("s".into()),
+            allow_http: Some(true),
+            ..S3Options::default()
+        };
+        let mine = S3Options {
+            endpoint: Some("https://b".into()),
+            allow_http: Some(false),
+            session_token: Some("t".into()),
+            ..S3Options::default()
+        };
+        let merged = mine.or(&fallback);
+        assert_eq!(merged.endpoint.as_deref(), Some("https://b"));
+        assert_eq!(merged.region.as_deref(), Some("r"));
+        assert_eq!(merged.access_key_id, None);
+        assert_eq!(merged.secret_access_key.as_deref(), Some("s"));
+        assert_eq!(merged.session_token.as_deref(), Some("t"));
+        assert_eq!(merged.allow_http, Some(false));
+        assert_eq!(S3Options::default().or(&fallback), fallback);
+    }
+
+    #[test]
     fn options_never_print_secrets() {
-        let options = S3Options { secret_access_key: Some("hunter2".into()), ..S3Options::default() };
-        assert!(!format!("{options:?}").contains("hunter2"));
+        let options = S3Options {
+            secret_access_key: Some("hunter2".into()),
+            session_token: Some("t0ken".into()),
+            ..S3Options::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("t0ken"), "{shown}");
     }
 }
