@@ -53,6 +53,8 @@ const CATCH_UP_SEGMENTS: u64 = 4;
 /// ... for at most this long per catch-up: one that does not end (a receiver slower than the server's WAL)
 /// delays the off-site copy by this much, no more.
 const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// How often the backlog is counted while uploads wait.
+const COUNT_WHILE_WAITING: Duration = Duration::from_secs(1);
 
 /// What `--upload` and its options (or the service's `upload` keys) ask for.
 #[derive(Clone, Debug)]
@@ -240,8 +242,11 @@ impl Uploader {
     pub fn finish(self, wait: Duration) -> Finished {
         let deadline = Instant::now() + wait;
         let (reply, answer) = mpsc::channel();
+        // The thread answers at the deadline, or after the upload it is in the middle of, within a grace;
+        // `--upload-wait 0` means not waiting for uploads at all: only for the thread's count.
+        let grace = if wait.is_zero() { Duration::from_millis(50) } else { POLL * 2 };
         if self.control.send(Control::Drain { deadline, reply }).is_ok() {
-            if let Ok(finished) = answer.recv_timeout(wait + POLL * 2) {
+            if let Ok(finished) = answer.recv_timeout(wait + grace) {
                 return finished;
             }
         }
@@ -356,6 +361,7 @@ fn run(
     // to go up at all.
     let mut partials_final = partial_interval.is_none();
     let mut catch_up = Yield::default();
+    let mut last_count: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let wake = [Some(next_round), retry_at, drain.as_ref().map(|d| d.0)].into_iter().flatten().min();
@@ -371,6 +377,8 @@ fn run(
         let now = Instant::now();
         if let Some((deadline, reply)) = &drain {
             if now >= *deadline {
+                // Rounds may not have run (a catch-up, a short wait): say exactly what is left.
+                let _ = worker.count();
                 let _ = reply.send(finished_from(&state.borrow(), !partials_final));
                 return;
             }
@@ -382,6 +390,11 @@ fn run(
             continue;
         }
         if catch_up.wait_now(&source.borrow(), drain.is_some(), slot_follows, now) {
+            // No upload, but the backlog the metrics show stays true.
+            if last_count.is_none_or(|t| now >= t + COUNT_WHILE_WAITING) {
+                let _ = worker.count();
+                last_count = Some(now);
+            }
             continue;
         }
         seen = Some(current);

@@ -274,12 +274,24 @@ fn nothing_goes_up_while_receiving_catches_up_and_everything_after() {
     let up = s.start(&s.settings());
     s.put(&seg(1), b"one");
     s.put(&seg(2), b"two");
-    // The thread looks every 200 ms and at each completed segment; give it several looks.
+    // Counted while waiting (the metrics show the backlog), not uploaded; the thread looks every 200 ms and
+    // at each completed segment: give it several looks.
+    s.wait_for(&up, "the backlog counted", |st, _| st.backlog_files == 2 && st.backlog_bytes == 6);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(s.target_names(), Vec::<String>::new(), "{:?}", up.state().borrow());
     s.source.send_modify(|st| st.server_end = st.received);
     s.wait_for(&up, "the uploads after the catch-up", |st, names| names.len() == 2 && st.backlog_files == 0);
     assert_eq!(up.finish(WAIT).pending_files, 0);
+
+    // `--upload-wait 0` in the middle of a catch-up: nothing went up, and the exit says exactly what waits.
+    let s = Setup::new();
+    s.source.send_replace(streaming(100 * u64::from(SEG)));
+    let up = s.start(&s.settings());
+    s.put(&seg(1), b"one");
+    s.put(&seg(2), b"two");
+    let finished = up.finish(Duration::ZERO);
+    assert_eq!((finished.pending_files, finished.pending_bytes), (2, 6), "{finished:?}");
+    assert_eq!(s.target_names(), Vec::<String>::new());
 
     // A clean exit in the middle of a catch-up does not wait for it: it uploads what is pending.
     let s = Setup::new();

@@ -139,6 +139,27 @@ impl Worker {
         result.map(|()| report)
     }
 
+    /// Publish the backlog without uploading (while uploads wait for a catch-up, and at a stop): the spool
+    /// against what is known of the store; before the store's first listing, the files this run completed.
+    pub fn count(&mut self) -> Result<(), RoundError> {
+        let known_size = self.source.borrow().segment_size;
+        let spool =
+            Catalog::read(&self.spool, known_size.map_or(SegmentSize::FromHeaders, SegmentSize::Known))?;
+        if known_size.is_none() && !spool.segment_size_known() {
+            return Ok(());
+        }
+        if !self.listed {
+            self.publish_backlog(&spool);
+            return Ok(());
+        }
+        let (files, bytes) = plan::plan(&spool, &self.known, self.remove_uploaded).backlog();
+        self.state.send_modify(|s| {
+            s.backlog_files = files;
+            s.backlog_bytes = bytes;
+        });
+        Ok(())
+    }
+
     /// Before the store's first listing: the files this run has completed since the uploader started.
     fn publish_backlog(&self, spool: &Catalog) {
         let new = |m: Option<SystemTime>| m.is_some_and(|m| m >= self.started);
