@@ -126,7 +126,8 @@ fn a_source_with_upload_uploads_shows_an_outage_in_its_metrics_and_catches_up() 
     assert_eq!(status.code(), Some(0), "{}", svc.log());
     let log = svc.log();
     assert!(log.contains(&format!("uploads to \"{url}\" are complete")), "{log}");
-    assert!(log.contains(&format!("upload to \"{url}\" failed: ")), "{log}");
+    // The upload thread's lines name their source, as the receive loop's do.
+    assert!(log.contains(&format!("walkeeper: [up] warning: upload to \"{url}\" failed: ")), "{log}");
     let in_spool = complete_segments(&spool_names(&spool));
     assert_eq!(complete_segments(&bucket.names("wal")), in_spool, "no gap, nothing extra");
     for name in &in_spool {

@@ -74,7 +74,10 @@ impl Runner {
         // Opening the store makes no request: only a location that cannot be a store fails here (the
         // configuration has checked it already).
         let uploader = match &source.upload {
-            Some(settings) => match Uploader::start(settings, &cfg.directory, sender.subscribe()) {
+            // In the source's span: the upload thread's log lines carry the source's name.
+            Some(settings) => match tracing::info_span!("source", source = %source.name)
+                .in_scope(|| Uploader::start(settings, &cfg.directory, sender.subscribe()))
+            {
                 Ok(uploader) => Some(uploader),
                 Err(e) => return Runner::failed(&source.name, format!("could not start uploading: {e}")),
             },
