@@ -216,7 +216,9 @@ fn store_settings_from_the_configuration_alone_and_a_reload_that_changes_a_secre
     assert_eq!(uploads(&svc, "b", "ok"), ok_before);
     assert!(!bucket.names("b").contains(&second));
     assert_eq!(svc.health().0, 200, "a store refusing b's secret is not a receiving outage");
-    assert!(svc.log().contains(&format!("upload to \"{}\" failed: ", s3.url("b"))), "{}", svc.log());
+    // The upload thread's lines name their source too.
+    let failed = format!("walkeeper: [b] warning: upload to \"{}\" failed: ", s3.url("b"));
+    assert!(svc.log().contains(&failed), "{}", svc.log());
 
     // The secret is right again: b restarts and catches up.
     fs::write(&top_secret, SECRET_KEY).unwrap();

@@ -54,6 +54,13 @@ fn a_standby_streams_from_the_service_and_is_listed() {
     primary.switch_wal();
     dr.start_standby(&[&primary_conninfo(listen, "dr")]);
     wait_rows(&dr, &rows(&primary).unwrap(), &service);
+    // The walsender's lines name the source, as docs/dr-standby.md shows them.
+    let log = service.log();
+    assert!(
+        log.contains("walkeeper: [main] walsender: replication connection authorized: user=standby"),
+        "{log}"
+    );
+    assert!(log.contains("walkeeper: [main] standby \"dr\" (standby@127.0.0.1:"), "{log}");
 
     let status = service.status("main");
     let serve = &status["serve"];

@@ -227,3 +227,36 @@ fn usage_errors() {
     let r = Run::of(walkeeper().args(["service", "--health-check", "http://x/", "--config", "f"]));
     assert_eq!(r.code, Some(1), "{r}");
 }
+
+/// Without `-v`, a source's lines still name it (tests/s3_service.rs checks the upload thread's).
+#[test]
+fn a_sources_log_lines_name_it_at_the_default_verbosity() {
+    let root = tempfile::tempdir().unwrap();
+    let file = config(root.path(), &free_addr().to_string(), "");
+    let log = root.path().join("stderr");
+    let mut child = walkeeper()
+        .args(["service", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let wanted = ["walkeeper: [a] error: ", "walkeeper: [b] error: "];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if wanted.iter().all(|w| text.contains(w)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in wanted {
+        assert!(text.contains(w), "no line starting {w:?}:\n{text}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("walkeeper: error: ") || l.starts_with("walkeeper: warning: ")),
+        "{text}"
+    );
+}

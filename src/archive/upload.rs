@@ -201,10 +201,10 @@ impl Uploader {
         let (control, commands) = mpsc::channel();
         let (opened_tx, opened) = mpsc::sync_channel(1);
         let (thread_settings, spool) = (settings.clone(), spool.to_path_buf());
-        // The caller's span (the service's source) goes with the thread: its log lines say whose uploads.
+        // The caller's span goes with the thread (in the service, the source's: its lines name the source).
         let span = tracing::Span::current();
         let started = std::thread::Builder::new().name("walkeeper-upload".into()).spawn(move || {
-            let _in_span = span.enter();
+            let _span = span.entered();
             // Below the receive loop: acknowledging WAL is latency-critical, uploading it may lag. The store's
             // client threads are started from here, so they inherit this.
             lower_priority();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// How long sessions get to end after shutdown is asked for.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -66,7 +67,9 @@ impl Walsender {
                         // Both only tune the socket: a failure leaves it usable.
                         let _ = sock.set_nodelay(true);
                         let _ = socket2::SockRef::from(&sock).set_keepalive(true);
-                        sessions.spawn(session::run(sock, peer, self.shared.clone(), shutdown.clone(), busy));
+                        // In the listener's span (in the service, the source's): the session's lines name the source.
+                        let session = session::run(sock, peer, self.shared.clone(), shutdown.clone(), busy);
+                        sessions.spawn(session.instrument(tracing::Span::current()));
                     }
                     Err(e) => {
                         tracing::warn!("walsender on {addr}: could not accept a connection: {e}");

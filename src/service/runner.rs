@@ -74,8 +74,8 @@ impl Runner {
         // Opening the store makes no request: only a location that cannot be a store fails here (the
         // configuration has checked it already).
         let uploader = match &source.upload {
-            // In the source's span: the upload thread's log lines carry the source's name.
-            Some(settings) => match tracing::info_span!("source", source = %source.name)
+            // In the source's span, which the upload thread enters: its lines name the source too.
+            Some(settings) => match source_span(&source.name)
                 .in_scope(|| Uploader::start(settings, &cfg.directory, sender.subscribe()))
             {
                 Ok(uploader) => Some(uploader),
@@ -247,7 +247,7 @@ fn serve_thread(
         .enable_all()
         .build()
         .map_err(|e| format!("could not start a runtime for the walsender: {e}"))?;
-    let span = tracing::info_span!("source", source = %name);
+    let span = source_span(name);
     let serve = async move {
         let store = Arc::new(LocalStore::new(&directory));
         let source = WalSource::new(store, Some(state)).with_live_readers(live_readers);
@@ -257,6 +257,12 @@ fn serve_thread(
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(serve.instrument(span))))
         .unwrap_or_else(|_| Err("internal error: the walsender panicked".into()))
+}
+
+/// The span a source's log lines are written in, naming it (`walkeeper: [main] error: …`). At ERROR level so
+/// that it is enabled at every verbosity: an INFO span is filtered out without `-v`, and its name with it.
+fn source_span(name: &str) -> tracing::Span {
+    tracing::error_span!("source", source = %name)
 }
 
 /// Linux keeps 15 bytes of a thread's name: `wk:` and the start of the source's.
@@ -286,7 +292,7 @@ fn run_thread(
     stop: watch::Receiver<bool>,
     state: &StateSender,
 ) {
-    let span = tracing::info_span!("source", source = %name);
+    let span = source_span(name);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return give_up(state, format!("could not start a runtime for the source: {e}")),

@@ -340,7 +340,8 @@ async fn start_position(
             SlotStart::Missing if cfg.create_slot => {}
             SlotStart::Missing => {
                 return Err(SessionError::NotReady(format!(
-                    "replication slot \"{slot}\" does not exist (create it with --create-slot)"
+                    "replication slot \"{slot}\" does not exist; create it with `walkeeper receive --slot {slot} \
+                     --create-slot` (in the service: create_slot = true)"
                 )))
             }
         }

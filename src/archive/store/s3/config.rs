@@ -199,6 +199,14 @@ pub(super) fn clients(
     let mut builder = builder(location, env, options);
     let endpoint = endpoint_of(&builder);
     if endpoint.starts_with("http://") {
+        // object_store would refuse every request with "URL scheme is not allowed": say what to set instead.
+        let allowed = builder.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp));
+        if !allowed.is_some_and(|v| ["1", "true", "on", "yes", "y"].contains(&&*v.to_ascii_lowercase())) {
+            return Err(format!(
+                "the endpoint {endpoint} has no TLS: set AWS_ALLOW_HTTP=true (in the service: allow_http = true) \
+                 to allow http://, or use https://"
+            ));
+        }
         // No TLS to this endpoint: skip loading the system's certificates.
         builder =
             builder.with_config(AmazonS3ConfigKey::Client(ClientConfigKey::NoSystemCertificates), "true");
@@ -326,6 +334,28 @@ mod tests {
 
     fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
         vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn an_http_endpoint_without_allow_http_is_refused_saying_what_to_set() {
+        let http = env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")]);
+        let err = clients(&loc("bkt", "p"), http.clone(), &S3Options::default()).err().expect("refused");
+        assert_eq!(
+            err,
+            "the endpoint http://127.0.0.1:9000 has no TLS: set AWS_ALLOW_HTTP=true (in the service: \
+             allow_http = true) to allow http://, or use https://"
+        );
+        let no = S3Options { allow_http: Some(false), ..S3Options::default() };
+        let allowed = [http.clone(), env(&[("AWS_ALLOW_HTTP", "true")])].concat();
+        assert!(clients(&loc("bkt", "p"), allowed, &no).is_err(), "the service's allow_http = false wins");
+        for on in ["true", "TRUE", "1", "yes"] {
+            let vars = [http.clone(), env(&[("AWS_ALLOW_HTTP", on)])].concat();
+            assert!(clients(&loc("bkt", "p"), vars, &S3Options::default()).is_ok(), "{on}");
+        }
+        let yes = S3Options { allow_http: Some(true), ..S3Options::default() };
+        assert!(clients(&loc("bkt", "p"), http, &yes).is_ok());
+        let https = env(&[("AWS_ENDPOINT_URL", "https://s3.example.net")]);
+        assert!(clients(&loc("bkt", "p"), https, &S3Options::default()).is_ok());
     }
 
     #[test]
