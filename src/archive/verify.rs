@@ -326,7 +326,8 @@ fn verify_once(store: &dyn Store) -> Result<(Report, bool), StoreError> {
     v.summary.history_files = catalog.histories().len();
     v.read_histories(&catalog);
     if v.summary.segments == 0 {
-        v.problem(ProblemKind::NoSegments, None, None, None, "no WAL segment files in the directory".into());
+        let message = format!("no WAL segment files in \"{}\"", store.location());
+        v.problem(ProblemKind::NoSegments, None, None, None, message);
     } else if let Some(format) = v.establish_format(catalog.segments()) {
         let catalog = if format.segment_size == catalog.segment_size() {
             catalog

@@ -306,6 +306,8 @@ fn empty_and_missing_directories() {
     let dir = tempfile::tempdir().unwrap();
     let r = verify_dir(dir.path()).unwrap();
     assert_eq!(kinds(&r), vec![ProblemKind::NoSegments]);
+    // Named as the user named it: a directory here, `s3://bucket/prefix` for a bucket.
+    assert_eq!(r.problems[0].message, format!("no WAL segment files in \"{}\"", dir.path().display()));
     assert!(verify_dir(&dir.path().join("nope")).is_err());
 }
 
