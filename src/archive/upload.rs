@@ -16,8 +16,8 @@
 //! - An outage never stops receiving: the round fails, is retried with a backoff (1 s doubling to 30 s),
 //!   and the spool grows meanwhile; [`UploadState`] shows the backlog.
 //!
-//! It runs on a thread of its own (the store's calls block), at a lower CPU priority than the receive loop
-//! (nice 19, its store client's threads too: receiving comes first on a busy host), off the receive loop: it learns what to do by
+//! It runs on a thread of its own (the store's calls block), at the lowest CPU priority (nice 19, its store
+//! client's threads too: receiving comes first on a busy host), off the receive loop: it learns what to do by
 //! listing the spool, on start (the spool against the store's listing: after a crash it uploads what is
 //! missing and never changes an object) and whenever the loop's published [`SourceState`] says a segment
 //! was completed or a timeline began, and every few seconds besides. What it knows is published on a watch
@@ -285,17 +285,16 @@ fn finished_from(s: &UploadState, partial_pending: bool) -> Finished {
 /// What makes the thread look at the spool again: a segment completed, a timeline begun, the loop stopped, a
 /// catch-up ended.
 fn trigger(s: &SourceState) -> (u64, Option<u32>, bool, bool) {
-    (s.segments_completed, s.timeline, s.phase == Phase::Stopped, catching_up(s))
+    (s.segments_completed, s.timeline, s.phase == Phase::Stopped, catch_up_backlog(s).is_some())
 }
 
-/// True while the loop streams and the server has more than [`CATCH_UP_SEGMENTS`] segments of WAL it has not
-/// received yet.
-fn catching_up(s: &SourceState) -> bool {
+/// While the loop streams and the server has more than [`CATCH_UP_SEGMENTS`] segments of WAL it has not
+/// received yet: how many bytes.
+fn catch_up_backlog(s: &SourceState) -> Option<u64> {
     match (s.phase, s.server_end, s.received, s.segment_size) {
-        (Phase::Streaming, Some(end), Some(received), Some(size)) => {
-            end.0.saturating_sub(received.0) > CATCH_UP_SEGMENTS.saturating_mul(u64::from(size))
-        }
-        _ => false,
+        (Phase::Streaming, Some(end), Some(received), Some(size)) => Some(end.0.saturating_sub(received.0))
+            .filter(|&behind| behind > CATCH_UP_SEGMENTS.saturating_mul(u64::from(size))),
+        _ => None,
     }
 }
 
@@ -313,24 +312,22 @@ impl Yield {
     /// waits on the uploads (a draining exit, `--slot-follows-upload`: the server's slot, and with
     /// `--synchronous` its commits, follow them).
     fn wait_now(&mut self, s: &SourceState, draining: bool, slot_follows: bool, now: Instant) -> bool {
-        if !catching_up(s) {
+        let Some(behind) = catch_up_backlog(s) else {
             if self.logged {
                 tracing::info!("receiving has caught up: uploads go on");
             }
             *self = Yield::default();
             return false;
-        }
+        };
         let since = *self.since.get_or_insert(now);
         if draining || slot_follows || now.saturating_duration_since(since) >= MAX_CATCH_UP_WAIT {
             return false;
         }
         if !self.logged {
             self.logged = true;
-            let ahead =
-                s.server_end.zip(s.received).map_or(0, |(end, received)| end.0.saturating_sub(received.0));
             tracing::info!(
                 "receiving is catching up ({} MB behind the server): uploads wait until it has, at most {} s",
-                ahead >> 20,
+                behind >> 20,
                 MAX_CATCH_UP_WAIT.as_secs()
             );
         }

@@ -411,7 +411,7 @@ impl Store for S3Store {
             }
             // An empty object answers a range with 416 (and a store may answer a range oddly): the HEAD decides.
             Ok(_) => self.head("open", name, &key)?,
-            Err(e) if self.shared.describe(&e).contains("416") => self.head("open", name, &key)?,
+            Err(e) if one_line(&e).contains("416 Range Not Satisfiable") => self.head("open", name, &key)?,
             Err(e) => return Err(self.io("open", name, &e)),
         };
         match head {

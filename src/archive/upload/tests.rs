@@ -238,16 +238,16 @@ fn streaming(behind: u64) -> SourceState {
 #[test]
 fn catching_up_means_streaming_with_more_than_four_segments_to_go() {
     let four = 4 * u64::from(SEG);
-    assert!(!catching_up(&streaming(0)));
-    assert!(!catching_up(&streaming(four)));
-    assert!(catching_up(&streaming(four + 1)));
+    assert_eq!(catch_up_backlog(&streaming(0)), None);
+    assert_eq!(catch_up_backlog(&streaming(four)), None);
+    assert_eq!(catch_up_backlog(&streaming(four + 1)), Some(four + 1));
     // Only while streaming, and only with every position known.
-    assert!(!catching_up(&SourceState { phase: Phase::Retrying, ..streaming(four + 1) }));
-    assert!(!catching_up(&SourceState { phase: Phase::Stopped, ..streaming(four + 1) }));
-    assert!(!catching_up(&SourceState { server_end: None, ..streaming(four + 1) }));
-    assert!(!catching_up(&SourceState { segment_size: None, ..streaming(four + 1) }));
+    assert_eq!(catch_up_backlog(&SourceState { phase: Phase::Retrying, ..streaming(four + 1) }), None);
+    assert_eq!(catch_up_backlog(&SourceState { phase: Phase::Stopped, ..streaming(four + 1) }), None);
+    assert_eq!(catch_up_backlog(&SourceState { server_end: None, ..streaming(four + 1) }), None);
+    assert_eq!(catch_up_backlog(&SourceState { segment_size: None, ..streaming(four + 1) }), None);
     // The server behind what was received (a stale report): no catch-up, no underflow.
-    assert!(!catching_up(&SourceState { server_end: Some(Lsn(0)), ..streaming(0) }));
+    assert_eq!(catch_up_backlog(&SourceState { server_end: Some(Lsn(0)), ..streaming(0) }), None);
 }
 
 #[test]

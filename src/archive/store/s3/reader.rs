@@ -33,14 +33,11 @@ pub(super) struct ChunkReader {
 impl ChunkReader {
     /// Starts reading `key`, which is `len` bytes long with this ETag (when the store gave one).
     pub(super) fn new(shared: Arc<Shared>, key: Path, len: u64, e_tag: Option<String>) -> ChunkReader {
-        let mut reader =
-            ChunkReader { shared, key, len, e_tag, next: 0, pending: VecDeque::new(), current: Bytes::new() };
-        reader.request_ahead();
-        reader
+        ChunkReader::after_first(shared, key, len, e_tag, Bytes::new())
     }
 
-    /// Goes on reading `key` after its first chunk `first`, which a GET of bytes `0..CHUNK` returned
-    /// together with the object's size and ETag.
+    /// Goes on reading `key` after its first bytes `first` (a GET of the first chunk returned them, with the
+    /// object's size and ETag; empty: nothing read yet).
     pub(super) fn after_first(
         shared: Arc<Shared>,
         key: Path,
