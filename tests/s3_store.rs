@@ -28,6 +28,9 @@ fn raw_put(s3: &S3Cluster, key: &str, data: &[u8]) {
 }
 
 /// Deterministic bytes that differ at every offset from a shifted copy.
+/// Bytes per ranged GET of the S3 store's reader (`store/s3/reader.rs`).
+const CHUNK: usize = 8 << 20;
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
 }
@@ -103,6 +106,13 @@ fn lists_stats_and_reads_direct_children_only() {
     // An empty object reads as empty (a ranged GET of it is refused; the HEAD then tells its size).
     wal.put_replace("empty", b"").unwrap();
     assert_eq!(wal.read_all("empty").unwrap(), b"");
+    // Opening tells what is read, as a HEAD would (the prefetch worker stamps its entries with it).
+    for name in ["000000010000000000000001", "empty"] {
+        let (entry, reader) = wal.open_entry(name).unwrap();
+        assert_eq!(Some(entry), wal.stat(name).unwrap(), "{name}");
+        assert_eq!(read_all_small_buffers(reader).unwrap(), wal.read_all(name).unwrap());
+    }
+    assert!(wal.open_entry("000000010000000000000002").err().unwrap().is_not_found());
     // The first of several names that exists, all asked at once (restore's lookup of a segment's forms).
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let forms = names(&["000000010000000000000002", "000000010000000000000001", "00000002.history"]);
@@ -229,9 +239,9 @@ fn put_replace_and_delete() {
 fn streams_large_objects_in_chunks() {
     let Some(s3) = S3Cluster::start() else { return };
     let wal = store(&s3, "wal");
-    // One chunk, and several (reads are 4 MiB ranged GETs; 16 MiB is the default segment size).
+    // One chunk, and several (reads are ranged GETs of CHUNK; 16 MiB is the default segment size).
     let small = pattern(1 << 20, 1);
-    for len in [(4 << 20) - 1, 4 << 20, (4 << 20) + 1] {
+    for len in [CHUNK - 1, CHUNK, CHUNK + 1] {
         let data = pattern(len, 3);
         wal.put_replace("edge", &data).unwrap();
         assert_eq!(read_all_small_buffers(wal.open("edge").unwrap()).unwrap(), data, "{len} bytes");
@@ -242,7 +252,10 @@ fn streams_large_objects_in_chunks() {
     assert_eq!(read_all_small_buffers(wal.open("small").unwrap()).unwrap(), small);
     assert_eq!(wal.read_all("000000010000000000000010").unwrap(), segment);
     assert_eq!(read_all_small_buffers(wal.open("000000010000000000000010").unwrap()).unwrap(), segment);
-    let off = (4 << 20) - 100;
+    let (entry, reader) = wal.open_entry("000000010000000000000010").unwrap();
+    assert_eq!(Some(entry), wal.stat("000000010000000000000010").unwrap());
+    assert_eq!(read_all_small_buffers(reader).unwrap(), segment);
+    let off = CHUNK - 100;
     assert_eq!(
         wal.read_range("000000010000000000000010", off as u64, 300).unwrap(),
         &segment[off..off + 300]
@@ -255,10 +268,12 @@ fn streams_large_objects_in_chunks() {
 
     // An object replaced while it is being read fails the read (If-Match on each chunk) instead of mixing
     // two versions: after the first bytes, at most three chunks were requested, the fourth comes after.
-    let mut reader = wal.open("000000010000000000000010").unwrap();
+    let big = pattern(4 * CHUNK, 4);
+    wal.put_replace("big", &big).unwrap();
+    let mut reader = wal.open("big").unwrap();
     let mut first = [0u8; 1];
     reader.read_exact(&mut first).unwrap();
-    wal.put_replace("000000010000000000000010", &flipped).unwrap();
+    wal.put_replace("big", &segment).unwrap();
     let err = read_all_small_buffers(reader).unwrap_err();
     assert!(err.to_string().contains("replaced while it was being read"), "{err}");
 }

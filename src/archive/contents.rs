@@ -7,7 +7,7 @@
 //! mark is expected and gives what decoded so far.
 
 use super::compress;
-use super::store::{Store, StoreError};
+use super::store::{Entry, Store, StoreError};
 use crate::wal::page::{self, LongHeader, PageError};
 use crate::wal::segment::Compression;
 use std::io::{self, BufReader, Read};
@@ -35,7 +35,26 @@ pub fn open(
     file: &str,
     compression: Compression,
 ) -> Result<Box<dyn Read + Send>, StoreError> {
-    let raw = store.open(file)?;
+    decode(store, file, compression, store.open(file)?)
+}
+
+/// [`open`], with the store's entry of `file` as the read found it ([`Store::open_entry`]).
+pub fn open_entry(
+    store: &dyn Store,
+    file: &str,
+    compression: Compression,
+) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
+    let (entry, raw) = store.open_entry(file)?;
+    Ok((entry, decode(store, file, compression, raw)?))
+}
+
+/// The decompressed stream of `raw`, the contents of `file`.
+fn decode(
+    store: &dyn Store,
+    file: &str,
+    compression: Compression,
+    raw: Box<dyn Read + Send>,
+) -> Result<Box<dyn Read + Send>, StoreError> {
     if compression == Compression::None {
         return Ok(raw);
     }

@@ -35,6 +35,13 @@
 //!
 //! # Which segments come next
 //!
+//! The worker plans from one listing of what follows the requested segment in the archive, and lists again
+//! only when a plan reaches the end of that listing (new segments may have been archived), when recovery asks
+//! for a segment before it, or when it is older than [`LISTING_MAX_AGE`] (a new timeline may have begun):
+//! listing after every request would list, per segment replayed, everything after it. A planned segment is
+//! read straight from the file the listing named, with no lookup first; the file's modification time as
+//! the read found it is the entry's.
+//!
 //! As PostgreSQL does with `recovery_target_timeline = latest`: the newest timeline is found by probing
 //! history files after the requested one (`findNewestTimeLine`); for each next segment number the newest
 //! timeline of that history whose begin point is not after the segment and that has the segment in the
@@ -86,6 +93,8 @@ pub const WAIT_FOR_FETCH: Duration = Duration::from_secs(30);
 pub const BUCKET_JOBS: usize = 4;
 /// How often the worker looks for a new request when it has nothing to fetch.
 const POLL: Duration = Duration::from_millis(20);
+/// The worker plans from one listing of the archive at most this long.
+const LISTING_MAX_AGE: Duration = Duration::from_secs(10);
 
 const LOCK: &str = "lock";
 const ARCHIVE: &str = "archive";
@@ -314,14 +323,24 @@ fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// A segment the worker fetches: its name and the archive file holding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub name: String,
+    pub source: Source,
+}
+
 /// The segments to keep after `requested`, in replay order: up to `depth` of them, stopping at the first
-/// that is not in the archive. Follows timeline switches as PostgreSQL does with `latest` (module docs).
-/// Lists once only what sorts after the requested segment (its timeline's later segments, later timelines and
-/// their history files); an archive that cannot be listed plans nothing.
-pub fn plan(store: &dyn Store, requested: SegmentId, segment_size: u32, depth: usize) -> Vec<String> {
-    let after = requested.file_name(segment_size);
-    let Ok(catalog) = Catalog::read_after(store, &after, segment_size) else { return Vec::new() };
-    let chain = timeline_chain(store, &catalog, requested, segment_size);
+/// that is not in `catalog` (a listing of at least everything after `requested`). Follows timeline switches
+/// as PostgreSQL does with `latest` (module docs).
+pub fn plan(
+    store: &dyn Store,
+    catalog: &Catalog,
+    requested: SegmentId,
+    segment_size: u32,
+    depth: usize,
+) -> Vec<Planned> {
+    let chain = timeline_chain(store, catalog, requested, segment_size);
     let mut out = Vec::with_capacity(depth);
     // Never back to an older timeline than the last file's (XLogFileReadAnyTLI's `tli < curFileTLI`).
     let mut current = requested.timeline;
@@ -329,18 +348,66 @@ pub fn plan(store: &dyn Store, requested: SegmentId, segment_size: u32, depth: u
         let found = chain.iter().filter(|&&(tli, begin)| number >= begin && tli >= current).find_map(
             |&(timeline, _)| {
                 let id = SegmentId { timeline, number };
-                catalog.find(id, false).map(|_| (timeline, id.file_name(segment_size)))
+                catalog.find(id, false).map(|f| (timeline, id.file_name(segment_size), f))
             },
         );
         match found {
-            Some((timeline, name)) => {
+            Some((timeline, name, f)) => {
                 current = timeline;
-                out.push(name);
+                let source = Source { file: f.file.clone(), compression: f.compression, partial: false };
+                out.push(Planned { name, source });
             }
             None => break,
         }
     }
     out
+}
+
+/// The archive listing the worker plans from. Listed again only when needed: listing after every request
+/// would cost, per segment replayed, a listing of everything after it (quadratic over a long recovery).
+struct Listing {
+    /// Everything after this name was listed.
+    after: String,
+    catalog: Catalog,
+    at: Instant,
+}
+
+impl Listing {
+    fn read(store: &dyn Store, after: String, segment_size: u32) -> Option<Listing> {
+        let catalog = Catalog::read_after(store, &after, segment_size).ok()?;
+        Some(Listing { after, catalog, at: Instant::now() })
+    }
+
+    /// True when this listing holds everything after `after` that there was at [`Listing::at`], and is
+    /// recent enough to plan from (a new timeline shows within [`LISTING_MAX_AGE`]).
+    fn serves(&self, after: &str, segment_size: u32) -> bool {
+        self.after.as_str() <= after
+            && self.catalog.segment_size() == segment_size
+            && self.at.elapsed() < LISTING_MAX_AGE
+    }
+}
+
+/// The plan for `requested` (see [`plan`]), from `listing` while it serves and gives a whole plan; else the
+/// archive is listed again (the end of the listing may not be the end of the archive any more).
+fn plan_listed(
+    store: &dyn Store,
+    listing: &mut Option<Listing>,
+    requested: SegmentId,
+    segment_size: u32,
+    depth: usize,
+) -> Vec<Planned> {
+    let after = requested.file_name(segment_size);
+    if let Some(l) = listing.as_ref().filter(|l| l.serves(&after, segment_size)) {
+        let planned = plan(store, &l.catalog, requested, segment_size, depth);
+        if planned.len() == depth {
+            return planned;
+        }
+    }
+    *listing = Listing::read(store, after, segment_size);
+    match listing {
+        Some(l) => plan(store, &l.catalog, requested, segment_size, depth),
+        None => Vec::new(), // an archive that cannot be listed plans nothing
+    }
 }
 
 /// Timelines recovery may take segments from after `requested`, newest first, each with the first segment
@@ -418,7 +485,8 @@ fn work<'scope>(
     let mut in_flight: Vec<(String, std::thread::ScopedJoinHandle<'scope, ()>)> = Vec::new();
     // The request the plan was made for, the plan, and when to look at the archive again.
     let mut current: Option<(SegmentId, SystemTime)> = None;
-    let mut wanted: Vec<String> = Vec::new();
+    let mut wanted: Vec<Planned> = Vec::new();
+    let mut listing: Option<Listing> = None;
     let mut replan_at: Option<Instant> = None;
     // Entries fetched (or failed, or seen in the spool, or being fetched) and not removed by the worker
     // since: never fetched again, so an entry a restore has just taken is not fetched back before the worker
@@ -445,9 +513,10 @@ fn work<'scope>(
         };
         let new_request = current != Some((requested, stamp));
         if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
-            wanted = plan(store, requested, segment_size, depth);
+            wanted = plan_listed(store, &mut listing, requested, segment_size, depth);
+            let keep: Vec<String> = wanted.iter().map(|p| p.name.clone()).collect();
             let busy: Vec<&str> = in_flight.iter().map(|(n, _)| n.as_str()).collect();
-            let removed = spool.remove_entries_except(&wanted, &busy);
+            let removed = spool.remove_entries_except(&keep, &busy);
             let requested_name = requested.file_name(segment_size);
             seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
             current = Some((requested, stamp));
@@ -460,43 +529,41 @@ fn work<'scope>(
             }
         }
         let free = jobs.saturating_sub(in_flight.len());
-        let next: Vec<String> = wanted.iter().filter(|n| !seen.contains(n)).take(free).cloned().collect();
+        let next: Vec<Planned> =
+            wanted.iter().filter(|p| !seen.contains(&p.name)).take(free).cloned().collect();
         if next.is_empty() {
             std::thread::sleep(POLL);
             continue;
         }
-        for name in next {
-            seen.push(name.clone());
-            let fetching = name.clone();
-            in_flight.push((name, scope.spawn(move || fetch_logged(spool, store, &fetching))));
+        for planned in next {
+            seen.push(planned.name.clone());
+            let name = planned.name.clone();
+            in_flight.push((name, scope.spawn(move || fetch_logged(spool, store, &planned))));
         }
     }
 }
 
 /// [`fetch`], its failure logged in the spool.
-fn fetch_logged(spool: &Spool, store: &dyn Store, name: &str) {
+fn fetch_logged(spool: &Spool, store: &dyn Store, planned: &Planned) {
     let started = Instant::now();
-    match fetch(spool, store, name) {
-        Ok(()) => tracing::debug!(segment = %name, elapsed = ?started.elapsed(), "prefetched"),
-        Err(e) => spool.log(&format!("{name}: {e}")),
+    match fetch(spool, store, planned) {
+        Ok(()) => tracing::debug!(segment = %planned.name, elapsed = ?started.elapsed(), "prefetched"),
+        Err(e) => spool.log(&format!("{}: {e}", planned.name)),
     }
 }
 
-/// Decompress segment `name` from the archive into the spool entry of that name, checking it as restore
-/// does (its system identifier is checked when the entry is taken: the worker runs outside the data
-/// directory).
-fn fetch(spool: &Spool, store: &dyn Store, name: &str) -> Result<(), RestoreError> {
-    let (found, compression) = catalog::lookup_complete(store, name)
-        .map_err(RestoreError::Store)??
-        .ok_or_else(|| RestoreError::NotFound(name.to_string()))?;
+/// Decompress the planned segment from the archive into the spool entry of its name, checking it as
+/// restore does (its system identifier is checked when the entry is taken: the worker runs outside the data
+/// directory). The entry gets the archive file's modification time as the read found it, which
+/// [`Spool::take`] compares with the archive's when serving it.
+fn fetch(spool: &Spool, store: &dyn Store, planned: &Planned) -> Result<(), RestoreError> {
+    let entry = spool.dir.join(&planned.name);
+    let mut tmp = restore::temp_beside(&entry)?;
+    let (_, found) = restore::fill_segment(store, &planned.name, &planned.source, &mut tmp, None)?;
     let modified = found.modified.ok_or_else(|| RestoreError::Damaged {
         location: store.location_of(&found.name),
         detail: "the store gives no modification time".into(),
     })?;
-    let source = Source { file: found.name, compression, partial: false, modified: Some(modified) };
-    let entry = spool.dir.join(name);
-    let mut tmp = restore::temp_beside(&entry)?;
-    restore::fill_segment(store, name, &source, &mut tmp, None)?;
     tmp.as_file().set_modified(modified).map_err(|e| WalDirError::io("set the time of", &entry, e))?;
     restore::persist_durably(tmp, &entry)
 }
@@ -504,7 +571,7 @@ fn fetch(spool: &Spool, store: &dyn Store, name: &str) -> Result<(), RestoreErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::store::LocalStore;
+    use crate::archive::store::{Entry, LocalStore, Put, StoreError};
 
     const SEG: u32 = 1 << 20;
 
@@ -518,8 +585,94 @@ mod tests {
         }
     }
 
-    fn names(v: &[String]) -> Vec<String> {
-        v.iter().map(|n| format!("{}/{}", &n[7..8], u64::from_str_radix(&n[16..], 16).unwrap())).collect()
+    fn names(v: &[Planned]) -> Vec<String> {
+        v.iter()
+            .map(|p| format!("{}/{}", &p.name[7..8], u64::from_str_radix(&p.name[16..], 16).unwrap()))
+            .collect()
+    }
+
+    /// [`plan`] from a fresh listing of everything after `requested`.
+    fn plan_now(store: &dyn Store, requested: SegmentId, depth: usize) -> Vec<Planned> {
+        let catalog = Catalog::read_after(store, &requested.file_name(SEG), SEG).unwrap();
+        plan(store, &catalog, requested, SEG, depth)
+    }
+
+    /// A local store that counts its listings.
+    #[derive(Debug)]
+    struct Counting {
+        local: LocalStore,
+        lists: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn location(&self) -> String {
+            self.local.location()
+        }
+        fn location_of(&self, name: &str) -> String {
+            self.local.location_of(name)
+        }
+        fn list(&self) -> Result<Vec<Entry>, StoreError> {
+            self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.local.list()
+        }
+        fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError> {
+            self.local.stat(name)
+        }
+        fn open(&self, name: &str) -> Result<Box<dyn io::Read + Send>, StoreError> {
+            self.local.open(name)
+        }
+        fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+            self.local.read_range(name, offset, len)
+        }
+        fn put_new(&self, name: &str, data: &[u8]) -> Result<Put, StoreError> {
+            self.local.put_new(name, data)
+        }
+        fn put_replace(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+            self.local.put_replace(name, data)
+        }
+        fn delete(&self, name: &str) -> Result<(), StoreError> {
+            self.local.delete(name)
+        }
+    }
+
+    #[test]
+    fn the_worker_lists_the_archive_again_only_when_its_listing_cannot_serve() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        touch(dir, 1, 1..=20, "");
+        let store = Counting { local: LocalStore::new(dir), lists: 0.into() };
+        let lists = || store.lists.load(std::sync::atomic::Ordering::SeqCst);
+        let at = |number| SegmentId { timeline: 1, number };
+        let mut listing = None;
+        let next = |listing: &mut Option<Listing>, number, depth| {
+            names(&plan_listed(&store, listing, at(number), SEG, depth))
+        };
+        assert_eq!(next(&mut listing, 2, 4), ["1/3", "1/4", "1/5", "1/6"]);
+        assert_eq!(lists(), 1);
+        // The next requests plan from the same listing: one listing per recovery, not per segment.
+        assert_eq!(next(&mut listing, 3, 4), ["1/4", "1/5", "1/6", "1/7"]);
+        assert_eq!(next(&mut listing, 10, 4), ["1/11", "1/12", "1/13", "1/14"]);
+        assert_eq!(lists(), 1);
+        // A request before what was listed: listed again from there.
+        assert_eq!(next(&mut listing, 1, 2), ["1/2", "1/3"]);
+        assert_eq!(lists(), 2);
+        // The end of the listing: listed again, and a segment archived since then is planned.
+        touch(dir, 1, 21..=21, ".zst");
+        let planned = plan_listed(&store, &mut listing, at(18), SEG, 4);
+        assert_eq!(names(&planned), ["1/19", "1/20", "1/21"]);
+        assert_eq!(planned[2].source.file, format!("{}.zst", at(21).file_name(SEG)));
+        assert_eq!(lists(), 3);
+        // A listing too old to plan from (a new timeline may have begun): listed again.
+        assert_eq!(next(&mut listing, 5, 2), ["1/6", "1/7"]);
+        assert_eq!(lists(), 4);
+        fs::write(dir.join("00000002.history"), "1\t0/800000\tx\n").unwrap();
+        touch(dir, 2, 8..=9, "");
+        assert_eq!(next(&mut listing, 5, 4), ["1/6", "1/7", "1/8", "1/9"]);
+        assert_eq!(lists(), 4);
+        let old = Instant::now().checked_sub(LISTING_MAX_AGE).unwrap();
+        listing.as_mut().unwrap().at = old;
+        assert_eq!(next(&mut listing, 5, 4), ["1/6", "1/7", "2/8", "2/9"]);
+        assert_eq!(lists(), 5);
     }
 
     #[test]
@@ -566,12 +719,12 @@ mod tests {
         fs::write(dir.join("00000002.history"), "1\t0/500010\tx\n").unwrap();
         fs::write(dir.join("00000003.history"), "1\t0/500010\tx\n2\t0/700000\ty\n").unwrap();
         let at = |tli, number| SegmentId { timeline: tli, number };
-        assert_eq!(names(&plan(&store, at(1, 2), SEG, 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
-        assert_eq!(names(&plan(&store, at(2, 5), SEG, 2)), ["2/6", "3/7"]);
+        assert_eq!(names(&plan_now(&store, at(1, 2), 8)), ["1/3", "1/4", "2/5", "2/6", "3/7", "3/8"]);
+        assert_eq!(names(&plan_now(&store, at(2, 5), 2)), ["2/6", "3/7"]);
         // Asked for timeline 1 past the switch: recovery is not following the latest; stay on 1.
-        assert_eq!(names(&plan(&store, at(1, 6), SEG, 8)), ["1/7", "1/8", "1/9"]);
+        assert_eq!(names(&plan_now(&store, at(1, 6), 8)), ["1/7", "1/8", "1/9"]);
         // A timeline that is not on the newest history: only itself.
         touch(dir, 4, 1..=2, "");
-        assert_eq!(names(&plan(&store, at(4, 1), SEG, 8)), ["4/2"]);
+        assert_eq!(names(&plan_now(&store, at(4, 1), 8)), ["4/2"]);
     }
 }

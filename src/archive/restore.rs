@@ -39,7 +39,7 @@ use super::catalog::{self, Catalog, NotRegular, SegmentSize};
 use super::contents::{self, CHUNK};
 use super::error::WalDirError;
 use super::fsutil;
-use super::store::{Store, StoreError};
+use super::store::{Entry, Store, StoreError};
 use crate::wal::at_rest::{CheckError, SegmentCheck};
 use crate::wal::page::PageError;
 use crate::wal::segment::{Compression, SegmentId, TimeLineId, WalFileName};
@@ -47,7 +47,6 @@ use crate::wal::timeline::parse_history_of;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 use tempfile::NamedTempFile;
 
 /// Exit code: served.
@@ -195,7 +194,6 @@ pub struct Source {
     pub file: String,
     pub compression: Compression,
     pub partial: bool,
-    pub modified: Option<SystemTime>,
 }
 
 /// What was served.
@@ -299,7 +297,7 @@ fn find_segment(store: &dyn Store, name: &str, partial: bool) -> Result<Option<S
     if let Some((entry, compression)) =
         catalog::lookup_complete(store, name).map_err(RestoreError::Store)??
     {
-        return Ok(Some(Source { file: entry.name, compression, partial: false, modified: entry.modified }));
+        return Ok(Some(Source { file: entry.name, compression, partial: false }));
     }
     if !partial {
         return Ok(None);
@@ -313,7 +311,6 @@ fn find_segment(store: &dyn Store, name: &str, partial: bool) -> Result<Option<S
         file: f.file.clone(),
         compression: f.compression,
         partial: f.partial,
-        modified: f.modified,
     }))
 }
 
@@ -364,26 +361,26 @@ fn serve_segment(
     system_id: Option<u64>,
 ) -> Result<Restored, RestoreError> {
     let mut tmp = temp_beside(dest)?;
-    let restored = fill_segment(store, name, source, &mut tmp, system_id)?;
+    let (restored, _) = fill_segment(store, name, source, &mut tmp, system_id)?;
     persist_for_reading(tmp, dest)?;
     Ok(restored)
 }
 
 /// Write segment `name` from `source` into `out`, checking it on the way (module docs); the caller
-/// persists `out` only when this succeeds.
+/// persists `out` only when this succeeds. Also returns the archive's entry as it was read.
 pub(crate) fn fill_segment(
     store: &dyn Store,
     name: &str,
     source: &Source,
     out: &mut NamedTempFile,
     system_id: Option<u64>,
-) -> Result<Restored, RestoreError> {
+) -> Result<(Restored, Entry), RestoreError> {
     let location = store.location_of(&source.file);
     let (partial, compression) = (source.partial, source.compression);
     let out_path = out.path().to_path_buf();
     let write_error = |e| RestoreError::from(WalDirError::io("write", &out_path, e));
-    let mut reader =
-        contents::open(store, &source.file, compression).map_err(|e| RestoreError::store(name, e))?;
+    let (entry, mut reader) =
+        contents::open_entry(store, &source.file, compression).map_err(|e| RestoreError::store(name, e))?;
     let whole_length = !partial || compression == Compression::None;
     let mut check = SegmentCheck::new(name, partial, whole_length, system_id);
     let mut writer = BufWriter::with_capacity(1 << 20, out.as_file_mut());
@@ -408,7 +405,8 @@ pub(crate) fn fill_segment(
         // PostgreSQL takes for the end of WAL.
         file.set_len(u64::from(size)).map_err(|e| WalDirError::io("extend", &out_path, e))?;
     }
-    Ok(Restored { source: location, bytes: u64::from(size), segment_size: Some(size), partial })
+    let restored = Restored { source: location, bytes: u64::from(size), segment_size: Some(size), partial };
+    Ok((restored, entry))
 }
 
 /// What a failed check means for restore: a `.partial` nothing reached yet is not in the archive.

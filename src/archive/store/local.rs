@@ -119,6 +119,12 @@ impl Store for LocalStore {
         Ok(Box::new(self.open_file(name)?))
     }
 
+    fn open_entry(&self, name: &str) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
+        let file = self.open_file(name)?;
+        let meta = file.metadata().map_err(|e| self.io_error("stat", name, e))?;
+        Ok((entry_from(name.to_string(), &meta), Box::new(file)))
+    }
+
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let file = self.open_file(name)?;
         let mut buf = vec![0u8; len];
@@ -202,6 +208,10 @@ mod tests {
         assert!(!err.is_not_found(), "{err}");
         assert!(store.stat("missing").unwrap().is_none());
         assert!(store.open("missing").err().unwrap().is_not_found());
+        let (entry, _) = store.open_entry("a").unwrap();
+        assert_eq!(Some(entry), store.stat("a").unwrap());
+        assert!(store.open_entry("missing").err().unwrap().is_not_found());
+        assert!(!store.open_entry("l").err().unwrap().is_not_found(), "never through a symlink");
         let err = LocalStore::new(tmp.path().join("missing")).list().unwrap_err().to_string();
         assert!(err.starts_with("could not open directory"), "{err}");
     }

@@ -139,6 +139,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A reader over the whole contents (streaming: segments are read in chunks, never whole in memory).
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, StoreError>;
 
+    /// [`Store::open`], with the entry that is read (its size and modification time), in one request where
+    /// the store can (an S3 GET answers both with the first bytes; a file's come from the open descriptor).
+    /// The default opens, then stats.
+    fn open_entry(&self, name: &str) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
+        let reader = self.open(name)?;
+        let entry =
+            self.stat(name)?.ok_or_else(|| StoreError::NotFound { location: self.location_of(name) })?;
+        Ok((entry, reader))
+    }
+
     /// Up to `len` bytes from `offset`; shorter only at the end of the file.
     fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError>;
 

@@ -390,20 +390,32 @@ impl Store for S3Store {
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, StoreError> {
+        self.open_entry(name).map(|(_, reader)| reader)
+    }
+
+    fn open_entry(&self, name: &str) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
         let key = self.key(name)?;
-        // The first chunk's GET tells the size and ETag too: no HEAD before it.
+        // The first chunk's GET tells the size, time and ETag too: no HEAD before it.
         let client = self.shared.reads.clone();
         let path = key.clone();
         let options =
             GetOptions { range: Some(GetRange::Bounded(0..reader::CHUNK)), ..GetOptions::default() };
         let first = self.run(async move {
             let answer = client.get_opts(&path, options).await?;
-            let (len, e_tag) = (answer.meta.size, answer.meta.e_tag.clone());
-            Ok((len, e_tag, answer.bytes().await?))
+            let meta = answer.meta.clone();
+            Ok((meta, answer.bytes().await?))
         });
+        let entry = |len, modified: SystemTime| Entry {
+            name: name.to_string(),
+            len,
+            modified: Some(modified),
+            regular: true,
+        };
         let head = match first {
-            Ok((len, e_tag, bytes)) if bytes.len() as u64 == len.min(reader::CHUNK) => {
-                return Ok(Box::new(ChunkReader::after_first(self.shared.clone(), key, len, e_tag, bytes)));
+            Ok((meta, bytes)) if bytes.len() as u64 == meta.size.min(reader::CHUNK) => {
+                let found = entry(meta.size, meta.last_modified.into());
+                let reader = ChunkReader::after_first(self.shared.clone(), key, meta.size, meta.e_tag, bytes);
+                return Ok((found, Box::new(reader)));
             }
             Err(object_store::Error::NotFound { .. }) => {
                 self.confirm_absent("open", name, &key)?;
@@ -415,7 +427,10 @@ impl Store for S3Store {
             Err(e) => return Err(self.io("open", name, &e)),
         };
         match head {
-            Some(head) => Ok(Box::new(ChunkReader::new(self.shared.clone(), key, head.len, head.e_tag))),
+            Some(head) => {
+                let found = entry(head.len, head.modified);
+                Ok((found, Box::new(ChunkReader::new(self.shared.clone(), key, head.len, head.e_tag))))
+            }
             None => Err(StoreError::NotFound { location: self.location_of(name) }),
         }
     }
