@@ -32,7 +32,7 @@ use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
-use reader::ChunkReader;
+use reader::{ChunkReader, Frames};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::io::Read;
@@ -396,35 +396,39 @@ impl Store for S3Store {
     fn open_entry(&self, name: &str) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
         let key = self.key(name)?;
         // The first chunk's GET tells the size, time and ETag too: no HEAD before it.
-        let client = self.shared.reads.clone();
-        let path = key.clone();
-        let options =
-            GetOptions { range: Some(GetRange::Bounded(0..reader::CHUNK)), ..GetOptions::default() };
-        let first = self.run(async move {
-            let answer = client.get_opts(&path, options).await?;
-            let meta = answer.meta.clone();
-            Ok((meta, answer.bytes().await?))
-        });
+        let (meta_tx, meta) = mpsc::sync_channel(1);
+        let first = Frames::start(&self.shared, key.clone(), 0..reader::CHUNK, None, Some(meta_tx));
         let entry = |len, modified: SystemTime| Entry {
             name: name.to_string(),
             len,
             modified: Some(modified),
             regular: true,
         };
-        let head = match first {
-            Ok((meta, bytes)) if bytes.len() as u64 == meta.size.min(reader::CHUNK) => {
+        let head = match meta.recv() {
+            Ok(meta) => {
                 let found = entry(meta.size, meta.last_modified.into());
-                let reader = ChunkReader::after_first(self.shared.clone(), key, meta.size, meta.e_tag, bytes);
+                let reader = ChunkReader::after_first(self.shared.clone(), key, meta.size, meta.e_tag, first);
                 return Ok((found, Box::new(reader)));
             }
-            Err(object_store::Error::NotFound { .. }) => {
-                self.confirm_absent("open", name, &key)?;
-                return Err(StoreError::NotFound { location: self.location_of(name) });
-            }
-            // An empty object answers a range with 416 (and a store may answer a range oddly): the HEAD decides.
-            Ok(_) => self.head("open", name, &key)?,
-            Err(e) if one_line(&e).contains("416 Range Not Satisfiable") => self.head("open", name, &key)?,
-            Err(e) => return Err(self.io("open", name, &e)),
+            Err(_) => match first.first_error() {
+                Some(object_store::Error::NotFound { .. }) => {
+                    self.confirm_absent("open", name, &key)?;
+                    return Err(StoreError::NotFound { location: self.location_of(name) });
+                }
+                // An empty object answers a range with 416: the HEAD tells its size.
+                Some(e) if one_line(&e).contains("416 Range Not Satisfiable") => {
+                    self.head("open", name, &key)?
+                }
+                Some(e) => return Err(self.io("open", name, &e)),
+                None => {
+                    let e = object_store::Error::Generic {
+                        store: "S3",
+                        source: "the request ended without an answer (its task panicked or was cancelled)"
+                            .into(),
+                    };
+                    return Err(self.io("open", name, &e));
+                }
+            },
         };
         match head {
             Some(head) => {
