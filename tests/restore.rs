@@ -417,6 +417,35 @@ fn stale_spool_entries_are_never_served() {
 }
 
 #[test]
+fn a_spool_entry_is_served_only_while_the_file_it_was_read_from_is_there() {
+    let env = Env::new();
+    for n in 1..=3 {
+        put(&env.archive, 1, n, Compression::Zstd);
+    }
+    let args = ["--prefetch", "2", "-v", "--prefetch-idle-ms", "5000"];
+    assert_code(&env.restore(&args, &name(1, 1), &env.dest()), 0);
+    assert!(wait_until(Duration::from_secs(20), || spool_entries(&env.spool()).len() == 2));
+    // The spooled segment 2 came from the `.zst`. That file goes, and a plain file of other contents takes the
+    // segment's name with the very same modification time: the entry is not what the archive holds now.
+    let zst = env.archive.join(format!("{}.zst", name(1, 2)));
+    let stamp = fs::metadata(&zst).unwrap().modified().unwrap();
+    let other = segment(1, 2, b"another file, same time");
+    fs::write(env.archive.join(name(1, 2)), &other).unwrap();
+    fs::File::options().write(true).open(env.archive.join(name(1, 2))).unwrap().set_modified(stamp).unwrap();
+    fs::remove_file(&zst).unwrap();
+    let out = env.restore(&args, &name(1, 2), &env.dest());
+    assert_code(&out, 0);
+    assert!(!text(&out.stderr).contains("spool"), "{}", text(&out.stderr));
+    assert!(fs::read(env.dest()).unwrap() == other);
+    // While the source is unchanged, the entry is served.
+    assert!(wait_until(Duration::from_secs(20), || spool_entries(&env.spool()).contains(&name(1, 3))));
+    let out = env.restore(&args, &name(1, 3), &env.dest());
+    assert_code(&out, 0);
+    assert!(text(&out.stderr).contains("from the prefetch spool"), "{}", text(&out.stderr));
+    assert!(fs::read(env.dest()).unwrap() == segment(1, 3, b"seg 1/3"));
+}
+
+#[test]
 fn prefetch_follows_timelines_and_never_mixes_them() {
     let env = Env::new();
     // Timeline 1: segments 1..=6; timeline 2 branches off in segment 4 and goes on to 7.

@@ -27,10 +27,10 @@ fn raw_put(s3: &S3Cluster, key: &str, data: &[u8]) {
     block_on(client.put(&ObjectPath::parse(key).unwrap(), PutPayload::from(data.to_vec()))).unwrap();
 }
 
-/// Deterministic bytes that differ at every offset from a shifted copy.
 /// Bytes per ranged GET of the S3 store's reader (`store/s3/reader.rs`).
 const CHUNK: usize = 8 << 20;
 
+/// Deterministic bytes that differ at every offset from a shifted copy.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
 }
@@ -267,7 +267,7 @@ fn streams_large_objects_in_chunks() {
     assert!(matches!(wal.put_new("000000010000000000000010", &flipped), Err(StoreError::Conflict { .. })));
 
     // An object replaced while it is being read fails the read (If-Match on each chunk) instead of mixing
-    // two versions: after the first bytes, at most three chunks were requested, the fourth comes after.
+    // two versions: after the first bytes, two chunks were requested, the others come after.
     let big = pattern(4 * CHUNK, 4);
     wal.put_replace("big", &big).unwrap();
     let mut reader = wal.open("big").unwrap();

@@ -25,8 +25,9 @@
 //!
 //! # Safety of what is served
 //!
-//! An entry is served only for exactly its name, only if the archive still holds a complete file of that
-//! name with the same modification time, and only after its page header, length, page address and (in a
+//! An entry is served only for exactly its name, only if the archive still holds the file it was read from
+//! (named in the entry's `user.walkeeper.source` attribute; where the file system keeps none, the complete
+//! file of that name) with the same modification time, and only after its page header, length, page address and (in a
 //! data directory) system identifier are checked again: its WAL was checked when it was fetched. Anything
 //! else falls back to reading the archive; a spool problem never fails a restore.
 //! Entries before the requested segment, or of timelines recovery is not following, are deleted by the
@@ -68,7 +69,7 @@ use super::catalog::{self, Catalog};
 use super::error::WalDirError;
 use super::fsutil;
 use super::restore::{self, RestoreError, Restored, Source};
-use super::store::Store;
+use super::store::{Store, StoreError};
 use crate::wal::page;
 use crate::wal::segment::{history_file_name, SegmentId, TimeLineId};
 use crate::wal::timeline::parse_history_of;
@@ -95,6 +96,13 @@ pub const BUCKET_JOBS: usize = 4;
 const POLL: Duration = Duration::from_millis(20);
 /// The worker plans from one listing of the archive at most this long.
 const LISTING_MAX_AGE: Duration = Duration::from_secs(10);
+/// How soon the worker lists again after the archive could not be listed.
+const LIST_RETRY: Duration = Duration::from_secs(1);
+/// Extended attribute of a spool entry naming the archive file it was read from: serving the entry then
+/// checks that one file (one HEAD instead of one per compression form), and another file that has taken the
+/// segment's name since is never mistaken for it. Where the file system keeps no user attributes, serving
+/// looks the segment up in every form instead.
+const SOURCE_ATTR: &std::ffi::CStr = c"user.walkeeper.source";
 
 const LOCK: &str = "lock";
 const ARCHIVE: &str = "archive";
@@ -157,14 +165,17 @@ impl Spool {
             return None;
         }
         let entry = self.dir.join(name);
-        let entry_mtime = mtime(&entry)?;
-        // The archive must still hold this segment, unchanged since it was spooled.
-        let (source, _) = catalog::lookup_complete(store, name).ok()?.ok()??;
-        if source.modified? != entry_mtime {
+        let file = File::open(&entry).ok()?;
+        let meta = file.metadata().ok()?;
+        // The archive must still hold the file this entry was read from, unchanged since.
+        let archived = match source_of(&file, name) {
+            Some(source) => store.stat(&source).ok()??,
+            None => catalog::lookup_complete(store, name).ok()?.ok()??.0,
+        };
+        if !archived.regular || archived.modified? != meta.modified().ok()? {
             return None;
         }
-        let file = File::open(&entry).ok()?;
-        let len = file.metadata().ok()?.len();
+        let len = meta.len();
         let mut head = [0u8; page::LEN];
         file.read_exact_at(&mut head, 0).ok()?;
         let header = page::parse(&head).ok()?;
@@ -318,6 +329,32 @@ fn fetch_temp_prefix(name: &str) -> String {
     format!(".{name}.walkeeper-")
 }
 
+/// Records in `file` (a spool entry) the archive file `source` it was read from ([`SOURCE_ATTR`]).
+fn set_source(file: &File, source: &str) -> io::Result<()> {
+    // SAFETY: a descriptor we own, a NUL-terminated name, and a value of `source.len()` bytes.
+    let rc = unsafe {
+        libc::fsetxattr(file.as_raw_fd(), SOURCE_ATTR.as_ptr(), source.as_ptr().cast(), source.len(), 0)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The archive file a spool entry of segment `name` was read from, when recorded and one of the segment's
+/// complete forms.
+fn source_of(file: &File, name: &str) -> Option<String> {
+    let mut value = [0u8; 64];
+    // SAFETY: a descriptor we own, a NUL-terminated name, and a buffer of `value.len()` bytes.
+    let n = unsafe {
+        libc::fgetxattr(file.as_raw_fd(), SOURCE_ATTR.as_ptr(), value.as_mut_ptr().cast(), value.len())
+    };
+    let value = std::str::from_utf8(value.get(..usize::try_from(n).ok()?)?).ok()?;
+    let suffix = value.strip_prefix(name)?;
+    catalog::COMPLETE_FORMS.iter().any(|c| c.suffix() == suffix).then(|| value.to_string())
+}
+
 fn try_lock(file: &File) -> bool {
     // SAFETY: flock on a file descriptor we own.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
@@ -373,9 +410,9 @@ struct Listing {
 }
 
 impl Listing {
-    fn read(store: &dyn Store, after: String, segment_size: u32) -> Option<Listing> {
-        let catalog = Catalog::read_after(store, &after, segment_size).ok()?;
-        Some(Listing { after, catalog, at: Instant::now() })
+    fn read(store: &dyn Store, after: String, segment_size: u32) -> Result<Listing, StoreError> {
+        let catalog = Catalog::read_after(store, &after, segment_size)?;
+        Ok(Listing { after, catalog, at: Instant::now() })
     }
 
     /// True when this listing holds everything after `after` that there was at [`Listing::at`], and is
@@ -388,26 +425,24 @@ impl Listing {
 }
 
 /// The plan for `requested` (see [`plan`]), from `listing` while it serves and gives a whole plan; else the
-/// archive is listed again (the end of the listing may not be the end of the archive any more).
+/// archive is listed again (the end of the listing may not be the end of the archive any more). An archive
+/// that cannot be listed is an error, and the last listing is kept.
 fn plan_listed(
     store: &dyn Store,
     listing: &mut Option<Listing>,
     requested: SegmentId,
     segment_size: u32,
     depth: usize,
-) -> Vec<Planned> {
+) -> Result<Vec<Planned>, StoreError> {
     let after = requested.file_name(segment_size);
     if let Some(l) = listing.as_ref().filter(|l| l.serves(&after, segment_size)) {
         let planned = plan(store, &l.catalog, requested, segment_size, depth);
         if planned.len() == depth {
-            return planned;
+            return Ok(planned);
         }
     }
-    *listing = Listing::read(store, after, segment_size);
-    match listing {
-        Some(l) => plan(store, &l.catalog, requested, segment_size, depth),
-        None => Vec::new(), // an archive that cannot be listed plans nothing
-    }
+    let fresh = listing.insert(Listing::read(store, after, segment_size)?);
+    Ok(plan(store, &fresh.catalog, requested, segment_size, depth))
 }
 
 /// Timelines recovery may take segments from after `requested`, newest first, each with the first segment
@@ -513,15 +548,24 @@ fn work<'scope>(
         };
         let new_request = current != Some((requested, stamp));
         if new_request || replan_at.is_some_and(|t| Instant::now() >= t) {
-            wanted = plan_listed(store, &mut listing, requested, segment_size, depth);
-            let keep: Vec<String> = wanted.iter().map(|p| p.name.clone()).collect();
-            let busy: Vec<&str> = in_flight.iter().map(|(n, _)| n.as_str()).collect();
-            let removed = spool.remove_entries_except(&keep, &busy);
-            let requested_name = requested.file_name(segment_size);
-            seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
             current = Some((requested, stamp));
-            // Short of the depth: the end of the archive so far; look again later for new segments.
-            replan_at = (wanted.len() < depth).then(|| Instant::now() + Duration::from_millis(200));
+            match plan_listed(store, &mut listing, requested, segment_size, depth) {
+                Ok(planned) => {
+                    wanted = planned;
+                    let keep: Vec<String> = wanted.iter().map(|p| p.name.clone()).collect();
+                    let busy: Vec<&str> = in_flight.iter().map(|(n, _)| n.as_str()).collect();
+                    let removed = spool.remove_entries_except(&keep, &busy);
+                    let requested_name = requested.file_name(segment_size);
+                    seen.retain(|n| !removed.contains(n) && n[8..] > requested_name[8..]);
+                    // Short of the depth: the end of the archive so far; look again later for new segments.
+                    replan_at = (wanted.len() < depth).then(|| Instant::now() + Duration::from_millis(200));
+                }
+                // The store did not answer: the last plan and the ready entries stay; try again in a while.
+                Err(e) => {
+                    spool.log(&format!("cannot plan after {}: {e}", requested.file_name(segment_size)));
+                    replan_at = Some(Instant::now() + LIST_RETRY);
+                }
+            }
         }
         for n in spool.entries() {
             if !seen.contains(&n) {
@@ -554,12 +598,14 @@ fn fetch_logged(spool: &Spool, store: &dyn Store, planned: &Planned) {
 
 /// Decompress the planned segment from the archive into the spool entry of its name, checking it as
 /// restore does (its system identifier is checked when the entry is taken: the worker runs outside the data
-/// directory). The entry gets the archive file's modification time as the read found it, which
-/// [`Spool::take`] compares with the archive's when serving it.
+/// directory). The entry gets the archive file's name ([`SOURCE_ATTR`]) and modification time as the read
+/// found it, which [`Spool::take`] compares with the archive's when serving it.
 fn fetch(spool: &Spool, store: &dyn Store, planned: &Planned) -> Result<(), RestoreError> {
     let entry = spool.dir.join(&planned.name);
     let mut tmp = restore::temp_beside(&entry)?;
     let (_, found) = restore::fill_segment(store, &planned.name, &planned.source, &mut tmp, None)?;
+    // Without the attribute (a file system that keeps none) the entry is still served, after a lookup.
+    let _ = set_source(tmp.as_file(), &planned.source.file);
     let modified = found.modified.ok_or_else(|| RestoreError::Damaged {
         location: store.location_of(&found.name),
         detail: "the store gives no modification time".into(),
@@ -602,6 +648,8 @@ mod tests {
     struct Counting {
         local: LocalStore,
         lists: std::sync::atomic::AtomicUsize,
+        /// Listing fails (a store outage).
+        down: std::sync::atomic::AtomicBool,
     }
 
     impl Store for Counting {
@@ -613,6 +661,9 @@ mod tests {
         }
         fn list(&self) -> Result<Vec<Entry>, StoreError> {
             self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io { op: "list", location: self.location(), source: "down".into() });
+            }
             self.local.list()
         }
         fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError> {
@@ -640,12 +691,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         touch(dir, 1, 1..=20, "");
-        let store = Counting { local: LocalStore::new(dir), lists: 0.into() };
+        let store = Counting { local: LocalStore::new(dir), lists: 0.into(), down: false.into() };
         let lists = || store.lists.load(std::sync::atomic::Ordering::SeqCst);
         let at = |number| SegmentId { timeline: 1, number };
         let mut listing = None;
         let next = |listing: &mut Option<Listing>, number, depth| {
-            names(&plan_listed(&store, listing, at(number), SEG, depth))
+            names(&plan_listed(&store, listing, at(number), SEG, depth).unwrap())
         };
         assert_eq!(next(&mut listing, 2, 4), ["1/3", "1/4", "1/5", "1/6"]);
         assert_eq!(lists(), 1);
@@ -658,11 +709,11 @@ mod tests {
         assert_eq!(lists(), 2);
         // The end of the listing: listed again, and a segment archived since then is planned.
         touch(dir, 1, 21..=21, ".zst");
-        let planned = plan_listed(&store, &mut listing, at(18), SEG, 4);
+        let planned = plan_listed(&store, &mut listing, at(18), SEG, 4).unwrap();
         assert_eq!(names(&planned), ["1/19", "1/20", "1/21"]);
         assert_eq!(planned[2].source.file, format!("{}.zst", at(21).file_name(SEG)));
         assert_eq!(lists(), 3);
-        // A listing too old to plan from (a new timeline may have begun): listed again.
+        // A request before the listing (it began after 1/18): listed again.
         assert_eq!(next(&mut listing, 5, 2), ["1/6", "1/7"]);
         assert_eq!(lists(), 4);
         fs::write(dir.join("00000002.history"), "1\t0/800000\tx\n").unwrap();
@@ -673,6 +724,38 @@ mod tests {
         listing.as_mut().unwrap().at = old;
         assert_eq!(next(&mut listing, 5, 4), ["1/6", "1/7", "2/8", "2/9"]);
         assert_eq!(lists(), 5);
+        // The end of the listing, and a store that cannot list: an error (the worker keeps its last plan), and
+        // the last listing is kept.
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = plan_listed(&store, &mut listing, at(19), SEG, 4).unwrap_err();
+        assert!(err.to_string().contains("down"), "{err}");
+        assert_eq!(lists(), 6);
+        assert_eq!(listing.as_ref().unwrap().after, at(5).file_name(SEG));
+        // A segment size other than the listing's: listed again.
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        plan_listed(&store, &mut listing, at(5), SEG * 2, 2).unwrap();
+        assert_eq!(lists(), 7);
+    }
+
+    #[test]
+    fn an_entry_names_its_source_only_as_a_form_of_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = SegmentId { timeline: 1, number: 3 }.file_name(SEG);
+        let entry = File::create(dir.path().join(&name)).unwrap();
+        assert_eq!(source_of(&entry, &name), None, "nothing recorded");
+        if let Err(e) = set_source(&entry, &format!("{name}.zst")) {
+            // tmpfs before Linux 6.6 keeps no user attributes: serving then looks the segment up.
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+            return;
+        }
+        assert_eq!(source_of(&entry, &name), Some(format!("{name}.zst")));
+        let other = SegmentId { timeline: 1, number: 4 }.file_name(SEG);
+        for bad in [other.clone(), format!("{name}.partial"), format!("{name}.zst.bak"), "../x".into()] {
+            set_source(&entry, &bad).unwrap();
+            assert_eq!(source_of(&entry, &name), None, "{bad}");
+        }
+        set_source(&entry, &name).unwrap();
+        assert_eq!(source_of(&entry, &name), Some(name.clone()));
     }
 
     #[test]

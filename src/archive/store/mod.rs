@@ -141,12 +141,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// [`Store::open`], with the entry that is read (its size and modification time), in one request where
     /// the store can (an S3 GET answers both with the first bytes; a file's come from the open descriptor).
-    /// The default opens, then stats.
+    /// The default stats, then opens: a file replaced in between gets an entry older than what is read, never
+    /// the reverse (a spool entry stamped with it is then refused, not served stale).
     fn open_entry(&self, name: &str) -> Result<(Entry, Box<dyn Read + Send>), StoreError> {
-        let reader = self.open(name)?;
         let entry =
             self.stat(name)?.ok_or_else(|| StoreError::NotFound { location: self.location_of(name) })?;
-        Ok((entry, reader))
+        Ok((entry, self.open(name)?))
     }
 
     /// Up to `len` bytes from `offset`; shorter only at the end of the file.

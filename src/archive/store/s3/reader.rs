@@ -1,9 +1,9 @@
 //! Streaming read of one object: ranged GETs of [`CHUNK`] bytes, the next one already in flight while the
 //! current one is consumed, so a 1 GiB segment is never whole in memory (at most two chunks are). A GET's body
 //! is handed to the reader frame by frame as the network delivers it: the first bytes are used while the rest
-//! still arrives, and no chunk is first copied into one buffer. Every GET after the first carries `If-Match`
-//! with the ETag the first one answered: an object replaced while it is read (a `.partial` that grew) fails
-//! the read instead of mixing two versions.
+//! still arrives, and no chunk is first copied into one buffer. Every GET but the one that first tells the
+//! object's ETag carries `If-Match` with it: an object replaced while it is read (a `.partial` that grew)
+//! fails the read instead of mixing two versions.
 
 use super::Shared;
 use bytes::Bytes;
@@ -16,18 +16,28 @@ use std::ops::Range;
 use std::sync::{mpsc, Arc};
 
 /// Bytes per ranged GET: two per 16 MB segment. Halving the requests of 4 MB ranges took about a tenth off
-/// the store's CPU per byte served (docs/benchmarks.md); at most two chunks are held per reader.
+/// SeaweedFS's CPU per byte served (docs/benchmarks.md, Off-site); at most two chunks are held per reader, so
+/// the prefetch worker's four fetches hold at most 64 MiB. A GET must finish within the read timeout (30 s:
+/// 0.3 MB/s per GET).
 pub(super) const CHUNK: u64 = 8 << 20;
 
 /// Chunks requested at once, the one being read included.
 const IN_FLIGHT: usize = 2;
+
+/// What a GET's task sends the reader.
+enum Frame {
+    Data(Bytes),
+    Failed(object_store::Error),
+    /// The whole body was delivered.
+    End,
+}
 
 /// One ranged GET running on the store's runtime, its body arriving frame by frame. Dropping it cancels the
 /// GET.
 pub(super) struct Frames {
     /// The bytes it must deliver (known once the first GET has answered: see [`Frames::start`]).
     range: Range<u64>,
-    frames: mpsc::Receiver<object_store::Result<Bytes>>,
+    frames: mpsc::Receiver<Frame>,
     task: tokio::task::AbortHandle,
     /// Bytes delivered so far.
     got: u64,
@@ -51,12 +61,13 @@ impl Frames {
         };
         let client = shared.reads.clone();
         let (tx, frames) = mpsc::channel();
-        // The channel is unbounded, but one GET never delivers more than its range (the reader checks).
+        // The channel is unbounded, but a body is never longer than its range: object_store checks the answer's
+        // Content-Range, the HTTP client the body's length (and the reader checks again).
         let task = shared.handle.spawn(async move {
             let answer = match client.get_opts(&key, options).await {
                 Ok(answer) => answer,
                 Err(e) => {
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Frame::Failed(e));
                     return;
                 }
             };
@@ -65,11 +76,15 @@ impl Frames {
             }
             let mut body = answer.into_stream();
             while let Some(frame) = body.next().await {
-                let failed = frame.is_err();
+                let (frame, failed) = match frame {
+                    Ok(bytes) => (Frame::Data(bytes), false),
+                    Err(e) => (Frame::Failed(e), true),
+                };
                 if tx.send(frame).is_err() || failed {
                     return;
                 }
             }
+            let _ = tx.send(Frame::End);
         });
         Frames { range, frames, task: task.abort_handle(), got: 0 }
     }
@@ -77,7 +92,7 @@ impl Frames {
     /// The error of a GET that failed before any byte: what the store answered.
     pub(super) fn first_error(&self) -> Option<object_store::Error> {
         match self.frames.recv() {
-            Ok(Err(e)) => Some(e),
+            Ok(Frame::Failed(e)) => Some(e),
             _ => None,
         }
     }
@@ -157,8 +172,8 @@ impl ChunkReader {
             let expected = front.range.end - front.range.start;
             let what = format!("bytes {}-{}", front.range.start, front.range.end.saturating_sub(1));
             match front.frames.recv() {
-                Ok(Ok(frame)) if frame.is_empty() => {}
-                Ok(Ok(frame)) => {
+                Ok(Frame::Data(frame)) if frame.is_empty() => {}
+                Ok(Frame::Data(frame)) => {
                     front.got = front.got.saturating_add(frame.len() as u64);
                     if front.got > expected {
                         return Err(io::Error::other(format!(
@@ -167,14 +182,20 @@ impl ChunkReader {
                     }
                     return Ok(frame);
                 }
-                Ok(Err(object_store::Error::Precondition { .. })) => {
+                Ok(Frame::Failed(object_store::Error::Precondition { .. })) => {
                     return Err(io::Error::other(format!(
                         "{what}: the object was replaced while it was being read (its ETag changed)"
                     )))
                 }
-                Ok(Err(e)) => return Err(io::Error::other(format!("{what}: {}", self.shared.describe(&e)))),
-                // The body has ended.
+                Ok(Frame::Failed(e)) => {
+                    return Err(io::Error::other(format!("{what}: {}", self.shared.describe(&e))))
+                }
                 Err(mpsc::RecvError) => {
+                    return Err(io::Error::other(format!(
+                        "{what}: the read ended without an answer (its task panicked or was cancelled)"
+                    )))
+                }
+                Ok(Frame::End) => {
                     if front.got != expected {
                         return Err(io::Error::other(format!(
                             "{what}: the store returned {} bytes instead of {expected} (was the object replaced?)",
