@@ -286,6 +286,31 @@ fn streams_large_objects_in_chunks() {
 }
 
 #[test]
+fn a_read_whose_store_goes_away_midway_fails_and_never_ends_short() {
+    let Some(mut s3) = S3Cluster::start() else { return };
+    let wal = store(&s3, "wal");
+    let big = pattern(4 * CHUNK, 5);
+    wal.put_new("000000010000000000000020", &big).unwrap();
+    let mut reader = wal.open("000000010000000000000020").unwrap();
+    let mut first = vec![0u8; 1000];
+    reader.read_exact(&mut first).unwrap();
+    assert!(first == big[..1000]);
+    // The gateway dies with the first two chunks requested: what was read is right, and the read fails
+    // naming the range it could not get instead of ending early (a short segment would look complete).
+    s3.kill_gateway();
+    let mut rest = Vec::new();
+    let err = reader.read_to_end(&mut rest).unwrap_err().to_string();
+    assert!(
+        rest.len() < big.len() - 1000 && rest[..] == big[1000..1000 + rest.len()],
+        "{} bytes",
+        rest.len()
+    );
+    assert!(err.contains("bytes ") && err.contains(&s3.endpoint()), "{err}");
+    s3.restart_gateway();
+    assert!(read_all_small_buffers(wal.open("000000010000000000000020").unwrap()).unwrap() == big);
+}
+
+#[test]
 fn a_store_that_cannot_answer_is_an_error_never_not_found() {
     let Some(mut s3) = S3Cluster::start() else { return };
     let wal = store(&s3, "wal");
