@@ -419,7 +419,7 @@ fn stale_spool_entries_are_never_served() {
 #[test]
 fn a_spool_entry_is_served_only_while_the_file_it_was_read_from_is_there() {
     let env = Env::new();
-    for n in 1..=3 {
+    for n in 1..=4 {
         put(&env.archive, 1, n, Compression::Zstd);
     }
     let args = ["--prefetch", "2", "-v", "--prefetch-idle-ms", "5000"];
@@ -443,6 +443,17 @@ fn a_spool_entry_is_served_only_while_the_file_it_was_read_from_is_there() {
     assert_code(&out, 0);
     assert!(text(&out.stderr).contains("from the prefetch spool"), "{}", text(&out.stderr));
     assert!(fs::read(env.dest()).unwrap() == segment(1, 3, b"seg 1/3"));
+    // An entry that names no source (a file system without user attributes): served after a lookup.
+    assert!(wait_until(Duration::from_secs(20), || spool_entries(&env.spool()).contains(&name(1, 4))));
+    let entry =
+        std::ffi::CString::new(env.spool().join(name(1, 4)).into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated path and attribute name.
+    let removed = unsafe { libc::removexattr(entry.as_ptr(), c"user.walkeeper.source".as_ptr()) };
+    assert_eq!(removed, 0, "{}", std::io::Error::last_os_error());
+    let out = env.restore(&args, &name(1, 4), &env.dest());
+    assert_code(&out, 0);
+    assert!(text(&out.stderr).contains("from the prefetch spool"), "{}", text(&out.stderr));
+    assert!(fs::read(env.dest()).unwrap() == segment(1, 4, b"seg 1/4"));
 }
 
 #[test]

@@ -27,9 +27,9 @@
 //!
 //! An entry is served only for exactly its name, only if the archive still holds the file it was read from
 //! (named in the entry's `user.walkeeper.source` attribute; where the file system keeps none, the complete
-//! file of that name) with the same modification time, and only after its page header, length, page address and (in a
-//! data directory) system identifier are checked again: its WAL was checked when it was fetched. Anything
-//! else falls back to reading the archive; a spool problem never fails a restore.
+//! file of that name) with the same modification time, and only after its page header, length, page address
+//! and (in a data directory) system identifier are checked again: its WAL was checked when it was fetched.
+//! Anything else falls back to reading the archive; a spool problem never fails a restore.
 //! Entries before the requested segment, or of timelines recovery is not following, are deleted by the
 //! worker. Concurrent restores are safe: taking an entry is an atomic rename, and a loser of that race
 //! reads the archive.
@@ -617,7 +617,7 @@ fn fetch(spool: &Spool, store: &dyn Store, planned: &Planned) -> Result<(), Rest
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::store::{Entry, LocalStore, Put, StoreError};
+    use crate::archive::store::LocalStore;
 
     const SEG: u32 = 1 << 20;
 
@@ -643,98 +643,69 @@ mod tests {
         plan(store, &catalog, requested, SEG, depth)
     }
 
-    /// A local store that counts its listings.
-    #[derive(Debug)]
-    struct Counting {
-        local: LocalStore,
-        lists: std::sync::atomic::AtomicUsize,
-        /// Listing fails (a store outage).
-        down: std::sync::atomic::AtomicBool,
-    }
-
-    impl Store for Counting {
-        fn location(&self) -> String {
-            self.local.location()
-        }
-        fn location_of(&self, name: &str) -> String {
-            self.local.location_of(name)
-        }
-        fn list(&self) -> Result<Vec<Entry>, StoreError> {
-            self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Io { op: "list", location: self.location(), source: "down".into() });
-            }
-            self.local.list()
-        }
-        fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError> {
-            self.local.stat(name)
-        }
-        fn open(&self, name: &str) -> Result<Box<dyn io::Read + Send>, StoreError> {
-            self.local.open(name)
-        }
-        fn read_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-            self.local.read_range(name, offset, len)
-        }
-        fn put_new(&self, name: &str, data: &[u8]) -> Result<Put, StoreError> {
-            self.local.put_new(name, data)
-        }
-        fn put_replace(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
-            self.local.put_replace(name, data)
-        }
-        fn delete(&self, name: &str) -> Result<(), StoreError> {
-            self.local.delete(name)
-        }
+    /// [`plan_listed`] for segment `number` of timeline 1: the names planned, and whether the archive was
+    /// listed for it.
+    fn plan_next(
+        store: &dyn Store,
+        listing: &mut Option<Listing>,
+        number: u64,
+        segment_size: u32,
+        depth: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        // Backdated a little, so a new listing always has another time.
+        let before = listing.as_mut().map(|l| {
+            l.at = l.at.checked_sub(Duration::from_millis(1)).unwrap();
+            l.at
+        });
+        let planned = plan_listed(store, listing, SegmentId { timeline: 1, number }, segment_size, depth)?;
+        Ok((names(&planned), listing.as_ref().map(|l| l.at) != before))
     }
 
     #[test]
     fn the_worker_lists_the_archive_again_only_when_its_listing_cannot_serve() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        touch(dir, 1, 1..=20, "");
-        let store = Counting { local: LocalStore::new(dir), lists: 0.into(), down: false.into() };
-        let lists = || store.lists.load(std::sync::atomic::Ordering::SeqCst);
-        let at = |number| SegmentId { timeline: 1, number };
+        let dir = tmp.path().join("archive");
+        fs::create_dir(&dir).unwrap();
+        touch(&dir, 1, 1..=20, "");
+        let store = LocalStore::new(&dir);
         let mut listing = None;
         let next = |listing: &mut Option<Listing>, number, depth| {
-            names(&plan_listed(&store, listing, at(number), SEG, depth).unwrap())
+            plan_next(&store, listing, number, SEG, depth).unwrap()
         };
-        assert_eq!(next(&mut listing, 2, 4), ["1/3", "1/4", "1/5", "1/6"]);
-        assert_eq!(lists(), 1);
+        // What a call should give: the names planned, and whether it listed the archive.
+        let want = |names: &[&str], listed| (names.iter().map(|n| n.to_string()).collect::<Vec<_>>(), listed);
+        assert_eq!(next(&mut listing, 2, 4), want(&["1/3", "1/4", "1/5", "1/6"], true));
         // The next requests plan from the same listing: one listing per recovery, not per segment.
-        assert_eq!(next(&mut listing, 3, 4), ["1/4", "1/5", "1/6", "1/7"]);
-        assert_eq!(next(&mut listing, 10, 4), ["1/11", "1/12", "1/13", "1/14"]);
-        assert_eq!(lists(), 1);
+        assert_eq!(next(&mut listing, 3, 4), want(&["1/4", "1/5", "1/6", "1/7"], false));
+        assert_eq!(next(&mut listing, 10, 4), want(&["1/11", "1/12", "1/13", "1/14"], false));
         // A request before what was listed: listed again from there.
-        assert_eq!(next(&mut listing, 1, 2), ["1/2", "1/3"]);
-        assert_eq!(lists(), 2);
+        assert_eq!(next(&mut listing, 1, 2), want(&["1/2", "1/3"], true));
         // The end of the listing: listed again, and a segment archived since then is planned.
-        touch(dir, 1, 21..=21, ".zst");
-        let planned = plan_listed(&store, &mut listing, at(18), SEG, 4).unwrap();
-        assert_eq!(names(&planned), ["1/19", "1/20", "1/21"]);
-        assert_eq!(planned[2].source.file, format!("{}.zst", at(21).file_name(SEG)));
-        assert_eq!(lists(), 3);
-        // A request before the listing (it began after 1/18): listed again.
-        assert_eq!(next(&mut listing, 5, 2), ["1/6", "1/7"]);
-        assert_eq!(lists(), 4);
+        touch(&dir, 1, 21..=21, ".zst");
+        assert_eq!(next(&mut listing, 18, 4), want(&["1/19", "1/20", "1/21"], true));
+        let planned =
+            plan_listed(&store, &mut listing, SegmentId { timeline: 1, number: 20 }, SEG, 1).unwrap();
+        assert_eq!(
+            planned[0].source.file,
+            format!("{}.zst", SegmentId { timeline: 1, number: 21 }.file_name(SEG))
+        );
+        // A request before the listing (it began after 1/20): listed again.
+        assert_eq!(next(&mut listing, 5, 2), want(&["1/6", "1/7"], true));
+        // A listing too old to plan from: a timeline begun since is seen.
         fs::write(dir.join("00000002.history"), "1\t0/800000\tx\n").unwrap();
-        touch(dir, 2, 8..=9, "");
-        assert_eq!(next(&mut listing, 5, 4), ["1/6", "1/7", "1/8", "1/9"]);
-        assert_eq!(lists(), 4);
-        let old = Instant::now().checked_sub(LISTING_MAX_AGE).unwrap();
-        listing.as_mut().unwrap().at = old;
-        assert_eq!(next(&mut listing, 5, 4), ["1/6", "1/7", "2/8", "2/9"]);
-        assert_eq!(lists(), 5);
-        // The end of the listing, and a store that cannot list: an error (the worker keeps its last plan), and
-        // the last listing is kept.
-        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        let err = plan_listed(&store, &mut listing, at(19), SEG, 4).unwrap_err();
-        assert!(err.to_string().contains("down"), "{err}");
-        assert_eq!(lists(), 6);
-        assert_eq!(listing.as_ref().unwrap().after, at(5).file_name(SEG));
+        touch(&dir, 2, 8..=9, "");
+        assert_eq!(next(&mut listing, 5, 4), want(&["1/6", "1/7", "1/8", "1/9"], false));
+        listing.as_mut().unwrap().at = Instant::now().checked_sub(LISTING_MAX_AGE).unwrap();
+        assert_eq!(next(&mut listing, 5, 4), want(&["1/6", "1/7", "2/8", "2/9"], true));
         // A segment size other than the listing's: listed again.
-        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
-        plan_listed(&store, &mut listing, at(5), SEG * 2, 2).unwrap();
-        assert_eq!(lists(), 7);
+        assert!(!next(&mut listing, 5, 2).1 && plan_next(&store, &mut listing, 5, SEG * 2, 2).unwrap().1);
+        // The end of the listing, and an archive that cannot be listed: an error (the worker keeps its last
+        // plan), and the last listing is kept.
+        plan_next(&store, &mut listing, 5, SEG, 2).unwrap();
+        fs::rename(&dir, tmp.path().join("gone")).unwrap();
+        let err = plan_next(&store, &mut listing, 19, SEG, 4).unwrap_err();
+        assert!(err.to_string().contains("could not open directory"), "{err}");
+        assert_eq!(listing.as_ref().unwrap().after, SegmentId { timeline: 1, number: 5 }.file_name(SEG));
     }
 
     #[test]

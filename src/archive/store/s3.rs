@@ -297,13 +297,21 @@ impl Drop for Shared {
 
 impl<T> Pending<T> {
     fn wait(self) -> object_store::Result<T> {
-        self.answer.recv().unwrap_or_else(|_| {
-            Err(object_store::Error::Generic {
-                store: "S3",
-                source: "the request ended without an answer (its task panicked or was cancelled)".into(),
-            })
-        })
+        self.answer.recv().unwrap_or_else(|_| Err(no_answer()))
     }
+}
+
+/// What a request whose task ended without answering (it panicked, or was cancelled) failed with.
+fn no_answer() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: "the request ended without an answer (its task panicked or was cancelled)".into(),
+    }
+}
+
+/// The entry of object `name`: objects are always regular files.
+fn object_entry(name: &str, len: u64, modified: SystemTime) -> Entry {
+    Entry { name: name.to_string(), len, modified: Some(modified), regular: true }
 }
 
 impl<T> Drop for Pending<T> {
@@ -363,12 +371,7 @@ impl Store for S3Store {
 
     fn stat(&self, name: &str) -> Result<Option<Entry>, StoreError> {
         let key = self.key(name)?;
-        Ok(self.head("stat", name, &key)?.map(|head| Entry {
-            name: name.to_string(),
-            len: head.len,
-            modified: Some(head.modified),
-            regular: true,
-        }))
+        Ok(self.head("stat", name, &key)?.map(|head| object_entry(name, head.len, head.modified)))
     }
 
     fn stat_first(&self, names: &[String]) -> Result<Option<(usize, Entry)>, StoreError> {
@@ -378,9 +381,7 @@ impl Store for S3Store {
         let requests: Vec<_> = keys.iter().map(|key| self.head_request(key)).collect();
         for (i, (name, request)) in names.iter().zip(requests).enumerate() {
             if let Some(head) = self.head_answer("stat", name, request.wait())? {
-                let entry =
-                    Entry { name: name.clone(), len: head.len, modified: Some(head.modified), regular: true };
-                return Ok(Some((i, entry)));
+                return Ok(Some((i, object_entry(name, head.len, head.modified))));
             }
         }
         if let (Some(name), Some(key)) = (names.first(), keys.first()) {
@@ -398,41 +399,25 @@ impl Store for S3Store {
         // The first chunk's GET tells the size, time and ETag too: no HEAD before it.
         let (meta_tx, meta) = mpsc::sync_channel(1);
         let first = Frames::start(&self.shared, key.clone(), 0..reader::CHUNK, None, Some(meta_tx));
-        let entry = |len, modified: SystemTime| Entry {
-            name: name.to_string(),
-            len,
-            modified: Some(modified),
-            regular: true,
-        };
         let head = match meta.recv() {
             Ok(meta) => {
-                let found = entry(meta.size, meta.last_modified.into());
+                let found = object_entry(name, meta.size, meta.last_modified.into());
                 let reader = ChunkReader::after_first(self.shared.clone(), key, meta.size, meta.e_tag, first);
                 return Ok((found, Box::new(reader)));
             }
             Err(_) => match first.first_error() {
-                Some(object_store::Error::NotFound { .. }) => {
+                object_store::Error::NotFound { .. } => {
                     self.confirm_absent("open", name, &key)?;
                     return Err(StoreError::NotFound { location: self.location_of(name) });
                 }
                 // An empty object answers a range with 416: the HEAD tells its size.
-                Some(e) if one_line(&e).contains("416 Range Not Satisfiable") => {
-                    self.head("open", name, &key)?
-                }
-                Some(e) => return Err(self.io("open", name, &e)),
-                None => {
-                    let e = object_store::Error::Generic {
-                        store: "S3",
-                        source: "the request ended without an answer (its task panicked or was cancelled)"
-                            .into(),
-                    };
-                    return Err(self.io("open", name, &e));
-                }
+                e if one_line(&e).contains("416 Range Not Satisfiable") => self.head("open", name, &key)?,
+                e => return Err(self.io("open", name, &e)),
             },
         };
         match head {
             Some(head) => {
-                let found = entry(head.len, head.modified);
+                let found = object_entry(name, head.len, head.modified);
                 Ok((found, Box::new(ChunkReader::new(self.shared.clone(), key, head.len, head.e_tag))))
             }
             None => Err(StoreError::NotFound { location: self.location_of(name) }),

@@ -5,7 +5,7 @@
 //! object's ETag carries `If-Match` with it: an object replaced while it is read (a `.partial` that grew)
 //! fails the read instead of mixing two versions.
 
-use super::Shared;
+use super::{no_answer, Shared};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::path::Path;
@@ -90,10 +90,10 @@ impl Frames {
     }
 
     /// The error of a GET that failed before any byte: what the store answered.
-    pub(super) fn first_error(&self) -> Option<object_store::Error> {
+    pub(super) fn first_error(&self) -> object_store::Error {
         match self.frames.recv() {
-            Ok(Frame::Failed(e)) => Some(e),
-            _ => None,
+            Ok(Frame::Failed(e)) => e,
+            _ => no_answer(),
         }
     }
 }
@@ -191,9 +191,7 @@ impl ChunkReader {
                     return Err(io::Error::other(format!("{what}: {}", self.shared.describe(&e))))
                 }
                 Err(mpsc::RecvError) => {
-                    return Err(io::Error::other(format!(
-                        "{what}: the read ended without an answer (its task panicked or was cancelled)"
-                    )))
+                    return Err(io::Error::other(format!("{what}: {}", self.shared.describe(&no_answer()))))
                 }
                 Ok(Frame::End) => {
                     if front.got != expected {
